@@ -1,0 +1,1 @@
+"""docbus core: envelope model, codec, signatures, trust, registry and Kafka wiring."""
