@@ -72,10 +72,12 @@ class Issuer:
     cert: x509.Certificate
 
 
-def make_root(name: str = "docbus development root CA", days: int = 3650) -> Issuer:
+def make_root(
+    name: str = "docbus development root CA", days: int = 3650, not_before: datetime | None = None
+) -> Issuer:
     """A self-signed ECDSA P-256 root CA (cryptography's verifier refuses Ed25519 CAs)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
+    start = not_before or datetime.now(UTC) - timedelta(minutes=5)
     subject = _name(name)
     cert = (
         x509.CertificateBuilder()
@@ -83,8 +85,8 @@ def make_root(name: str = "docbus development root CA", days: int = 3650) -> Iss
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=days))
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(_ca_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, VerificationError
 
 from bus.codec import Codec, default_codec
@@ -25,6 +26,7 @@ from bus.truststore import TrustStore
 
 _CHAIN_CACHE_SIZE = 4096
 _ONE_SECOND = timedelta(seconds=1)
+_MAX_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -284,19 +286,59 @@ class Verifier:
     def _path(
         self, leaf: x509.Certificate, given: list[x509.Certificate]
     ) -> list[x509.Certificate] | None:
-        """The chain from ``leaf`` to an anchor, tried at the edges of the leaf's validity.
+        """The chain from ``leaf`` to an anchor, or None.
 
-        Time is left out here on purpose: whether the chain is valid at the verification
-        time is decided per event from the chain's validity window.
+        The verification time is left out on purpose: the chain is built at moments when
+        it can be valid, and each event is then checked against the chain's validity window.
         """
         intermediates = [*given, *self.trust.intermediates]
-        for moment in (
-            leaf.not_valid_before_utc + _ONE_SECOND,
-            leaf.not_valid_after_utc - _ONE_SECOND,
-        ):
+        if leaf.version is x509.Version.v1:
+            return self._v1_path(leaf, intermediates)
+        for moment in _moments(leaf, intermediates):
             verifier = self._builder.time(moment).build_client_verifier()
             try:
                 return list(verifier.verify(leaf, intermediates).chain)
             except VerificationError:
                 continue
         return None
+
+    def _v1_path(
+        self, cert: x509.Certificate, pool: list[x509.Certificate], depth: int = 0
+    ) -> list[x509.Certificate] | None:
+        """cryptography's builder refuses X.509 v1 leaves, which openssl 3.0's ``x509 -req``
+        still makes: walk issuer by issuer (name, CA flag, signature) to an anchor here."""
+        if depth > _MAX_DEPTH:
+            return None
+        for issuer in (*self.trust.anchors, *pool):
+            anchor = issuer in self.trust.anchors
+            if issuer.subject != cert.issuer or issuer == cert or not (anchor or _is_ca(issuer)):
+                continue
+            try:
+                cert.verify_directly_issued_by(issuer)
+            except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+                continue
+            rest = [issuer] if anchor else self._v1_path(issuer, pool, depth + 1)
+            if rest is not None:
+                return [cert, *rest]
+        return None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True
+
+
+def _moments(leaf: x509.Certificate, others: list[x509.Certificate]) -> list[datetime]:
+    """Times inside the leaf's validity at which a chain through ``others`` may be valid."""
+    lo, hi = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    edges = {lo + _ONE_SECOND, hi - _ONE_SECOND}
+    for c in others:
+        edges.update((c.not_valid_before_utc + _ONE_SECOND, c.not_valid_after_utc - _ONE_SECOND))
+    return sorted(t for t in edges if lo <= t <= hi)

@@ -1,0 +1,235 @@
+"""The command line as a user meets it: real processes, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MINISTRY, PROVINCE
+
+DOCBUS = str(Path(sys.executable).with_name("docbus"))
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([DOCBUS, *map(str, args)], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr + result.stdout
+    return result
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PKI with a ministry's signer, seal and ML-DSA co-signer, and a signed event."""
+    d = tmp_path_factory.mktemp("cli")
+    assert run("pki", "init", "--dir", d / "pki").returncode == 0
+    for role, alg in (("signer", "ed25519"), ("agency", "ecdsa-p256")):
+        out = run(
+            "pki", "issue", "--dir", d / "pki", "--agency", MINISTRY, "--role", role, "--alg", alg
+        )
+        assert out.returncode == 0, out.stderr
+        key, cert = out.stdout.split()
+        assert key.endswith(f"{MINISTRY}/{role}.key.pem") and Path(key).is_file()
+        assert cert.endswith(f"{MINISTRY}/{role}.cert.pem") and Path(cert).is_file()
+    (d / "qd.txt").write_text("Nội dung quyết định", encoding="utf-8")
+    return d
+
+
+def _keys(d: Path, role: str) -> str:
+    base = d / "pki" / "agencies" / MINISTRY
+    return f"{base / f'{role}.key.pem'},{base / f'{role}.cert.pem'}"
+
+
+def _publish(d: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run(
+        "publish",
+        "--from",
+        MINISTRY,
+        "--to",
+        PROVINCE,
+        "--to",
+        "000.00.00.H04",
+        "--subject",
+        "V/v kết nối, liên thông phần mềm quản lý văn bản",
+        "--file",
+        d / "qd.txt",
+        "--signer",
+        _keys(d, "signer"),
+        "--seal",
+        _keys(d, "agency"),
+        "--code-number",
+        "57-NQ/TW",
+        "--type",
+        "Nghị quyết",
+        "--priority",
+        "URGENT",
+        "--output",
+        out,
+        *extra,
+    )
+
+
+def test_publish_then_verify_json(world: Path) -> None:
+    assert _publish(world, world / "ev.avro").returncode == 0
+    out = run("verify", world / "ev.avro", "--trust", world / "pki" / "trust", "--json")
+    assert out.returncode == 0, out.stdout
+    verdict = json.loads(out.stdout)
+    assert verdict["valid"] is True and verdict["reason"] is None
+    assert verdict["sender"] == MINISTRY
+    assert verdict["recipients"] == [PROVINCE, "000.00.00.H04"]
+    assert [s["role"] for s in verdict["signatures"]] == ["SIGNER", "AGENCY"]
+    assert [s["alg"] for s in verdict["signatures"]] == ["ED25519", "ECDSA_P256_SHA256"]
+    assert all(len(s["key_id"]) == 64 and MINISTRY in s["subject"] for s in verdict["signatures"])
+
+
+def test_publish_with_an_ml_dsa_cosignature(world: Path) -> None:
+    out = run(
+        "pki",
+        "issue",
+        "--dir",
+        world / "pki",
+        "--agency",
+        MINISTRY,
+        "--role",
+        "service",
+        "--alg",
+        "ml-dsa-65",
+    )
+    key, cert = out.stdout.split()
+    assert _publish(world, world / "pq.avro", "--cosign", f"{key},{cert}").returncode == 0
+    verdict = json.loads(
+        run("verify", world / "pq.avro", "--trust", world / "pki" / "trust", "--json").stdout
+    )
+    assert verdict["valid"] and verdict["signatures"][2]["alg"] == "ML_DSA_65"
+
+
+def test_a_tampered_file_is_rejected_with_exit_1(world: Path) -> None:
+    _publish(world, world / "t.avro")
+    data = bytearray((world / "t.avro").read_bytes())
+    i = data.index("kết nối".encode())
+    data[i] ^= 0x01
+    (world / "t.avro").write_bytes(bytes(data))
+    out = run("verify", world / "t.avro", "--trust", world / "pki" / "trust")
+    assert out.returncode == 1
+    assert out.stdout.startswith("REJECTED bad_signature")
+
+
+def test_revoked_then_verified_at_a_time_before_and_after(world: Path) -> None:
+    out = run("pki", "issue", "--dir", world / "pki", "--agency", MINISTRY, "--role", "signer")
+    key, cert = out.stdout.split()
+    ev = world / "rev.avro"
+    assert (
+        run(
+            "publish",
+            "--from",
+            MINISTRY,
+            "--to",
+            PROVINCE,
+            "--subject",
+            "x",
+            "--signer",
+            f"{key},{cert}",
+            "--seal",
+            _keys(world, "agency"),
+            "--output",
+            ev,
+        ).returncode
+        == 0
+    )
+    assert run("pki", "revoke", "--dir", world / "pki", "--cert", cert).returncode == 0
+    out = run("verify", ev, "--trust", world / "pki" / "trust", "--json")
+    assert out.returncode == 1 and json.loads(out.stdout)["reason"] == "certificate_revoked"
+
+
+def test_verify_with_at_outside_validity_is_expired(world: Path) -> None:
+    _publish(world, world / "e.avro")
+    out = run(
+        "verify",
+        world / "e.avro",
+        "--trust",
+        world / "pki" / "trust",
+        "--at",
+        "2040-01-01",
+        "--json",
+    )
+    assert out.returncode == 1 and json.loads(out.stdout)["reason"] == "certificate_expired"
+
+
+def test_bad_input_gets_one_line_and_the_right_exit_code(world: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.avro"
+    junk.write_bytes(b"not avro at all")
+    out = run("verify", junk, "--trust", world / "pki" / "trust")
+    assert out.returncode == 1 and out.stdout.startswith("REJECTED malformed")
+    out = run("verify", junk, "--trust", tmp_path)  # a folder with no anchor
+    assert out.returncode == 1 and "no trust anchor" in out.stderr
+    out = run("verify", junk, "--trust", world / "pki" / "trust", "--at", "yesterday")
+    assert out.returncode == 2
+    out = run(
+        "publish",
+        "--from",
+        MINISTRY,
+        "--to",
+        PROVINCE,
+        "--subject",
+        "x",
+        "--signer",
+        "nope.pem",
+        "--seal",
+        _keys(world, "agency"),
+        "--output",
+        tmp_path / "o",
+    )
+    assert out.returncode == 2 and "KEY.pem,CERT.pem" in out.stderr
+    out = run(
+        "publish",
+        "--from",
+        MINISTRY,
+        "--to",
+        PROVINCE,
+        "--subject",
+        "x",
+        "--signer",
+        _keys(world, "agency"),
+        "--seal",
+        f"{junk},{junk}",
+        "--output",
+        tmp_path / "o",
+    )
+    assert out.returncode == 2 and "junk.avro" in out.stderr
+    out = run("pki", "init", "--dir", world / "pki")
+    assert out.returncode == 1 and "exists already" in out.stderr
+    out = run("pki", "issue", "--dir", tmp_path / "none", "--agency", MINISTRY, "--role", "signer")
+    assert out.returncode == 1 and "docbus pki init" in out.stderr
+
+
+def test_registry_resolve_and_list() -> None:
+    out = run("registry", "resolve", "000.00.00.H04", "--at", "2025-08-01")
+    assert out.returncode == 0
+    assert "bac-ninh" in out.stdout and "000.00.00.H04 -> 000.00.00.H06" in out.stdout
+    out = run("registry", "resolve", "000.00.00.H99")
+    assert out.returncode == 1 and "unknown_recipient" in out.stderr
+    rows = json.loads(run("registry", "list", "--at", "2025-08-01", "--json").stdout)
+    assert {r["jurisdiction"] for r in rows if r["level"] != "COMMUNE"} >= {
+        "central",
+        "bac-ninh",
+        "hue",
+    }
+    assert not any(r["code"] == "000.00.00.H04" for r in rows)  # Bắc Giang's UBND ended
+    out = run("registry", "list", "--at", "2025-13-01")
+    assert out.returncode == 2
+
+
+def test_every_command_has_help() -> None:
+    for cmd in (
+        ["pki", "init"],
+        ["pki", "issue"],
+        ["pki", "revoke"],
+        ["publish"],
+        ["verify"],
+        ["registry", "resolve"],
+        ["registry", "list"],
+    ):
+        out = run(*cmd, "--help")
+        assert out.returncode == 0 and "Usage:" in out.stdout
