@@ -67,7 +67,11 @@ class Verified:
 
 @dataclass(frozen=True)
 class Rejected:
-    """An event that failed a check: the first failing check's reason code and message."""
+    """An event that failed a check: the first failing check's reason code and message.
+
+    ``payload`` is what the event claims to carry, decoded when possible so that the
+    sender can be told; it is not verified.
+    """
 
     reason: Reason
     message: str
@@ -132,8 +136,15 @@ class Verifier:
             payload = self.codec.decode_payload(event)
             self._check_payload(payload, signers, at)
         except DocbusError as exc:
-            return Rejected(exc.reason, exc.message, event, payload)
+            return Rejected(exc.reason, exc.message, event, payload or self._identify(event))
         return Verified(event=event, payload=payload, signers=signers, at=at)
+
+    def _identify(self, event: SignedEvent) -> Document | Status | None:
+        """The unverified payload, only to tell a rejected sender why (never to act on)."""
+        try:
+            return self.codec.decode_payload(event)
+        except DocbusError:
+            return None
 
     def _check_signatures(self, event: SignedEvent, at: datetime) -> tuple[SignerInfo, ...]:
         if not event.signatures:

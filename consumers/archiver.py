@@ -1,0 +1,108 @@
+"""The archiver: stores every delivered document once and answers with ARCHIVED."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+
+import structlog
+
+from bus.archive import Archive, NewEntry, Stored
+from bus.codec import Codec, default_codec
+from bus.errors import DocbusError, Reason
+from bus.events import status_output
+from bus.headers import RECEIVED_AT, header
+from bus.kafka import Topics
+from bus.model import Document, Status, StatusCode, now_ms
+from bus.runtime import Record, Reject, Result
+from bus.signing import SigningKey
+
+log = structlog.get_logger(__name__)
+
+
+def _received_at(record: Record) -> datetime:
+    raw = header(record.headers, RECEIVED_AT)
+    if raw is not None:
+        try:
+            return datetime.fromisoformat(raw.decode())
+        except ValueError:
+            pass
+    return datetime.fromtimestamp(record.timestamp / 1000).astimezone()
+
+
+class Archiver:
+    """Reads every delivery topic; one SQLite transaction per batch, then the receipts.
+
+    The delivery topics are written by the gateway alone (broker ACLs in production),
+    so the archiver does not verify signatures again; the auditor does (issue 5).
+    """
+
+    stage = "archiver"
+
+    def __init__(
+        self, archive: Archive, key: SigningKey, topics: Topics, codec: Codec | None = None
+    ) -> None:
+        if key.agency is None:
+            raise ValueError("the archiver's certificate carries no organizationIdentifier")
+        self.archive = archive
+        self.key = key
+        self.by = key.agency
+        self.topics = topics
+        self.codec = codec or default_codec()
+
+    async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
+        return await asyncio.to_thread(self._process, records)
+
+    def _process(self, records: Sequence[Record]) -> list[Result]:
+        results: list[Result] = []
+        batch: list[tuple[Record, NewEntry]] = []
+        for record in records:
+            value = record.value or b""
+            try:
+                doc = self.codec.decode_payload(self.codec.decode_event(value))
+            except DocbusError as exc:
+                results.append(Reject(record, exc.reason, exc.message))
+                continue
+            if not isinstance(doc, Document):
+                results.append(Reject(record, Reason.POLICY, "a delivery topic carries documents"))
+                continue
+            entry = NewEntry(
+                document_id=doc.document_id,
+                revision=doc.revision,
+                digest=hashlib.sha256(value).hexdigest(),
+                sender=doc.sender,
+                recipients=doc.recipients,
+                subject="" if doc.sealed else doc.subject,
+                confidentiality=doc.confidentiality.value,
+                topic=record.topic,
+                received_at=_received_at(record),
+                event=value,
+            )
+            batch.append((record, entry))
+        outcomes = self.archive.store([entry for _, entry in batch])
+        for (record, entry), outcome in zip(batch, outcomes, strict=True):
+            results.extend(self._answer(record, entry, outcome))
+        return results
+
+    def _answer(self, record: Record, entry: NewEntry, outcome: Stored) -> list[Result]:
+        log.info("archived", document_id=entry.document_id, outcome=outcome.value)
+        if outcome is Stored.CONFLICT:
+            message = f"revision {entry.revision} was archived before with other bytes"
+            status = Status(
+                entry.document_id,
+                StatusCode.REJECTED,
+                self.by,
+                now_ms(),
+                entry.revision,
+                reason=Reason.DUPLICATE_CONFLICT.value,
+                message=message,
+            )
+            return [
+                Reject(record, Reason.DUPLICATE_CONFLICT, message),
+                status_output(status, self.key, self.topics),
+            ]
+        # A re-delivery is answered again: the publisher may have missed the first receipt.
+        status = Status(entry.document_id, StatusCode.ARCHIVED, self.by, now_ms(), entry.revision)
+        return [status_output(status, self.key, self.topics)]

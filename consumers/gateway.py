@@ -1,0 +1,114 @@
+"""The gateway: verifies submitted documents and routes them by jurisdiction (DESIGN §8)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+
+from bus.errors import DocbusError, Reason
+from bus.events import status_output
+from bus.headers import RECEIVED_AT, cloudevent, header
+from bus.kafka import Topics
+from bus.model import Document, Status, StatusCode, now_ms
+from bus.registry import Registry
+from bus.runtime import Output, Record, Reject, Result
+from bus.signing import SigningKey
+from bus.verifier import Rejected, Verifier
+
+log = structlog.get_logger(__name__)
+
+
+class Gateway:
+    """Verify → resolve recipients → one delivery per jurisdiction + a signed receipt.
+
+    :param verifier: the one verifier (trust store, policy, registry).
+    :param registry: resolves recipients to delivery jurisdictions.
+    :param key: the gateway's SERVICE key; its certificate's agency code is the ``by``
+        of every status it signs.
+    """
+
+    stage = "gateway"
+
+    def __init__(
+        self, verifier: Verifier, registry: Registry, key: SigningKey, topics: Topics
+    ) -> None:
+        if key.agency is None:
+            raise ValueError("the gateway's certificate carries no organizationIdentifier")
+        self.verifier = verifier
+        self.registry = registry
+        self.key = key
+        self.by = key.agency
+        self.topics = topics
+
+    async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
+        # Verification and signing are CPU work: off the event loop, one batch at a time.
+        return await asyncio.to_thread(self._process, records)
+
+    def _process(self, records: Sequence[Record]) -> list[Result]:
+        return [result for record in records for result in self._one(record)]
+
+    def _one(self, record: Record) -> list[Result]:
+        received = now_ms()
+        verdict = self.verifier.verify(record.value or b"", received)
+        if isinstance(verdict, Rejected):
+            return self._reject(record, verdict.reason, verdict.message, verdict.payload)
+        doc = verdict.payload
+        if not isinstance(doc, Document):
+            return self._reject(record, Reason.POLICY, "only documents are submitted", None)
+        try:
+            resolutions = [
+                self.registry.resolve(code, doc.issued_at.date())
+                for code in (*doc.recipients, *doc.cc)
+            ]
+        except DocbusError as exc:
+            return self._reject(record, exc.reason, exc.message, doc)
+        jurisdictions = list(dict.fromkeys(r.jurisdiction.id for r in resolutions))
+        headers = cloudevent(doc, doc.sender, doc.issued_at)
+        trace = header(record.headers, "traceparent")
+        if trace is not None:
+            headers = [(k, trace if k == "traceparent" else v) for k, v in headers]
+        headers.append((RECEIVED_AT, received.isoformat().encode()))
+        results: list[Result] = [
+            Output(self.topics.deliver(j), doc.document_id.encode(), record.value or b"", headers)
+            for j in jurisdictions
+        ]
+        rerouted = {r.asked: r.agency.code for r in resolutions if r.rerouted}
+        status = Status(
+            document_id=doc.document_id,
+            revision=doc.revision,
+            code=StatusCode.DELIVERED,
+            by=self.by,
+            at=received,
+            message=f"delivered to {', '.join(jurisdictions)}",
+            rerouted=rerouted,
+        )
+        log.info(
+            "delivered", document_id=doc.document_id, jurisdictions=jurisdictions, rerouted=rerouted
+        )
+        results.append(status_output(status, self.key, self.topics))
+        return results
+
+    def _reject(
+        self, record: Record, reason: Reason, message: str, payload: Document | Status | None
+    ) -> list[Result]:
+        log.warning(
+            "rejected",
+            reason=reason.value,
+            message=message,
+            document_id=getattr(payload, "document_id", None),
+        )
+        results: list[Result] = [Reject(record, reason, message)]
+        if isinstance(payload, Document):
+            status = Status(
+                document_id=payload.document_id,
+                revision=payload.revision,
+                code=StatusCode.REJECTED,
+                by=self.by,
+                at=now_ms(),
+                reason=reason.value,
+                message=message,
+            )
+            results.append(status_output(status, self.key, self.topics))
+        return results

@@ -1,0 +1,147 @@
+"""An agency's inbox: keeps the documents addressed to it, stores them, says RECEIVED."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+import structlog
+
+from bus.events import status_output
+from bus.kafka import KafkaSettings, Topics
+from bus.model import Document, Status, StatusCode, now_ms
+from bus.registry import Registry
+from bus.runtime import Output, Record, Reject, Result
+from bus.signing import SigningKey
+from bus.verifier import Rejected, Verifier
+
+log = structlog.get_logger(__name__)
+
+#: The feedback an agency system sends after RECEIVED (edXML codes 03-06).
+FEEDBACK = (StatusCode.ACCEPTED, StatusCode.ASSIGNED, StatusCode.PROCESSING, StatusCode.COMPLETED)
+
+
+def document_folder(root: Path, document_id: str, revision: int) -> Path:
+    """Where an inbox keeps one revision of a document (ids may hold '/', so they are quoted)."""
+    return root / quote(document_id, safe="") / str(revision)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+class Inbox:
+    """The receiving side of one agency.
+
+    :param agency: the agency code; documents addressed to it or to any of its
+        predecessors (agencies merged into it) are kept.
+    :param key: the agency's AGENCY key, which signs its statuses.
+    :param folder: where documents are stored, one folder per document revision.
+    """
+
+    stage = "inbox"
+
+    def __init__(
+        self,
+        agency: str,
+        registry: Registry,
+        verifier: Verifier,
+        key: SigningKey,
+        folder: Path,
+        topics: Topics,
+    ) -> None:
+        if key.agency != agency:
+            raise ValueError(f"the key is for {key.agency}, not {agency}")
+        self.agency = agency
+        self.accepts = {agency} | registry.predecessors(agency)
+        self.jurisdiction = registry.resolve(agency, now_ms().date()).jurisdiction.id
+        self.verifier = verifier
+        self.key = key
+        self.folder = folder
+        self.topics = topics
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def topic(self) -> str:
+        return self.topics.deliver(self.jurisdiction)
+
+    async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
+        return await asyncio.to_thread(self._process, records)
+
+    def _process(self, records: Sequence[Record]) -> list[Result]:
+        results: list[Result] = []
+        for record in records:
+            verdict = self.verifier.verify(record.value or b"", now_ms())
+            if isinstance(verdict, Rejected):
+                results.append(Reject(record, verdict.reason, verdict.message))
+                continue
+            doc = verdict.payload
+            if not isinstance(doc, Document) or not self.accepts & {*doc.recipients, *doc.cc}:
+                continue  # another agency's document on the shared jurisdiction topic
+            self._store(doc, record.value or b"")
+            log.info("received", document_id=doc.document_id, agency=self.agency)
+            results.append(self.status(doc.document_id, doc.revision, StatusCode.RECEIVED))
+        return results
+
+    def _store(self, doc: Document, event: bytes) -> None:
+        target = document_folder(self.folder, doc.document_id, doc.revision)
+        if (target / "event.avro").exists():
+            return  # re-delivery: already kept
+        (target / "attachments").mkdir(parents=True, exist_ok=True)
+        for a in doc.attachments:
+            if a.content is not None:
+                name = Path(a.name).name or a.sha256
+                _write_atomically(target / "attachments" / name, a.content)
+        meta = {
+            "document_id": doc.document_id,
+            "revision": doc.revision,
+            "sender": doc.sender,
+            "recipients": list(doc.recipients),
+            "subject": doc.subject,
+            "code_number": doc.code_number,
+            "issued_at": doc.issued_at.isoformat(),
+            "attachments": [a.name for a in doc.attachments],
+        }
+        _write_atomically(
+            target / "document.json", json.dumps(meta, ensure_ascii=False, indent=2).encode()
+        )
+        _write_atomically(target / "event.avro", event)  # last: its presence means complete
+
+    def status(
+        self, document_id: str, revision: int, code: StatusCode, message: str | None = None
+    ) -> Output:
+        """A status about a received document, signed by this agency."""
+        status = Status(document_id, code, self.agency, now_ms(), revision, message=message)
+        return status_output(status, self.key, self.topics)
+
+
+async def send_status(
+    settings: KafkaSettings,
+    key: SigningKey,
+    document_id: str,
+    revision: int,
+    code: StatusCode,
+    message: str | None = None,
+) -> None:
+    """Send ACCEPTED, ASSIGNED, PROCESSING or COMPLETED for a received document."""
+    if code not in FEEDBACK:
+        raise ValueError(f"{code.value} is not agency feedback ({', '.join(FEEDBACK)})")
+    if key.agency is None:
+        raise ValueError("the key's certificate carries no agency code")
+    status = Status(document_id, code, key.agency, now_ms(), revision, message=message)
+    out = status_output(status, key, settings.topics)
+    producer = settings.producer()
+    await producer.start()
+    try:
+        await producer.send_and_wait(out.topic, out.value, key=out.key, headers=out.headers)
+    finally:
+        await producer.stop()
