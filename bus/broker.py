@@ -17,6 +17,9 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+#: The consumer session timeout that suits the embedded broker (groups settle faster).
+EMBEDDED_SESSION_TIMEOUT_MS = 2000
+
 
 class BrokerError(RuntimeError):
     """The embedded broker cannot be found or does not answer."""

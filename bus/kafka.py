@@ -61,6 +61,9 @@ class KafkaSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     topics: Topics = field(default_factory=Topics)
+    # Tansu lets a consumer group settle for about half the session timeout, so the
+    # embedded broker is run with a short one; real Kafka keeps aiokafka's default.
+    session_timeout_ms: int = 10000
 
     @classmethod
     def from_env(cls, bootstrap: str | None = None) -> KafkaSettings:
@@ -79,6 +82,7 @@ class KafkaSettings:
             ssl_certfile=env.get("DOCBUS_SSL_CERTFILE"),
             ssl_keyfile=env.get("DOCBUS_SSL_KEYFILE"),
             topics=Topics(env.get("DOCBUS_TOPIC_PREFIX", DEFAULT_PREFIX)),
+            session_timeout_ms=int(env.get("DOCBUS_SESSION_TIMEOUT_MS", "10000")),
         )
 
     def common(self) -> dict[str, Any]:
@@ -122,6 +126,8 @@ class KafkaSettings:
             "max_partition_fetch_bytes": MAX_RECORD_BYTES,
             "fetch_max_bytes": 4 * MAX_RECORD_BYTES,
             "metadata_max_age_ms": 5000,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": max(100, self.session_timeout_ms // 5),
             **overrides,
         }
         return AIOKafkaConsumer(**args)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bus.broker import EmbeddedBroker
 from bus.model import Role
 from bus.pki import CertRole, DevPki, KeyAlgorithm
 from bus.registry import Registry, load_registry
@@ -48,3 +50,10 @@ def registry() -> Registry:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    """A fresh embedded Kafka-protocol broker (Tansu, memory storage) for one test."""
+    with EmbeddedBroker() as b:
+        yield b

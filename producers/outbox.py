@@ -1,0 +1,249 @@
+"""The publisher's durable outbox (DESIGN §7): every record sent and not yet answered.
+
+A record is written (and fsync'd) here before it is sent, so a crash or a broker that
+forgets its log loses nothing: unanswered records are sent again until an ARCHIVED or
+REJECTED status arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+
+from bus.model import Status, StatusCode
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    document_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    record BLOB NOT NULL,
+    created_at TEXT NOT NULL,
+    sent_at TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    reason TEXT,
+    message TEXT,
+    alarmed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (document_id, revision)
+);
+CREATE TABLE IF NOT EXISTS statuses (
+    document_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    code TEXT NOT NULL,
+    by TEXT NOT NULL,
+    at TEXT NOT NULL,
+    reason TEXT,
+    message TEXT,
+    rerouted TEXT NOT NULL,
+    UNIQUE (document_id, revision, code, by)
+);
+"""
+
+
+class State(StrEnum):
+    PENDING = "PENDING"
+    ARCHIVED = "ARCHIVED"
+    REJECTED = "REJECTED"
+
+
+FINAL = {StatusCode.ARCHIVED: State.ARCHIVED, StatusCode.REJECTED: State.REJECTED}
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    document_id: str
+    revision: int
+    sender: str
+    recipients: tuple[str, ...]
+    record: bytes
+    created_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    state: State
+    reason: str | None
+    message: str | None
+
+
+def _ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+class Outbox:
+    """An SQLite outbox file (WAL, fsync on commit). Thread-safe: calls are serialised."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA busy_timeout = 10000")
+        self._db.executescript(SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
+
+    @property
+    def id(self) -> str:
+        """A stable id of this outbox (names its status consumer group)."""
+        with self._lock:
+            return str(self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(
+        self,
+        document_id: str,
+        revision: int,
+        sender: str,
+        recipients: tuple[str, ...],
+        record: bytes,
+    ) -> None:
+        """Keep a record before it is sent; adding the same revision again is a no-op."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO entries (document_id, revision, sender, recipients, record,"
+                " created_at, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    document_id,
+                    revision,
+                    sender,
+                    json.dumps(list(recipients)),
+                    record,
+                    datetime.now(UTC).isoformat(),
+                    State.PENDING.value,
+                ),
+            )
+
+    def mark_sent(self, document_id: str, revision: int) -> None:
+        """Record that the broker acknowledged one more send of this entry."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE entries SET sent_at = ?, attempts = attempts + 1"
+                " WHERE document_id = ? AND revision = ?",
+                (datetime.now(UTC).isoformat(), document_id, revision),
+            )
+
+    def apply(self, status: Status) -> OutboxEntry | None:
+        """Record a verified status; returns the entry if it concerns this outbox."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state FROM entries WHERE document_id = ? AND revision = ?",
+                (status.document_id, status.revision),
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR IGNORE INTO statuses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    status.document_id,
+                    status.revision,
+                    status.code.value,
+                    status.by,
+                    status.at.isoformat(),
+                    status.reason,
+                    status.message,
+                    json.dumps(status.rerouted),
+                ),
+            )
+            final = FINAL.get(status.code)
+            if final is not None and row["state"] == State.PENDING.value:
+                self._db.execute(
+                    "UPDATE entries SET state = ?, reason = ?, message = ?"
+                    " WHERE document_id = ? AND revision = ?",
+                    (
+                        final.value,
+                        status.reason,
+                        status.message,
+                        status.document_id,
+                        status.revision,
+                    ),
+                )
+            self._db.execute("COMMIT")
+        return self.get(status.document_id, status.revision)
+
+    def get(self, document_id: str, revision: int = 0) -> OutboxEntry | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM entries WHERE document_id = ? AND revision = ?",
+                (document_id, revision),
+            ).fetchone()
+        return None if row is None else _entry(row)
+
+    def statuses(self, document_id: str, revision: int = 0) -> list[Status]:
+        """Every status recorded for a document revision, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM statuses WHERE document_id = ? AND revision = ? ORDER BY at",
+                (document_id, revision),
+            ).fetchall()
+        return [
+            Status(
+                document_id=r["document_id"],
+                code=StatusCode(r["code"]),
+                by=r["by"],
+                at=datetime.fromisoformat(r["at"]),
+                revision=r["revision"],
+                reason=r["reason"],
+                message=r["message"],
+                rerouted=json.loads(r["rerouted"]),
+            )
+            for r in rows
+        ]
+
+    def pending(self) -> list[OutboxEntry]:
+        """Entries without a final status, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM entries WHERE state = ? ORDER BY created_at", (State.PENDING.value,)
+            ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def entries(self) -> list[OutboxEntry]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM entries ORDER BY created_at").fetchall()
+        return [_entry(r) for r in rows]
+
+    def due(self, resend_after: timedelta) -> list[OutboxEntry]:
+        """Pending entries never sent, or sent longer ago than ``resend_after``."""
+        cutoff = datetime.now(UTC) - resend_after
+        return [e for e in self.pending() if e.sent_at is None or e.sent_at < cutoff]
+
+    def newly_overdue(self, deadline: timedelta) -> list[OutboxEntry]:
+        """Pending entries older than ``deadline`` not alarmed yet; marks them alarmed."""
+        cutoff = (datetime.now(UTC) - deadline).isoformat()
+        with self._lock:
+            rows = self._db.execute(
+                "UPDATE entries SET alarmed = 1 WHERE state = ? AND alarmed = 0 AND created_at < ?"
+                " RETURNING *",
+                (State.PENDING.value, cutoff),
+            ).fetchall()
+        return [_entry(r) for r in rows]
+
+
+def _entry(row: sqlite3.Row) -> OutboxEntry:
+    return OutboxEntry(
+        document_id=row["document_id"],
+        revision=row["revision"],
+        sender=row["sender"],
+        recipients=tuple(json.loads(row["recipients"])),
+        record=bytes(row["record"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        sent_at=_ts(row["sent_at"]),
+        attempts=row["attempts"],
+        state=State(row["state"]),
+        reason=row["reason"],
+        message=row["message"],
+    )

@@ -1,0 +1,190 @@
+"""The publisher: sign, keep in the outbox, send, listen for statuses, re-send until answered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import timedelta
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from bus.codec import default_codec
+from bus.events import document_record
+from bus.headers import cloudevent
+from bus.kafka import KafkaSettings
+from bus.model import Document, Status, now_ms
+from bus.runtime import ConsumerRuntime, Record, Reject, Result
+from bus.signing import SigningKey
+from bus.verifier import Rejected, Verifier
+from producers.outbox import Outbox, OutboxEntry, State
+
+log = structlog.get_logger(__name__)
+
+
+class StatusListener:
+    """Applies verified statuses about this outbox's documents; wakes whoever waits."""
+
+    stage = "outbox"
+
+    def __init__(self, outbox: Outbox, verifier: Verifier) -> None:
+        self.outbox = outbox
+        self.verifier = verifier
+        self._final: dict[tuple[str, int], asyncio.Event] = {}
+
+    def waiter(self, document_id: str, revision: int) -> asyncio.Event:
+        return self._final.setdefault((document_id, revision), asyncio.Event())
+
+    async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
+        applied = await asyncio.to_thread(self._process, records)
+        results: list[Result] = []
+        for item in applied:
+            if isinstance(item, Reject):
+                results.append(item)
+            elif item.state is not State.PENDING:
+                self.waiter(item.document_id, item.revision).set()
+        return results
+
+    def _process(self, records: Sequence[Record]) -> list[OutboxEntry | Reject]:
+        out: list[OutboxEntry | Reject] = []
+        for record in records:
+            verdict = self.verifier.verify(record.value or b"", now_ms())
+            if isinstance(verdict, Rejected):
+                out.append(Reject(record, verdict.reason, verdict.message))
+                continue
+            if isinstance(verdict.payload, Status):
+                entry = self.outbox.apply(verdict.payload)
+                if entry is not None:
+                    log.info(
+                        "status",
+                        document_id=entry.document_id,
+                        code=verdict.payload.code.value,
+                        by=verdict.payload.by,
+                    )
+                    out.append(entry)
+        return out
+
+
+class Publisher:
+    """Publishes signed documents with at-least-once delivery until a final status.
+
+    :param settings: how to reach Kafka.
+    :param outbox: the durable outbox.
+    :param keys: the signing keys (SIGNER, AGENCY, any co-signers).
+    :param verifier: verifies the statuses (they are signed receipts).
+    :param resend_after: re-send an unanswered record after this long.
+    :param deadline: raise an alarm (log error) for records unanswered this long.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        outbox: Outbox,
+        keys: Sequence[SigningKey],
+        verifier: Verifier,
+        resend_after: timedelta = timedelta(seconds=30),
+        deadline: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.keys = list(keys)
+        self.resend_after = resend_after
+        self.deadline = deadline
+        self.listener = StatusListener(outbox, verifier)
+        self.runtime = ConsumerRuntime(
+            settings, self.listener, f"docbus.outbox.{outbox.id}", topics=[settings.topics.status]
+        )
+        self._producer: AIOKafkaProducer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Connect, start listening for statuses and the re-send loop."""
+        self._producer = self.settings.producer()
+        await self._producer.start()
+        self._tasks = [
+            asyncio.create_task(self.runtime.run()),
+            asyncio.create_task(self._resend_loop()),
+        ]
+        await asyncio.wait(
+            [asyncio.create_task(self.runtime.started.wait()), self._tasks[0]],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if self._tasks[0].done():
+            self._tasks[0].result()
+
+    async def stop(self) -> None:
+        self.runtime.request_stop()
+        self._tasks[1].cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def publish(self, document: Document) -> bytes:
+        """Sign, keep in the outbox, send. Returns the record; sent again until answered.
+
+        Once this returns the document is durable: a failed send is logged and retried
+        by the re-send loop rather than raised.
+        """
+        record = await asyncio.to_thread(document_record, document, self.keys)
+        await asyncio.to_thread(
+            self.outbox.add,
+            document.document_id,
+            document.revision,
+            document.sender,
+            document.recipients,
+            record,
+        )
+        await self._send(document.document_id, document.revision, record)
+        return record
+
+    async def _send(self, document_id: str, revision: int, record: bytes) -> None:
+        assert self._producer is not None, "start() the publisher first"
+        doc = default_codec().decode_document(default_codec().decode_event(record).payload)
+        try:
+            await self._producer.send_and_wait(
+                self.settings.topics.submitted,
+                record,
+                key=document_id.encode(),
+                headers=cloudevent(doc, doc.sender, now_ms()),
+            )
+        except KafkaError as exc:
+            log.warning("send failed; will re-send", document_id=document_id, error=repr(exc))
+            return
+        await asyncio.to_thread(self.outbox.mark_sent, document_id, revision)
+
+    async def wait(self, document_id: str, revision: int = 0) -> OutboxEntry:
+        """Wait for the final status (ARCHIVED or REJECTED); bound it with asyncio.timeout."""
+        event = self.listener.waiter(document_id, revision)
+        entry = self.outbox.get(document_id, revision)
+        if entry is None:
+            raise KeyError(f"{document_id} revision {revision} is not in the outbox")
+        if entry.state is State.PENDING:
+            await event.wait()
+            entry = self.outbox.get(document_id, revision)
+        assert entry is not None
+        return entry
+
+    async def resend_due(self) -> int:
+        """Send again every entry unanswered for ``resend_after``; alarm on overdue ones."""
+        due = await asyncio.to_thread(self.outbox.due, self.resend_after)
+        for entry in due:
+            log.info("re-sending", document_id=entry.document_id, attempts=entry.attempts)
+            await self._send(entry.document_id, entry.revision, entry.record)
+        for entry in await asyncio.to_thread(self.outbox.newly_overdue, self.deadline):
+            log.error(
+                "ALARM: no final status within the deadline",
+                document_id=entry.document_id,
+                sent=entry.attempts,
+                since=entry.created_at.isoformat(),
+            )
+        return len(due)
+
+    async def _resend_loop(self) -> None:
+        period = max(0.2, self.resend_after.total_seconds() / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.resend_due()
+            except KafkaError as exc:
+                log.warning("re-send round failed", error=repr(exc))

@@ -1,0 +1,167 @@
+"""A whole docbus stack in one event loop, on a real embedded broker, for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+
+from bus.archive import Archive
+from bus.broker import EMBEDDED_SESSION_TIMEOUT_MS
+from bus.kafka import KafkaSettings, ensure_topics
+from bus.model import Role
+from bus.pki import KeyAlgorithm
+from bus.registry import Registry
+from bus.runtime import ConsumerRuntime
+from bus.signing import SigningKey
+from bus.verifier import Policy, Verifier
+from consumers.archiver import Archiver
+from consumers.gateway import Gateway
+from consumers.inbox import Inbox
+from producers.outbox import Outbox
+from producers.publisher import Publisher
+from tests.conftest import MINISTRY, Pki
+
+NGHE_AN = "000.00.00.H41"
+BAC_NINH = "000.00.00.H06"
+BAC_GIANG = "000.00.00.H04"  # merged into Bắc Ninh on 2025-07-01
+GIA_LAI = "000.00.00.H21"
+
+
+@dataclass
+class Stack:
+    settings: KafkaSettings
+    pki: Pki
+    registry: Registry
+    folder: Path
+    archive: Archive
+    publisher: Publisher
+    ministry: list[SigningKey]
+    runtimes: dict[str, ConsumerRuntime] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def verifier(self) -> Verifier:
+        return Verifier(self.pki.trust, Policy(), self.registry)
+
+    def inbox_folder(self, agency: str) -> Path:
+        return self.folder / "inbox" / agency
+
+    def start_service(self, name: str, runtime: ConsumerRuntime) -> None:
+        self.runtimes[name] = runtime
+        self.tasks.append(asyncio.create_task(runtime.run()))
+
+    async def started(self) -> None:
+        """Wait until every service consumes (or one failed)."""
+        all_started = asyncio.gather(*(r.started.wait() for r in self.runtimes.values()))
+        await asyncio.wait([all_started, *self.tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in self.tasks:
+            if task.done():
+                task.result()
+
+    async def stop_service(self, name: str) -> None:
+        runtime = self.runtimes.pop(name)
+        runtime.request_stop()
+
+
+def start_services(stack: Stack) -> None:
+    s, pki, topics = stack.settings, stack.pki, stack.settings.topics
+    gateway_key = pki.key("docbus.gateway", Role.SERVICE)
+    archiver_key = pki.key("docbus.archiver", Role.SERVICE)
+    stack.start_service(
+        "gateway",
+        ConsumerRuntime(
+            s,
+            Gateway(stack.verifier(), stack.registry, gateway_key, topics),
+            "docbus.gateway",
+            topics=[topics.submitted],
+        ),
+    )
+    stack.start_service(
+        "archiver",
+        ConsumerRuntime(
+            s,
+            Archiver(stack.archive, archiver_key, topics),
+            "docbus.archiver",
+            pattern=topics.deliver_pattern,
+        ),
+    )
+    for agency in (NGHE_AN, BAC_NINH):
+        inbox = Inbox(
+            agency,
+            stack.registry,
+            stack.verifier(),
+            pki.key(agency, Role.AGENCY),
+            stack.inbox_folder(agency),
+            topics,
+        )
+        stack.start_service(
+            f"inbox-{agency}",
+            ConsumerRuntime(s, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic]),
+        )
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    bootstrap: str, pki: Pki, registry: Registry, folder: Path, services: bool = True
+) -> AsyncIterator[Stack]:
+    settings = KafkaSettings(bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
+    topics = settings.topics
+    on = date.today()
+    today = {registry.resolve(a.code, on).jurisdiction.id for a in registry.in_force(on)}
+    await ensure_topics(
+        settings,
+        [topics.submitted, topics.status, topics.rejected, *map(topics.deliver, today)],
+        partitions=2,
+    )
+    ministry = [
+        pki.key(MINISTRY, Role.SIGNER),
+        pki.key(MINISTRY, Role.AGENCY, KeyAlgorithm.ED25519),
+    ]
+    archive = Archive(folder / "archive.sqlite")
+    outbox = Outbox(folder / "outbox.sqlite")
+    publisher = Publisher(settings, outbox, ministry, Verifier(pki.trust, Policy(), registry))
+    stack = Stack(settings, pki, registry, folder, archive, publisher, ministry)
+    if services:
+        start_services(stack)
+    await asyncio.gather(publisher.start(), stack.started())
+    try:
+        yield stack
+    finally:
+        await publisher.stop()
+        for runtime in stack.runtimes.values():
+            runtime.request_stop()
+        await asyncio.wait_for(asyncio.gather(*stack.tasks, return_exceptions=True), 30)
+        archive.close()
+        outbox.close()
+
+
+async def read_topic(
+    settings: KafkaSettings, topic: str, until: int, seconds: float = 20.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` from the start (no group), until ``until`` came or time ran out."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        **settings.common(),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=20,
+    )
+    await consumer.start()
+    found: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        async with asyncio.timeout(seconds):
+            while len(found) < until:
+                batch = await consumer.getmany(timeout_ms=200)
+                for part in batch.values():
+                    found.extend(part)
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return found
