@@ -21,7 +21,16 @@ from consumers.inbox import document_folder
 from producers.document import new_document
 from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
-from tests.stack import BAC_GIANG, BAC_NINH, GIA_LAI, NGHE_AN, Stack, read_topic, running_stack
+from tests.stack import (
+    BAC_GIANG,
+    BAC_NINH,
+    GIA_LAI,
+    NGHE_AN,
+    Stack,
+    file_appears,
+    read_topic,
+    running_stack,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +62,7 @@ async def test_a_plain_document_is_delivered_archived_and_received(
         [entry] = stack.archive.find(doc.document_id)
         assert entry.event == record and entry.topic == "docbus.deliver.nghe-an"
         folder = document_folder(stack.inbox_folder(NGHE_AN), doc.document_id, 0)
-        async with asyncio.timeout(20):
-            while not (folder / "event.avro").exists():
-                await asyncio.sleep(0.05)
+        await file_appears(folder / "event.avro")
         assert (folder / "attachments" / "qd.txt").read_text(encoding="utf-8") == "Nội dung"
         statuses = _statuses(await read_topic(stack.settings, "docbus.status", 3), doc.document_id)
         assert {s.code for s in statuses} >= {
@@ -88,9 +95,7 @@ async def test_multi_jurisdiction_and_merged_province(
         assert delivered[0].rerouted == {BAC_GIANG: BAC_NINH}
         # Bắc Ninh's inbox keeps what was addressed to its predecessor Bắc Giang.
         folder = document_folder(stack.inbox_folder(BAC_NINH), doc.document_id, 0)
-        async with asyncio.timeout(20):
-            while not (folder / "event.avro").exists():
-                await asyncio.sleep(0.05)
+        await file_appears(folder / "event.avro")
         await asyncio.sleep(1)  # let the second and third delivery reach the archiver
         assert len(stack.archive.find(doc.document_id)) == 1
 
