@@ -170,7 +170,7 @@ async def read_topic(
 async def file_appears(path: Path, seconds: float = 20.0) -> None:
     """Poll until ``path`` exists (written by a service in this or another process)."""
     for _ in range(int(seconds / 0.05)):
-        if path.exists():
+        if await asyncio.to_thread(path.exists):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{path} did not appear within {seconds}s")
