@@ -6,6 +6,7 @@ entry-point group, so this module imports neither.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from datetime import UTC, date, datetime
@@ -14,13 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import click
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
+from bus.broker import BrokerError
+from bus.demo import all_topics, run_demo, run_dev
 from bus.errors import DocbusError
-from bus.model import Document
+from bus.kafka import KafkaSettings, ensure_topics
+from bus.logs import configure_logging
+from bus.model import Document, Role
 from bus.pki import CertRole, DevPki, KeyAlgorithm, PkiError
 from bus.registry import RegistryError, load_registry
+from bus.signing import SigningKey
 from bus.truststore import TrustStore
 from bus.verifier import Policy, Rejected, Verifier
 
@@ -33,7 +40,7 @@ class DocbusGroup(click.Group):
             return super().invoke(ctx)
         except DocbusError as exc:
             raise click.ClickException(str(exc)) from None
-        except (PkiError, RegistryError, OSError, ValueError) as exc:
+        except (PkiError, RegistryError, BrokerError, KafkaError, OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -46,7 +53,51 @@ def parse_time(value: str) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
-def _registry_option(f: Any) -> Any:
+class KeyPair(click.ParamType[SigningKey]):
+    """``KEY.pem,CERT.pem``: a private key and its certificate (chain), loaded for a role."""
+
+    name = "KEY.pem,CERT.pem"
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> SigningKey:
+        if isinstance(value, SigningKey):
+            return value
+        parts = str(value).split(",")
+        if len(parts) != 2:
+            self.fail(f"{value!r} is not KEY.pem,CERT.pem", param, ctx)
+        key_path, cert_path = (Path(p) for p in parts)
+        for p in (key_path, cert_path):
+            if not p.is_file():
+                self.fail(f"{p} does not exist", param, ctx)
+        try:
+            return SigningKey.load(self.role, key_path, cert_path)
+        except (ValueError, DocbusError) as exc:
+            self.fail(f"{value}: {exc}", param, ctx)
+
+
+def bootstrap_option(f: Any) -> Any:
+    """``--bootstrap HOST:PORT`` (or DOCBUS_BOOTSTRAP); TLS/SASL come from DOCBUS_* variables."""
+    return click.option(
+        "--bootstrap",
+        envvar="DOCBUS_BOOTSTRAP",
+        help="Kafka bootstrap HOST:PORT (env DOCBUS_BOOTSTRAP; TLS/SASL from DOCBUS_* vars).",
+    )(f)
+
+
+def trust_option(f: Any) -> Any:
+    return click.option(
+        "--trust",
+        required=True,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Trust store folder (anchors, intermediates, CRLs).",
+    )(f)
+
+
+def registry_option(f: Any) -> Any:
     return click.option(
         "--registry",
         "registry_path",
@@ -105,12 +156,10 @@ def pki_revoke(folder: Path, cert_file: Path) -> None:
 
 @cli.command()
 @click.argument("event_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--trust", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@trust_option
 @click.option("--at", "at_text", help="Verification time (ISO 8601); default now.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@_registry_option
+@registry_option
 def verify(
     event_file: Path, trust: Path, at_text: str | None, as_json: bool, registry_path: Path | None
 ) -> None:
@@ -176,7 +225,7 @@ def _day(value: str | None) -> date:
 @registry.command("resolve")
 @click.argument("code")
 @click.option("--at", "at_text", help="Date (YYYY-MM-DD); default today.")
-@_registry_option
+@registry_option
 def registry_resolve(code: str, at_text: str | None, registry_path: Path | None) -> None:
     """Print the unit, level and delivery jurisdiction of CODE and the successor path taken."""
     r = load_registry(registry_path).resolve(code, _day(at_text))
@@ -189,7 +238,7 @@ def registry_resolve(code: str, at_text: str | None, registry_path: Path | None)
 @registry.command("list")
 @click.option("--at", "at_text", help="Date (YYYY-MM-DD); default today.")
 @click.option("--json", "as_json", is_flag=True)
-@_registry_option
+@registry_option
 def registry_list(at_text: str | None, as_json: bool, registry_path: Path | None) -> None:
     """The agencies in force on a date, with unit, level and delivery jurisdiction."""
     reg = load_registry(registry_path)
@@ -218,6 +267,49 @@ def registry_list(at_text: str | None, as_json: bool, registry_path: Path | None
     Console().print(table)
 
 
+@cli.group(cls=DocbusGroup)
+def topics() -> None:
+    """The docbus topics (DESIGN §8)."""
+
+
+@topics.command("ensure")
+@bootstrap_option
+@click.option("--partitions", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--replication", default=1, show_default=True, type=click.IntRange(min=1))
+@registry_option
+def topics_ensure(
+    bootstrap: str | None, partitions: int, replication: int, registry_path: Path | None
+) -> None:
+    """Create the submitted, status and rejected topics and a delivery topic per jurisdiction."""
+    settings = KafkaSettings.from_env(bootstrap)
+    names = all_topics(settings.topics, load_registry(registry_path))
+    created = asyncio.run(ensure_topics(settings, names, partitions, replication))
+    click.echo(f"{len(names)} topics, {len(created)} created")
+
+
+@cli.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the archive, outboxes, inboxes and PKI here (default: a fresh temp folder).",
+)
+def demo(data_dir: Path | None) -> None:
+    """Run the whole bus on an embedded broker, publish real-looking documents, check fates."""
+    if not run_demo(data_dir):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the archive, inboxes and PKI here (default: a fresh temp folder).",
+)
+def dev(data_dir: Path | None) -> None:
+    """Run the embedded broker and every service until Ctrl-C."""
+    run_dev(data_dir)
+
+
 def _add_plugins() -> None:
     for ep in entry_points(group="docbus.commands"):
         command = ep.load()
@@ -227,5 +319,6 @@ def _add_plugins() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    configure_logging()
     _add_plugins()
     cli()

@@ -1,39 +1,81 @@
-"""``docbus publish``: build, sign and write (or send) a document."""
+"""``docbus publish`` and ``docbus outbox``."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 
+from bus.cli import DocbusGroup, KeyPair, bootstrap_option, registry_option
 from bus.events import document_record
-from bus.model import Priority, Role
+from bus.kafka import KafkaSettings
+from bus.model import Document, Priority, Role
+from bus.registry import load_registry
 from bus.signing import SigningKey
+from bus.truststore import TrustStore
+from bus.verifier import Policy, Verifier
 from producers.document import new_document
+from producers.outbox import Outbox, OutboxEntry, State
+from producers.publisher import Publisher
+
+DEFAULT_OUTBOX = Path.home() / ".local" / "share" / "docbus" / "outbox.sqlite"
 
 
-def _key_pair(role: Role) -> click.ParamType[SigningKey]:
-    class KeyPair(click.ParamType[SigningKey]):
-        name = "KEY.pem,CERT.pem"
+def _outbox_option(f: Any) -> Any:
+    return click.option(
+        "--outbox",
+        "outbox_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="DOCBUS_OUTBOX",
+        default=DEFAULT_OUTBOX,
+        show_default=True,
+        help="The durable outbox file (env DOCBUS_OUTBOX).",
+    )(f)
 
-        def convert(
-            self, value: object, param: click.Parameter | None, ctx: click.Context | None
-        ) -> SigningKey:
-            if isinstance(value, SigningKey):
-                return value
-            parts = str(value).split(",")
-            if len(parts) != 2:
-                self.fail(f"{value!r} is not KEY.pem,CERT.pem", param, ctx)
-            key_path, cert_path = (Path(p) for p in parts)
-            for p in (key_path, cert_path):
-                if not p.is_file():
-                    self.fail(f"{p} does not exist", param, ctx)
-            try:
-                return SigningKey.load(role, key_path, cert_path)
-            except ValueError as exc:
-                self.fail(f"{value}: {exc}", param, ctx)
 
-    return KeyPair()
+def _entry_json(entry: OutboxEntry, outbox: Outbox) -> dict[str, object]:
+    return {
+        "document_id": entry.document_id,
+        "revision": entry.revision,
+        "state": entry.state.value,
+        "reason": entry.reason,
+        "message": entry.message,
+        "sent": entry.attempts,
+        "statuses": [
+            {"code": s.code.value, "by": s.by, "at": s.at.isoformat(), "rerouted": s.rerouted}
+            for s in outbox.statuses(entry.document_id, entry.revision)
+        ],
+    }
+
+
+async def _send(
+    settings: KafkaSettings,
+    outbox: Outbox,
+    keys: list[SigningKey],
+    verifier: Verifier,
+    doc: Document,
+    wait: bool,
+    wait_seconds: float,
+) -> OutboxEntry:
+    publisher = Publisher(settings, outbox, keys, verifier, resend_after=timedelta(seconds=10))
+    await publisher.start()
+    try:
+        await publisher.publish(doc)
+        if wait:
+            async with asyncio.timeout(wait_seconds):
+                return await publisher.wait(doc.document_id, doc.revision)
+    except TimeoutError:
+        pass
+    finally:
+        await publisher.stop()
+    entry = outbox.get(doc.document_id, doc.revision)
+    assert entry is not None
+    return entry
 
 
 @click.command()
@@ -43,12 +85,12 @@ def _key_pair(role: Role) -> click.ParamType[SigningKey]:
 @click.option(
     "--file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.option("--signer", required=True, type=_key_pair(Role.SIGNER), help="The person's key.")
-@click.option("--seal", required=True, type=_key_pair(Role.AGENCY), help="The agency seal key.")
+@click.option("--signer", required=True, type=KeyPair(Role.SIGNER), help="The person's key.")
+@click.option("--seal", required=True, type=KeyPair(Role.AGENCY), help="The agency seal key.")
 @click.option(
     "--cosign",
     multiple=True,
-    type=_key_pair(Role.AGENCY),
+    type=KeyPair(Role.AGENCY),
     help="An extra agency signature, e.g. ML-DSA-65 (repeat).",
 )
 @click.option("--code-number", help='e.g. "57-NQ/TW".')
@@ -61,10 +103,20 @@ def _key_pair(role: Role) -> click.ParamType[SigningKey]:
 )
 @click.option(
     "--output",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the exact record bytes here.",
+    help="Write the exact record bytes here instead of sending.",
 )
+@bootstrap_option
+@click.option("--wait", is_flag=True, help="Wait for ARCHIVED (exit 0) or REJECTED (exit 1).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds --wait waits.")
+@click.option(
+    "--trust",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Trust store to verify the statuses (needed with --wait).",
+)
+@_outbox_option
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@registry_option
 def publish(
     sender: str,
     recipients: tuple[str, ...],
@@ -76,9 +128,20 @@ def publish(
     code_number: str | None,
     document_type: str | None,
     priority: str,
-    output: Path,
+    output: Path | None,
+    bootstrap: str | None,
+    wait: bool,
+    timeout: float,
+    trust: Path | None,
+    outbox_path: Path,
+    as_json: bool,
+    registry_path: Path | None,
 ) -> None:
-    """Build a document, sign it as SIGNER, AGENCY and any co-signers, and write the event."""
+    """Build a document, sign it as SIGNER, AGENCY and any co-signers, then write or send it.
+
+    With --output the exact record bytes go to a file. Otherwise the record is kept in the
+    outbox and sent to the broker; with --wait the command waits for the final status.
+    """
     doc = new_document(
         sender,
         recipients,
@@ -88,5 +151,66 @@ def publish(
         document_type=document_type,
         priority=Priority(priority),
     )
-    output.write_bytes(document_record(doc, [signer, seal, *cosign]))
-    click.echo(f"{doc.document_id} -> {output}")
+    keys = [signer, seal, *cosign]
+    if output is not None:
+        output.write_bytes(document_record(doc, keys))
+        click.echo(f"{doc.document_id} -> {output}")
+        return
+    if wait and trust is None:
+        raise click.UsageError("--wait needs --trust to verify the statuses")
+    settings = KafkaSettings.from_env(bootstrap)
+    verifier = Verifier(
+        TrustStore.load(trust) if trust else _no_trust(),
+        Policy(issued_at_tolerance=None),
+        load_registry(registry_path),
+    )
+    outbox = Outbox(outbox_path)
+    try:
+        entry = asyncio.run(_send(settings, outbox, keys, verifier, doc, wait, timeout))
+        result = _entry_json(entry, outbox)
+    finally:
+        outbox.close()
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+    else:
+        reason = f" {entry.reason}: {entry.message}" if entry.reason else ""
+        click.echo(f"{doc.document_id} {entry.state.value}{reason}")
+    if wait and entry.state is not State.ARCHIVED:
+        if entry.state is State.PENDING:
+            click.echo(f"no final status within {timeout:g}s; the outbox keeps it", err=True)
+        sys.exit(1)
+
+
+def _no_trust() -> TrustStore:
+    # Without --wait no status is awaited, so nothing needs verifying.
+    return TrustStore(anchors=(), intermediates=(), crls=())
+
+
+@click.group(cls=DocbusGroup)
+def outbox() -> None:
+    """The publisher's durable outbox."""
+
+
+@outbox.command("list")
+@_outbox_option
+@click.option("--all", "show_all", is_flag=True, help="Answered entries too.")
+@click.option("--json", "as_json", is_flag=True)
+def outbox_list(outbox_path: Path, show_all: bool, as_json: bool) -> None:
+    """What is pending (sent, not yet ARCHIVED or REJECTED)."""
+    if not outbox_path.is_file():
+        raise click.ClickException(f"no outbox at {outbox_path}")
+    box = Outbox(outbox_path)
+    try:
+        entries = box.entries() if show_all else box.pending()
+        rows = [_entry_json(e, box) for e in entries]
+    finally:
+        box.close()
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for r in rows:
+        click.echo(
+            f"{r['document_id']} r{r['revision']} {r['state']} sent {r['sent']}x"
+            + (f" {r['reason']}" if r["reason"] else "")
+        )
+    click.echo(f"{len(rows)} {'entries' if show_all else 'pending'}")

@@ -1,0 +1,450 @@
+"""``docbus demo`` and ``docbus dev``: the whole bus on the embedded broker.
+
+The services and the publisher run as separate ``docbus`` processes, as in a real
+deployment: this module starts them and talks to Kafka, and imports neither
+``producers`` nor ``consumers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+from rich.console import Console
+from rich.table import Table
+
+from bus.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
+from bus.kafka import KafkaSettings, Topics, ensure_topics
+from bus.model import Status, StatusCode, now_ms
+from bus.pki import CertRole, DevPki, KeyAlgorithm
+from bus.registry import Registry, load_registry
+from bus.truststore import TrustStore
+from bus.verifier import Policy, Verified, Verifier
+
+MINISTRY = "000.00.00.G22"  # Văn phòng Chính phủ
+NGHE_AN = "000.00.00.H41"  # UBND tỉnh Nghệ An
+BAC_NINH = "000.00.00.H06"  # UBND tỉnh Bắc Ninh
+BAC_GIANG = "000.00.00.H04"  # UBND tỉnh Bắc Giang, merged into Bắc Ninh on 2025-07-01
+UNKNOWN = "000.00.00.H99"
+INBOXES = (NGHE_AN, BAC_NINH)
+GATEWAY, ARCHIVER = "docbus.gateway", "docbus.archiver"
+
+
+def all_topics(topics: Topics, registry: Registry, on: date | None = None) -> list[str]:
+    """The fixed topics and one delivery topic per jurisdiction in force on ``on``."""
+    day = on or date.today()
+    jurisdictions = sorted(
+        {registry.resolve(a.code, day).jurisdiction.id for a in registry.in_force(day)}
+    )
+    return [topics.submitted, topics.status, topics.rejected, *map(topics.deliver, jurisdictions)]
+
+
+def _docbus(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "bus", *map(str, args)]
+
+
+def _pair(folder: Path, agency: str, role: CertRole) -> str:
+    base = folder / "agencies" / agency
+    return f"{base / f'{role.value}.key.pem'},{base / f'{role.value}.cert.pem'}"
+
+
+@dataclass
+class Stack:
+    """The embedded broker, a development PKI and the service processes."""
+
+    folder: Path
+    broker: EmbeddedBroker = field(default_factory=EmbeddedBroker)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def pki(self) -> Path:
+        return self.folder / "pki"
+
+    @property
+    def trust(self) -> Path:
+        return self.pki / "trust"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DOCBUS_BOOTSTRAP": self.broker.bootstrap,
+            "DOCBUS_SESSION_TIMEOUT_MS": str(EMBEDDED_SESSION_TIMEOUT_MS),
+        }
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return KafkaSettings(self.broker.bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
+
+    def make_pki(self) -> None:
+        dev = DevPki(self.pki)
+        if not (self.pki / "ca").exists():
+            dev.init()
+        for service in (GATEWAY, ARCHIVER):
+            dev.issue(service, CertRole.SERVICE, KeyAlgorithm.ED25519)
+        dev.issue(MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519)
+        dev.issue(MINISTRY, CertRole.AGENCY, KeyAlgorithm.ECDSA_P256)
+        for agency in INBOXES:
+            dev.issue(agency, CertRole.AGENCY, KeyAlgorithm.ED25519)
+
+    def start_services(self) -> None:
+        logs = self.folder / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        commands = {
+            "gateway": _docbus(
+                "serve",
+                "gateway",
+                "--trust",
+                self.trust,
+                "--key",
+                _pair(self.pki, GATEWAY, CertRole.SERVICE),
+            ),
+            "archiver": _docbus(
+                "serve",
+                "archiver",
+                "--data-dir",
+                self.folder / "archive",
+                "--key",
+                _pair(self.pki, ARCHIVER, CertRole.SERVICE),
+            ),
+            **{
+                f"inbox-{agency}": _docbus(
+                    "serve",
+                    "inbox",
+                    "--agency",
+                    agency,
+                    "--trust",
+                    self.trust,
+                    "--key",
+                    _pair(self.pki, agency, CertRole.AGENCY),
+                    "--dir",
+                    self.folder / "inbox" / agency,
+                )
+                for agency in INBOXES
+            },
+        }
+        for name, command in commands.items():
+            with open(logs / f"{name}.log", "wb") as log:
+                self.processes[name] = subprocess.Popen(
+                    command, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                )
+
+    def wait_ready(self, seconds: float = 60.0) -> None:
+        """Until every service logs that it consumes; a service that dies is an error."""
+        deadline = time.monotonic() + seconds
+        waiting = set(self.processes)
+        while waiting:
+            for name in list(waiting):
+                process = self.processes[name]
+                log = (self.folder / "logs" / f"{name}.log").read_text(errors="replace")
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited ({process.returncode}): {log[-2000:]}")
+                if '"consuming"' in log:
+                    waiting.discard(name)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {seconds}s: {', '.join(sorted(waiting))}")
+            time.sleep(0.1)
+
+    def stop_services(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.processes.clear()
+
+
+@contextlib.contextmanager
+def running(folder: Path) -> Iterator[Stack]:
+    """Broker up, topics made, PKI made, services started and consuming."""
+    stack = Stack(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with stack.broker:
+        asyncio.run(
+            ensure_topics(stack.settings, all_topics(stack.settings.topics, load_registry()), 2)
+        )
+        stack.make_pki()
+        stack.start_services()
+        try:
+            stack.wait_ready()
+            yield stack
+        finally:
+            stack.stop_services()
+
+
+@dataclass
+class Scenario:
+    name: str
+    expect: str
+    document_id: str = ""
+    outcome: str = "?"
+    ok: bool = False
+
+
+def _publish(stack: Stack, *args: str | Path) -> dict[str, object]:
+    """``docbus publish --wait --json``, as an agency system would run it."""
+    done = subprocess.run(
+        _docbus(
+            "publish",
+            "--wait",
+            "--json",
+            "--trust",
+            stack.trust,
+            "--outbox",
+            stack.folder / "outbox.sqlite",
+            "--timeout",
+            "60",
+            *args,
+        ),
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if not done.stdout.strip():
+        raise RuntimeError(f"publish failed: {done.stderr.strip()[-2000:]}")
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+async def _statuses(
+    stack: Stack, until: dict[str, set[tuple[str, str]]], seconds: float
+) -> dict[str, list[Status]]:
+    """Every verified status on the status topic, by document, until ``until`` is met."""
+    verifier = Verifier(TrustStore.load(stack.trust), Policy(issued_at_tolerance=None))
+    found: dict[str, list[Status]] = {}
+    consumer = AIOKafkaConsumer(
+        stack.settings.topics.status,
+        **stack.settings.common(),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+
+    def met() -> bool:
+        return all(
+            want <= {(s.code.value, s.by) for s in found.get(doc, [])}
+            for doc, want in until.items()
+        )
+
+    try:
+        deadline = time.monotonic() + seconds
+        while not met() and time.monotonic() < deadline:
+            for part in (await consumer.getmany(timeout_ms=200)).values():
+                for record in part:
+                    verdict = verifier.verify(record.value or b"", now_ms())
+                    if isinstance(verdict, Verified) and isinstance(verdict.payload, Status):
+                        found.setdefault(verdict.payload.document_id, []).append(verdict.payload)
+    finally:
+        await consumer.stop()
+    return found
+
+
+def run_demo(data_dir: Path | None) -> bool:
+    """Run every scenario; True only if every document met its expected fate."""
+    folder = data_dir or Path(tempfile.mkdtemp(prefix="docbus-demo-"))
+    console = Console()
+    started = time.monotonic()
+    console.print(f"[bold]docbus demo[/] in {folder}")
+    with running(folder) as stack:
+        console.print(
+            f"broker {stack.broker.bootstrap}; gateway, archiver and inboxes of "
+            f"{', '.join(INBOXES)} running"
+        )
+        scenarios = _run_scenarios(stack, folder)
+    table = Table(title="What happened")
+    for column in ("scenario", "document", "expected", "outcome", ""):
+        table.add_column(column)
+    for s in scenarios:
+        table.add_row(s.name, s.document_id[:13], s.expect, s.outcome, "✓" if s.ok else "✗")
+    console.print(table)
+    ok = all(s.ok for s in scenarios)
+    console.print(
+        f"{'[green]all outcomes as expected' if ok else '[red]some outcomes differ'}[/] "
+        f"in {time.monotonic() - started:.1f}s; data in {folder}"
+    )
+    return ok
+
+
+def _send_raw(stack: Stack, record: bytes, key: bytes) -> None:
+    async def send() -> None:
+        producer = stack.settings.producer()
+        await producer.start()
+        try:
+            await producer.send_and_wait(stack.settings.topics.submitted, record, key=key)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
+def _run_scenarios(stack: Stack, folder: Path) -> list[Scenario]:
+    letter = folder / "cong-van.txt"
+    letter.write_text("Kính gửi: UBND các tỉnh.\nVăn phòng Chính phủ thông báo ...\n", "utf-8")
+    ministry = [
+        "--from",
+        MINISTRY,
+        "--file",
+        str(letter),
+        "--signer",
+        _pair(stack.pki, MINISTRY, CertRole.SIGNER),
+        "--seal",
+        _pair(stack.pki, MINISTRY, CertRole.AGENCY),
+    ]
+    rogue = DevPki(folder / "rogue-pki")
+    if not (rogue.root / "ca").exists():
+        rogue.init()
+    rogue.issue(MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519)
+    rogue.issue(MINISTRY, CertRole.AGENCY, KeyAlgorithm.ED25519)
+    impostor = [
+        "--from",
+        MINISTRY,
+        "--signer",
+        _pair(rogue.root, MINISTRY, CertRole.SIGNER),
+        "--seal",
+        _pair(rogue.root, MINISTRY, CertRole.AGENCY),
+    ]
+    plan: list[tuple[Scenario, list[str]]] = [
+        (
+            Scenario("plain: ministry → province", "ARCHIVED, RECEIVED by H41"),
+            [
+                *ministry,
+                "--to",
+                NGHE_AN,
+                "--subject",
+                "V/v kết nối, liên thông phần mềm quản lý văn bản",
+            ],
+        ),
+        (
+            Scenario("two jurisdictions", "ARCHIVED, RECEIVED by H41 and H06"),
+            [
+                *ministry,
+                "--to",
+                NGHE_AN,
+                "--to",
+                BAC_NINH,
+                "--subject",
+                "V/v triển khai Nghị quyết 57-NQ/TW",
+                "--code-number",
+                "57-NQ/TW",
+                "--priority",
+                "URGENT",
+            ],
+        ),
+        (
+            Scenario("merged province: Bắc Giang", "ARCHIVED via H06, RECEIVED by H06"),
+            [*ministry, "--to", BAC_GIANG, "--subject", "V/v bàn giao hồ sơ sau sắp xếp"],
+        ),
+        (
+            Scenario("unknown agency", "REJECTED unknown_recipient"),
+            [*ministry, "--to", UNKNOWN, "--subject", "Gửi nhầm địa chỉ"],
+        ),
+        (
+            Scenario("untrusted CA", "REJECTED untrusted_certificate"),
+            [*impostor, "--to", NGHE_AN, "--subject", "Văn bản giả danh Văn phòng Chính phủ"],
+        ),
+    ]
+    states: dict[str, str] = {}
+    for scenario, args in plan:
+        result = _publish(stack, *args)
+        scenario.document_id = str(result["document_id"])
+        states[scenario.document_id] = " ".join(
+            str(x) for x in (result["state"], result.get("reason")) if x
+        )
+    tampered = Scenario("tampered in transit", "REJECTED bad_signature")
+    event = folder / "tampered.avro"
+    done = subprocess.run(
+        _docbus(
+            "publish",
+            *ministry,
+            "--to",
+            NGHE_AN,
+            "--subject",
+            "Quyết định bổ nhiệm",
+            "--output",
+            event,
+        ),
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    tampered.document_id = done.stdout.split()[0]
+    raw = bytearray(event.read_bytes())
+    raw[raw.index("bổ nhiệm".encode())] ^= 0x01
+    _send_raw(stack, bytes(raw), tampered.document_id.encode())
+
+    plain, multi, merged, unknown, untrusted = (s for s, _ in plan)
+    until = {
+        plain.document_id: {("RECEIVED", NGHE_AN)},
+        multi.document_id: {("RECEIVED", NGHE_AN), ("RECEIVED", BAC_NINH)},
+        merged.document_id: {("RECEIVED", BAC_NINH)},
+        tampered.document_id: {("REJECTED", GATEWAY)},
+    }
+    seen = asyncio.run(_statuses(stack, until, seconds=30))
+
+    def codes(doc: str) -> set[tuple[str, str]]:
+        return {(s.code.value, s.by) for s in seen.get(doc, [])}
+
+    for s, agencies in ((plain, [NGHE_AN]), (multi, [NGHE_AN, BAC_NINH]), (merged, [BAC_NINH])):
+        received = [a for a in agencies if ("RECEIVED", a) in codes(s.document_id)]
+        s.outcome = (
+            f"{states[s.document_id]}, RECEIVED by {', '.join(a[-3:] for a in received) or '-'}"
+        )
+        s.ok = states[s.document_id] == "ARCHIVED" and len(received) == len(agencies)
+    rerouted = [
+        st.rerouted for st in seen.get(merged.document_id, []) if st.code is StatusCode.DELIVERED
+    ]
+    merged.ok = merged.ok and rerouted == [{BAC_GIANG: BAC_NINH}]
+    merged.outcome = merged.outcome.replace(
+        "ARCHIVED", "ARCHIVED via H06" if merged.ok else "ARCHIVED"
+    )
+    for s in (unknown, untrusted):
+        s.outcome = states[s.document_id]
+        s.ok = s.outcome == s.expect
+    verdicts = [st for st in seen.get(tampered.document_id, []) if st.code is StatusCode.REJECTED]
+    tampered.outcome = (
+        " ".join(["REJECTED", *(st.reason or "" for st in verdicts)]) if verdicts else "?"
+    )
+    tampered.ok = tampered.outcome == tampered.expect
+    return [plain, multi, merged, unknown, untrusted, tampered]
+
+
+def run_dev(data_dir: Path | None) -> None:
+    """The same stack as the demo, left running until Ctrl-C."""
+    folder = data_dir or Path(tempfile.mkdtemp(prefix="docbus-dev-"))
+    console = Console()
+    with running(folder) as stack:
+        bootstrap = stack.broker.bootstrap
+        console.print(f"broker:      {bootstrap}  (export DOCBUS_BOOTSTRAP={bootstrap})")
+        console.print(f"trust store: {stack.trust}")
+        console.print(f"keys:        {stack.pki / 'agencies'}")
+        console.print(f"archive:     {folder / 'archive'}")
+        console.print(f"inboxes:     {folder / 'inbox'}")
+        console.print(f"logs:        {folder / 'logs'}")
+        console.print("Ctrl-C stops everything.")
+        signal.signal(signal.SIGTERM, _interrupt)
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(p.poll() is None for p in stack.processes.values()):
+                time.sleep(0.5)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,194 @@
+"""``docbus serve gateway|archiver|inbox`` and ``docbus archive list|show|export``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+
+from bus.archive import Archive
+from bus.cli import DocbusGroup, KeyPair, bootstrap_option, registry_option, trust_option
+from bus.codec import default_codec
+from bus.kafka import KafkaSettings
+from bus.model import Role
+from bus.registry import load_registry
+from bus.runtime import ConsumerRuntime, run_until_signalled
+from bus.signing import SigningKey
+from bus.truststore import TrustStore
+from bus.verifier import Policy, Verifier
+from consumers.archiver import Archiver
+from consumers.gateway import Gateway
+from consumers.inbox import Inbox
+
+ARCHIVE_FILE = "archive.sqlite"
+
+
+@click.group(cls=DocbusGroup)
+def serve() -> None:
+    """Run a service in the foreground until SIGTERM or Ctrl-C."""
+
+
+@serve.command("gateway")
+@bootstrap_option
+@trust_option
+@click.option("--key", required=True, type=KeyPair(Role.SERVICE), help="The gateway's SERVICE key.")
+@registry_option
+def serve_gateway(
+    bootstrap: str | None, trust: Path, key: SigningKey, registry_path: Path | None
+) -> None:
+    """Verify docbus.submitted and route each document to its jurisdictions."""
+    settings = KafkaSettings.from_env(bootstrap)
+    registry = load_registry(registry_path)
+    verifier = Verifier(TrustStore.load(trust), Policy(), registry)
+    gateway = Gateway(verifier, registry, key, settings.topics)
+    runtime = ConsumerRuntime(
+        settings, gateway, "docbus.gateway", topics=[settings.topics.submitted]
+    )
+    asyncio.run(run_until_signalled([runtime]))
+
+
+@serve.command("archiver")
+@bootstrap_option
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--key", required=True, type=KeyPair(Role.SERVICE), help="The archiver's SERVICE key."
+)
+def serve_archiver(bootstrap: str | None, data_dir: Path, key: SigningKey) -> None:
+    """Archive every delivery topic into DATA_DIR/archive.sqlite."""
+    settings = KafkaSettings.from_env(bootstrap)
+    archive = Archive(data_dir / ARCHIVE_FILE)
+    archiver = Archiver(archive, key, settings.topics)
+    runtime = ConsumerRuntime(
+        settings, archiver, "docbus.archiver", pattern=settings.topics.deliver_pattern
+    )
+    try:
+        asyncio.run(run_until_signalled([runtime]))
+    finally:
+        archive.close()
+
+
+@serve.command("inbox")
+@bootstrap_option
+@click.option("--agency", required=True, help="The receiving agency's code.")
+@trust_option
+@click.option("--key", required=True, type=KeyPair(Role.AGENCY), help="The agency's AGENCY key.")
+@click.option("--dir", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+@registry_option
+def serve_inbox(
+    bootstrap: str | None,
+    agency: str,
+    trust: Path,
+    key: SigningKey,
+    folder: Path,
+    registry_path: Path | None,
+) -> None:
+    """Keep the documents addressed to AGENCY (or its predecessors) in DIR; say RECEIVED."""
+    settings = KafkaSettings.from_env(bootstrap)
+    registry = load_registry(registry_path)
+    verifier = Verifier(TrustStore.load(trust), Policy(issued_at_tolerance=None), registry)
+    inbox = Inbox(agency, registry, verifier, key, folder, settings.topics)
+    runtime = ConsumerRuntime(settings, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic])
+    asyncio.run(run_until_signalled([runtime]))
+
+
+@click.group(cls=DocbusGroup)
+def archive() -> None:
+    """Look inside an archive."""
+
+
+def _open(data_dir: Path) -> Archive:
+    path = data_dir / ARCHIVE_FILE
+    if not path.is_file():
+        raise click.ClickException(f"no archive at {path}")
+    return Archive(path)
+
+
+@archive.command("list")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def archive_list(data_dir: Path, as_json: bool) -> None:
+    """Every archived entry, oldest first."""
+    entries = _open(data_dir).entries()
+    if as_json:
+        rows = [
+            {
+                "seq": e.seq,
+                "document_id": e.document_id,
+                "revision": e.revision,
+                "sender": e.sender,
+                "recipients": list(e.recipients),
+                "subject": e.subject,
+                "conflict": e.conflict,
+                "archived_at": e.archived_at.isoformat(),
+            }
+            for e in entries
+        ]
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for e in entries:
+        flag = " CONFLICT" if e.conflict else ""
+        click.echo(
+            f"{e.seq:>6} {e.document_id} r{e.revision} {e.sender} -> "
+            f"{','.join(e.recipients)} {e.subject}{flag}"
+        )
+
+
+@archive.command("show")
+@click.argument("document_id")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+def archive_show(document_id: str, data_dir: Path) -> None:
+    """A document's archived entries and metadata."""
+    entries = _open(data_dir).find(document_id)
+    if not entries:
+        raise click.ClickException(f"{document_id} is not in the archive")
+    codec = default_codec()
+    for e in entries:
+        doc = codec.decode_document(codec.decode_event(e.event).payload)
+        click.echo(
+            json.dumps(
+                {
+                    "seq": e.seq,
+                    "document_id": e.document_id,
+                    "revision": e.revision,
+                    "digest": e.digest,
+                    "conflict": e.conflict,
+                    "topic": e.topic,
+                    "received_at": e.received_at.isoformat(),
+                    "archived_at": e.archived_at.isoformat(),
+                    "sender": doc.sender,
+                    "recipients": list(doc.recipients),
+                    "subject": doc.subject,
+                    "code_number": doc.code_number,
+                    "confidentiality": doc.confidentiality.value,
+                    "attachments": [
+                        {"name": a.name, "size": a.size, "sha256": a.sha256}
+                        for a in doc.attachments
+                    ],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+
+
+@archive.command("export")
+@click.argument("document_id")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
+    """Write a document's exact event bytes and its attachments into OUT."""
+    entries = [e for e in _open(data_dir).find(document_id) if not e.conflict]
+    if not entries:
+        raise click.ClickException(f"{document_id} is not in the archive")
+    codec = default_codec()
+    for e in entries:
+        target = out / f"r{e.revision}"
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "event.avro").write_bytes(e.event)
+        doc = codec.decode_document(codec.decode_event(e.event).payload)
+        for a in doc.attachments:
+            if a.content is not None:
+                (target / (Path(a.name).name or a.sha256)).write_bytes(a.content)
+        click.echo(target)
