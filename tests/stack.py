@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
@@ -67,21 +67,27 @@ class Stack:
     async def stop_service(self, name: str) -> None:
         runtime = self.runtimes.pop(name)
         runtime.request_stop()
+        await asyncio.sleep(0.5)
+
+    async def restart_gateway(self) -> None:
+        start_gateway(self)
+        await self.started()
+
+
+def start_gateway(stack: Stack) -> None:
+    s, topics = stack.settings, stack.settings.topics
+    gateway = Gateway(
+        stack.verifier(), stack.registry, stack.pki.key("docbus.gateway", Role.SERVICE), topics
+    )
+    stack.start_service(
+        "gateway", ConsumerRuntime(s, gateway, "docbus.gateway", topics=[topics.submitted])
+    )
 
 
 def start_services(stack: Stack) -> None:
     s, pki, topics = stack.settings, stack.pki, stack.settings.topics
-    gateway_key = pki.key("docbus.gateway", Role.SERVICE)
     archiver_key = pki.key("docbus.archiver", Role.SERVICE)
-    stack.start_service(
-        "gateway",
-        ConsumerRuntime(
-            s,
-            Gateway(stack.verifier(), stack.registry, gateway_key, topics),
-            "docbus.gateway",
-            topics=[topics.submitted],
-        ),
-    )
+    start_gateway(stack)
     stack.start_service(
         "archiver",
         ConsumerRuntime(
@@ -108,7 +114,12 @@ def start_services(stack: Stack) -> None:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    bootstrap: str, pki: Pki, registry: Registry, folder: Path, services: bool = True
+    bootstrap: str,
+    pki: Pki,
+    registry: Registry,
+    folder: Path,
+    services: bool = True,
+    resend_after: timedelta = timedelta(seconds=30),
 ) -> AsyncIterator[Stack]:
     settings = KafkaSettings(bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
     topics = settings.topics
@@ -125,7 +136,8 @@ async def running_stack(
     ]
     archive = Archive(folder / "archive.sqlite")
     outbox = Outbox(folder / "outbox.sqlite")
-    publisher = Publisher(settings, outbox, ministry, Verifier(pki.trust, Policy(), registry))
+    verifier = Verifier(pki.trust, Policy(), registry)
+    publisher = Publisher(settings, outbox, ministry, verifier, resend_after=resend_after)
     stack = Stack(settings, pki, registry, folder, archive, publisher, ministry)
     if services:
         start_services(stack)

@@ -1,0 +1,34 @@
+"""`docbus demo`, the main job on a fresh machine, run as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus.archive import Archive
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_demo_meets_every_expected_outcome(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bus", "demo", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all outcomes as expected" in done.stdout
+    assert done.stdout.count("✓") == 6 and "✗" not in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    archive = Archive(tmp_path / "archive" / "archive.sqlite")
+    try:
+        # plain, two-jurisdiction and merged-province documents; nothing rejected got in
+        assert archive.count() == 3
+    finally:
+        archive.close()
+    received = list((tmp_path / "inbox").glob("*/*/0/event.avro"))
+    assert len(received) == 4  # H41: plain + two-jurisdiction; H06: two-jurisdiction + merged
