@@ -1,0 +1,297 @@
+"""The whole pipeline on the embedded broker: publish → gateway → archiver → ARCHIVED.
+
+Run: python benchmarks/bench_pipeline.py [--documents N] [--latency-seconds S]
+
+The gateway and the archiver run as separate ``docbus serve`` processes, as deployed.
+Documents (4 KiB attachment, signed by a SIGNER and an AGENCY key, Ed25519) are signed
+before the clock starts; the figures are for the bus. Beside them, measured in the same
+run: the bare broker's produce+consume rate for records of the same size, and the
+in-process cost of the same cryptographic work (decode + verify both signatures + sign
+the DELIVERED and ARCHIVED receipts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+from bus.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
+from bus.codec import default_codec
+from bus.demo import all_topics
+from bus.events import document_record, status_record
+from bus.kafka import KafkaSettings, ensure_topics
+from bus.model import Role, Status, StatusCode, now_ms
+from bus.pki import CertRole, DevPki, KeyAlgorithm
+from bus.registry import load_registry
+from bus.signing import SigningKey
+from bus.truststore import TrustStore
+from bus.verifier import Verified, Verifier
+from producers.document import attachment, new_document
+
+SENDER, RECIPIENT = "000.00.00.G22", "000.00.00.H41"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_documents(n: int, keys: list[SigningKey]) -> list[tuple[str, bytes]]:
+    body = os.urandom(4096)
+    out = []
+    for i in range(n):
+        doc = new_document(SENDER, [RECIPIENT], f"Văn bản thử nghiệm {i}")
+        doc = dataclasses.replace(doc, attachments=(attachment("a.bin", body),))
+        out.append((doc.document_id, document_record(doc, keys)))
+    return out
+
+
+async def archived_watcher(
+    settings: KafkaSettings, wanted: set[str], seen: dict[str, float], ready: asyncio.Event
+) -> None:
+    """Record when each wanted document's ARCHIVED status arrives; ``ready`` once positioned."""
+    codec = default_codec()
+    consumer = AIOKafkaConsumer(
+        settings.topics.status,
+        **settings.common(),
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=5,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    await consumer.seek_to_end()
+    for tp in consumer.assignment():
+        await consumer.position(tp)
+    ready.set()
+    try:
+        async with asyncio.timeout(600):
+            while len(seen) < len(wanted):
+                batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+                for record in (r for part in batch.values() for r in part):
+                    status = codec.decode_status(codec.decode_event(record.value or b"").payload)
+                    if status.code is StatusCode.ARCHIVED and status.document_id in wanted:
+                        seen.setdefault(status.document_id, time.perf_counter())
+    finally:
+        await consumer.stop()
+
+
+async def throughput(
+    settings: KafkaSettings, docs: list[tuple[str, bytes]], pids: dict[str, int]
+) -> dict[str, object]:
+    seen: dict[str, float] = {}
+    ready = asyncio.Event()
+    rss: dict[str, list[float]] = {name: [] for name in pids}
+    start = 0.0
+
+    async def send() -> None:
+        nonlocal start
+        await ready.wait()
+        producer = settings.producer()
+        await producer.start()
+        start = time.perf_counter()
+        futures = []
+        for i, (doc_id, record) in enumerate(docs):
+            futures.append(
+                await producer.send(settings.topics.submitted, record, key=doc_id.encode())
+            )
+            if i % 5000 == 4999:
+                await asyncio.gather(*futures)
+                futures = []
+                for name, pid in pids.items():
+                    rss[name].append(rss_mb(pid))
+        await asyncio.gather(*futures)
+        await producer.stop()
+
+    await asyncio.gather(archived_watcher(settings, {d for d, _ in docs}, seen, ready), send())
+    elapsed = max(seen.values()) - start
+    for name, pid in pids.items():
+        rss[name].append(rss_mb(pid))
+    return {"docs_per_s": len(docs) / elapsed, "elapsed": elapsed, "rss": rss}
+
+
+async def latency(
+    settings: KafkaSettings, docs: list[tuple[str, bytes]], rate: float
+) -> list[float]:
+    seen: dict[str, float] = {}
+    ready = asyncio.Event()
+    sent_at: dict[str, float] = {}
+
+    async def send() -> None:
+        await ready.wait()
+        producer = settings.producer(linger_ms=0)
+        await producer.start()
+        start = time.perf_counter()
+        for i, (doc_id, record) in enumerate(docs):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            sent_at[doc_id] = time.perf_counter()
+            await producer.send(settings.topics.submitted, record, key=doc_id.encode())
+        await producer.stop()
+
+    await asyncio.gather(archived_watcher(settings, {d for d, _ in docs}, seen, ready), send())
+    return sorted((seen[d] - sent_at[d]) * 1000 for d in sent_at)
+
+
+async def bare_broker(settings: KafkaSettings, size: int, n: int) -> float:
+    topic = "bench.bare"
+    await ensure_topics(settings, [topic], partitions=3)
+    value = os.urandom(size)
+    producer = settings.producer()
+    consumer = AIOKafkaConsumer(
+        topic,
+        **settings.common(),
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=5,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await producer.start()
+    await consumer.start()
+    start = time.perf_counter()
+
+    async def consume() -> None:
+        got = 0
+        while got < n:
+            for part in (await consumer.getmany(timeout_ms=100, max_records=5000)).values():
+                got += len(part)
+
+    reader = asyncio.create_task(consume())
+    futures = [await producer.send(topic, value, key=str(i).encode()) for i in range(n)]
+    await asyncio.gather(*futures)
+    await reader
+    elapsed = time.perf_counter() - start
+    await producer.stop()
+    await consumer.stop()
+    return n / elapsed
+
+
+def crypto_in_process(
+    docs: list[tuple[str, bytes]], verifier: Verifier, service: SigningKey
+) -> float:
+    start = time.perf_counter()
+    for _, record in docs:
+        verdict = verifier.verify(record, now_ms())
+        assert isinstance(verdict, Verified)
+        for code in (StatusCode.DELIVERED, StatusCode.ARCHIVED):
+            status_record(
+                Status(verdict.payload.document_id, code, "docbus.gateway", now_ms()), [service]
+            )
+    return len(docs) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--documents", type=int, default=20000)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=200.0)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="docbus-bench-"))
+    pki = DevPki(tmp / "pki")
+    pki.init()
+    keys = [
+        SigningKey.load(r, *pki.issue(SENDER, c, KeyAlgorithm.ED25519))
+        for r, c in ((Role.SIGNER, CertRole.SIGNER), (Role.AGENCY, CertRole.AGENCY))
+    ]
+    services = {
+        name: pki.issue(name, CertRole.SERVICE, KeyAlgorithm.ED25519)
+        for name in ("docbus.gateway", "docbus.archiver")
+    }
+    n_latency = int(args.latency_seconds * args.rate)
+    print(f"signing {args.documents + n_latency} documents ...", flush=True)
+    docs = make_documents(args.documents + n_latency, keys)
+    record_size = len(docs[0][1])
+
+    with EmbeddedBroker() as broker:
+        settings = KafkaSettings(broker.bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
+        asyncio.run(ensure_topics(settings, all_topics(settings.topics, load_registry()), 3))
+        env = {
+            **os.environ,
+            "DOCBUS_BOOTSTRAP": broker.bootstrap,
+            "DOCBUS_SESSION_TIMEOUT_MS": str(EMBEDDED_SESSION_TIMEOUT_MS),
+        }
+        gk, gc = services["docbus.gateway"]
+        ak, ac = services["docbus.archiver"]
+        procs = {
+            "gateway": subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bus",
+                    "serve",
+                    "gateway",
+                    "--trust",
+                    str(pki.trust_dir),
+                    "--key",
+                    f"{gk},{gc}",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            "archiver": subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bus",
+                    "serve",
+                    "archiver",
+                    "--data-dir",
+                    str(tmp / "archive"),
+                    "--key",
+                    f"{ak},{ac}",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+        }
+        try:
+            time.sleep(3)
+            warm = docs[:200]
+            asyncio.run(throughput(settings, warm, {}))
+            result = asyncio.run(
+                throughput(
+                    settings, docs[200 : args.documents], {n: p.pid for n, p in procs.items()}
+                )
+            )
+            lat = asyncio.run(latency(settings, docs[args.documents :], args.rate))
+        finally:
+            for p in procs.values():
+                p.terminate()
+                p.wait(timeout=30)
+        bare = asyncio.run(bare_broker(settings, record_size, args.documents))
+
+    service = SigningKey.load(Role.SERVICE, *services["docbus.gateway"])
+    verifier = Verifier(TrustStore.load(pki.trust_dir), registry=load_registry())
+    crypto = statistics.median(crypto_in_process(docs[:2000], verifier, service) for _ in range(3))
+
+    p50 = statistics.median(lat)
+    p99 = lat[int(len(lat) * 0.99) - 1]
+    print(f"record size                         {record_size} bytes")
+    print(
+        f"pipeline publish → ARCHIVED         {result['docs_per_s']:,.0f} documents/s "
+        f"({args.documents - 200} documents in {result['elapsed']:.1f}s)"
+    )
+    print(f"latency at {args.rate:.0f}/s                  p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print(f"                                    ({len(lat)} documents at a steady rate)")
+    print(f"bare broker produce+consume         {bare:,.0f} records/s")
+    print(f"crypto in-process (verify 2 + sign 2) {crypto:,.0f} documents/s (one core)")
+    for name, series in result["rss"].items():  # type: ignore[attr-defined]
+        print(
+            f"RSS {name:<9}                       " + " → ".join(f"{v:.0f}" for v in series) + " MB"
+        )
+
+
+if __name__ == "__main__":
+    main()
