@@ -17,7 +17,7 @@ from bus.model import Role, Status, StatusCode
 from bus.pki import CertRole, DevPki, KeyAlgorithm
 from bus.registry import Registry
 from bus.signing import SigningKey
-from consumers.inbox import document_folder
+from consumers.inbox import document_folder, send_status
 from producers.document import new_document
 from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
@@ -195,3 +195,28 @@ async def test_random_bytes_all_end_in_rejected_and_the_gateway_keeps_running(
         doc = new_document(MINISTRY, [NGHE_AN], "Sau cơn mưa")
         await stack.publisher.publish(doc)
         assert await _final(stack, doc.document_id) is State.ARCHIVED
+
+
+async def test_an_agency_sends_feedback_after_receipt(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
+        doc = new_document(MINISTRY, [NGHE_AN], "V/v xin ý kiến")
+        await stack.publisher.publish(doc)
+        assert await _final(stack, doc.document_id) is State.ARCHIVED
+        key = pki.key(NGHE_AN, Role.AGENCY)
+        for code in (StatusCode.ACCEPTED, StatusCode.COMPLETED):
+            await send_status(stack.settings, key, doc.document_id, 0, code, "Đã xử lý")
+        with pytest.raises(ValueError, match="not agency feedback"):
+            await send_status(stack.settings, key, doc.document_id, 0, StatusCode.ARCHIVED)
+        wanted = {StatusCode.ACCEPTED, StatusCode.COMPLETED}
+        for _ in range(400):
+            if wanted <= {s.code for s in stack.publisher.outbox.statuses(doc.document_id)}:
+                break
+            await asyncio.sleep(0.05)
+        accepted = [
+            s
+            for s in stack.publisher.outbox.statuses(doc.document_id)
+            if s.code is StatusCode.ACCEPTED
+        ]
+        assert accepted[0].by == NGHE_AN and accepted[0].message == "Đã xử lý"
