@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from bus.sqlite import open_database
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY,
@@ -59,20 +61,12 @@ class NewEntry:
 
 
 @dataclass(frozen=True)
-class Entry:
+class Entry(NewEntry):
+    """A stored entry: what was stored, its place in the archive and whether it conflicts."""
+
     seq: int
-    document_id: str
-    revision: int
-    digest: str
-    sender: str
-    recipients: tuple[str, ...]
-    subject: str
-    confidentiality: str
-    topic: str
-    received_at: datetime
     archived_at: datetime
     conflict: bool
-    event: bytes
 
 
 _COLUMNS = (
@@ -103,16 +97,9 @@ class Archive:
     """An SQLite archive file. Thread-safe: calls are serialised."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA page_size = 65536")  # blob inserts; only before the first table
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA, page_size=65536)
 
     def close(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bus.model import Status, StatusCode
+from bus.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,15 +82,9 @@ class Outbox:
     """An SQLite outbox file (WAL, fsync on commit). Thread-safe: calls are serialised."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute("PRAGMA busy_timeout = 10000")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
 
     @property
