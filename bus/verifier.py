@@ -8,25 +8,16 @@ validation once per signer rather than once per event.
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, VerificationError
-
+from bus.chain import ChainBuilder
 from bus.codec import Codec, default_codec
 from bus.errors import DocbusError, Reason
 from bus.model import Algorithm, Document, Role, SignedEvent, Status
 from bus.registry import Registry
-from bus.signing import PublicKey, agency_code, algorithm_of, key_id, pae, signature_valid
+from bus.signing import algorithm_of, pae, signature_valid
 from bus.truststore import TrustStore
-
-_CHAIN_CACHE_SIZE = 4096
-_ONE_SECOND = timedelta(seconds=1)
-_MAX_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -79,20 +70,6 @@ class Rejected:
     payload: Document | Status | None = field(default=None)
 
 
-@dataclass(frozen=True)
-class _Chain:
-    """A certificate chain that builds to an anchor, with what verification needs of it."""
-
-    key: PublicKey
-    alg: Algorithm
-    subject: str
-    agency: str | None
-    key_id: str
-    not_before: datetime
-    not_after: datetime
-    revoked_at: datetime | None
-
-
 class Verifier:
     """Verifies signed events against a trust store, a policy and the registry.
 
@@ -113,12 +90,7 @@ class Verifier:
         self.policy = policy or Policy()
         self.registry = registry
         self.codec = codec or default_codec()
-        self._chains: OrderedDict[bytes, _Chain | DocbusError] = OrderedDict()
-        ee = ExtensionPolicy.permit_all()  # agency certificates often lack SAN/EKU
-        ca = ExtensionPolicy.webpki_defaults_ca()
-        self._builder = (
-            PolicyBuilder().store(trust.store()).extension_policies(ca_policy=ca, ee_policy=ee)
-        )
+        self._chains = ChainBuilder(trust, _signing_key, "digital_signature")
 
     def verify(self, record: bytes, at: datetime) -> Verified | Rejected:
         """Verify one record value as received at ``at`` (the bus's receipt time)."""
@@ -154,28 +126,19 @@ class Verifier:
         for n, sig in enumerate(event.signatures):
             if sig.alg is Algorithm.UNKNOWN:
                 raise DocbusError(Reason.WEAK_ALGORITHM, f"signature {n}: unknown algorithm")
-            chain = self._chain(sig.cert_chain)
-            if sig.alg is not chain.alg:
+            chain = self._chains.chain(sig.cert_chain)
+            alg = algorithm_of(chain.key)
+            if sig.alg is not alg:
                 raise DocbusError(
                     Reason.BAD_SIGNATURE,
-                    f"signature {n}: says {sig.alg.value}, its key is {chain.alg.value}",
+                    f"signature {n}: says {sig.alg.value}, its key is {alg.value}",
                 )
-            if not chain.not_before <= at <= chain.not_after:
-                raise DocbusError(
-                    Reason.CERTIFICATE_EXPIRED,
-                    f"signature {n}: {chain.subject} is valid from {chain.not_before:%Y-%m-%d} "
-                    f"to {chain.not_after:%Y-%m-%d}, not at {at:%Y-%m-%d %H:%M:%S}",
-                )
-            if chain.revoked_at is not None and chain.revoked_at <= at:
-                raise DocbusError(
-                    Reason.CERTIFICATE_REVOKED,
-                    f"signature {n}: {chain.subject} revoked on {chain.revoked_at:%Y-%m-%d}",
-                )
+            chain.check_at(at, f"signature {n}: ")
             if not signature_valid(chain.key, sig.sig, signed):
                 raise DocbusError(
                     Reason.BAD_SIGNATURE, f"signature {n} ({sig.role.value}) does not verify"
                 )
-            signers.append(SignerInfo(sig.role, sig.alg, chain.key_id, chain.subject, chain.agency))
+            signers.append(SignerInfo(sig.role, alg, chain.key_id, chain.subject, chain.agency))
         return tuple(signers)
 
     def _check_payload(
@@ -234,122 +197,6 @@ class Verifier:
                     f"attachment {a.name!r} does not match its hash",
                 )
 
-    def _chain(self, ders: tuple[bytes, ...]) -> _Chain:
-        cache_key = hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in ders)).digest()
-        found = self._chains.get(cache_key)
-        if found is None:
-            found = self._build(ders)
-            self._chains[cache_key] = found
-            if len(self._chains) > _CHAIN_CACHE_SIZE:
-                self._chains.popitem(last=False)
-        else:
-            self._chains.move_to_end(cache_key)
-        if isinstance(found, DocbusError):
-            raise found
-        return found
 
-    def _build(self, ders: tuple[bytes, ...]) -> _Chain | DocbusError:
-        """Build and check a chain once, independent of the verification time."""
-        if not ders:
-            return DocbusError(Reason.UNTRUSTED_CERTIFICATE, "the signature carries no certificate")
-        try:
-            certs = [x509.load_der_x509_certificate(d) for d in ders]
-        except ValueError as exc:
-            return DocbusError(Reason.UNTRUSTED_CERTIFICATE, f"unreadable certificate: {exc}")
-        leaf = certs[0]
-        subject = leaf.subject.rfc4514_string()
-        try:
-            key = leaf.public_key()
-            alg = algorithm_of(key)
-        except DocbusError as exc:
-            return exc
-        except ValueError as exc:
-            return DocbusError(Reason.WEAK_ALGORITHM, f"{subject}: {exc}")
-        try:
-            usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
-            if not usage.digital_signature:
-                return DocbusError(
-                    Reason.UNTRUSTED_CERTIFICATE, f"{subject}: key usage lacks digitalSignature"
-                )
-        except x509.ExtensionNotFound:
-            pass  # no KeyUsage extension: any usage (RFC 5280 §4.2.1.3)
-        built = self._path(leaf, certs[1:])
-        if built is None:
-            return DocbusError(
-                Reason.UNTRUSTED_CERTIFICATE, f"{subject} does not chain to a trust anchor"
-            )
-        revoked = [
-            r
-            for cert, issuer in itertools.pairwise(built)
-            if (r := self.trust.revoked_at(cert, issuer)) is not None
-        ]
-        return _Chain(
-            key=key,  # type: ignore[arg-type]
-            alg=alg,
-            subject=subject,
-            agency=agency_code(leaf),
-            key_id=key_id(leaf),
-            not_before=max(c.not_valid_before_utc for c in built),
-            not_after=min(c.not_valid_after_utc for c in built),
-            revoked_at=min(revoked) if revoked else None,
-        )
-
-    def _path(
-        self, leaf: x509.Certificate, given: list[x509.Certificate]
-    ) -> list[x509.Certificate] | None:
-        """The chain from ``leaf`` to an anchor, or None.
-
-        The verification time is left out on purpose: the chain is built at moments when
-        it can be valid, and each event is then checked against the chain's validity window.
-        """
-        intermediates = [*given, *self.trust.intermediates]
-        if leaf.version is x509.Version.v1:
-            return self._v1_path(leaf, intermediates)
-        for moment in _moments(leaf, intermediates):
-            verifier = self._builder.time(moment).build_client_verifier()
-            try:
-                return list(verifier.verify(leaf, intermediates).chain)
-            except VerificationError:
-                continue
-        return None
-
-    def _v1_path(
-        self, cert: x509.Certificate, pool: list[x509.Certificate], depth: int = 0
-    ) -> list[x509.Certificate] | None:
-        """cryptography's builder refuses X.509 v1 leaves, which openssl 3.0's ``x509 -req``
-        still makes: walk issuer by issuer (name, CA flag, signature) to an anchor here."""
-        if depth > _MAX_DEPTH:
-            return None
-        for issuer in (*self.trust.anchors, *pool):
-            anchor = issuer in self.trust.anchors
-            if issuer.subject != cert.issuer or issuer == cert or not (anchor or _is_ca(issuer)):
-                continue
-            try:
-                cert.verify_directly_issued_by(issuer)
-            except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-                continue
-            rest = [issuer] if anchor else self._v1_path(issuer, pool, depth + 1)
-            if rest is not None:
-                return [cert, *rest]
-        return None
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return False
-    except x509.ExtensionNotFound:
-        return False
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
-    except x509.ExtensionNotFound:
-        return True
-
-
-def _moments(leaf: x509.Certificate, others: list[x509.Certificate]) -> list[datetime]:
-    """Times inside the leaf's validity at which a chain through ``others`` may be valid."""
-    lo, hi = leaf.not_valid_before_utc, leaf.not_valid_after_utc
-    edges = {lo + _ONE_SECOND, hi - _ONE_SECOND}
-    for c in others:
-        edges.update((c.not_valid_before_utc + _ONE_SECOND, c.not_valid_after_utc - _ONE_SECOND))
-    return sorted(t for t in edges if lo <= t <= hi)
+def _signing_key(key: object) -> None:
+    algorithm_of(key)  # raises weak_algorithm for keys the bus does not sign with
