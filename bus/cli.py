@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import UTC, date, datetime
 from importlib.metadata import entry_points
@@ -25,8 +26,9 @@ from bus.errors import DocbusError
 from bus.kafka import KafkaSettings, ensure_topics
 from bus.logs import configure_logging
 from bus.model import Document, Role
-from bus.pki import CertRole, DevPki, KeyAlgorithm, PkiError
+from bus.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm, PkiError
 from bus.registry import RegistryError, load_registry
+from bus.sealing import EncryptionKey, open_sealed
 from bus.signing import SigningKey
 from bus.truststore import TrustStore
 from bus.verifier import Policy, Rejected, Verifier
@@ -38,10 +40,18 @@ class DocbusGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except DocbusError as exc:
             raise click.ClickException(str(exc)) from None
         except (PkiError, RegistryError, BrokerError, KafkaError, OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:  # a bug: one line, the traceback only on request
+            if os.environ.get("DOCBUS_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"internal error: {exc!r} (set DOCBUS_DEBUG=1 for the traceback)"
+            ) from None
 
 
 def parse_time(value: str) -> datetime:
@@ -136,11 +146,23 @@ def pki_init(folder: Path) -> None:
     default=KeyAlgorithm.ED25519.value,
     show_default=True,
     type=click.Choice([a.value for a in KeyAlgorithm]),
+    help="Signing key type (signer, agency, service).",
+)
+@click.option(
+    "--kem",
+    default=KemAlgorithm.X25519.value,
+    show_default=True,
+    type=click.Choice([k.value for k in KemAlgorithm]),
+    help="Encryption key type (encryption).",
 )
 @click.option("--days", default=365, show_default=True, type=click.IntRange(min=1))
-def pki_issue(folder: Path, agency: str, role: str, alg: str, days: int) -> None:
+def pki_issue(folder: Path, agency: str, role: str, alg: str, kem: str, days: int) -> None:
     """Issue a key and certificate to DIR/agencies/CODE/ROLE.{key,cert}.pem."""
-    key_path, cert_path = DevPki(folder).issue(agency, CertRole(role), KeyAlgorithm(alg), days)
+    dev = DevPki(folder)
+    if CertRole(role) is CertRole.ENCRYPTION:
+        key_path, cert_path = dev.issue_encryption(agency, KemAlgorithm(kem), days)
+    else:
+        key_path, cert_path = dev.issue(agency, CertRole(role), KeyAlgorithm(alg), days)
     click.echo(key_path)
     click.echo(cert_path)
 
@@ -206,6 +228,40 @@ def verify(
         click.echo(f"REJECTED {rejected.reason.value}: {rejected.message}")
     if rejected is not None:
         sys.exit(1)
+
+
+@cli.command("open")
+@click.argument("event_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The recipient's encryption key (encryption.key.pem).",
+)
+@trust_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@registry_option
+def open_command(
+    event_file: Path, key_file: Path, trust: Path, out: Path, registry_path: Path | None
+) -> None:
+    """Verify a sealed document and open it with a recipient's key into OUT."""
+    verifier = Verifier(
+        TrustStore.load(trust), Policy(issued_at_tolerance=None), load_registry(registry_path)
+    )
+    verdict = verifier.verify(event_file.read_bytes(), datetime.now(UTC))
+    if isinstance(verdict, Rejected):
+        raise click.ClickException(f"{verdict.reason.value}: {verdict.message}")
+    if not isinstance(verdict.payload, Document):
+        raise click.ClickException("the event is not a document")
+    agency, doc = open_sealed(verdict.payload, EncryptionKey.from_pem(key_file.read_bytes()))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "subject.txt").write_text(doc.subject + "\n", encoding="utf-8")
+    for a in doc.attachments:
+        (out / (Path(a.name).name or a.sha256)).write_bytes(a.content or b"")
+    click.echo(
+        f"opened {doc.document_id} as {agency}: {len(doc.attachments)} attachment(s) in {out}"
+    )
 
 
 @cli.group(cls=DocbusGroup)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa, x25519
 from cryptography.x509.oid import NameOID
 
 from bus.signing import PrivateKey, load_certificates, load_private_key
@@ -33,6 +33,17 @@ class CertRole(StrEnum):
     SIGNER = "signer"
     AGENCY = "agency"
     SERVICE = "service"
+    ENCRYPTION = "encryption"
+
+
+class KemAlgorithm(StrEnum):
+    """Recipient encryption keys ``docbus pki issue --role encryption --kem`` makes."""
+
+    X25519 = "x25519"
+    MLKEM768_X25519 = "mlkem768-x25519"
+
+
+AnyPrivateKey = PrivateKey | x25519.X25519PrivateKey | mlkem.MLKEM768PrivateKey
 
 
 def generate_key(alg: KeyAlgorithm) -> PrivateKey:
@@ -109,13 +120,14 @@ def _ca_usage() -> x509.KeyUsage:
     )
 
 
-def _signing_usage() -> x509.KeyUsage:
+def _leaf_usage(role: CertRole) -> x509.KeyUsage:
+    signs = role is not CertRole.ENCRYPTION
     return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=True,
-        key_encipherment=False,
+        digital_signature=signs,
+        content_commitment=signs,
+        key_encipherment=not signs,
         data_encipherment=False,
-        key_agreement=False,
+        key_agreement=not signs,
         key_cert_sign=False,
         crl_sign=False,
         encipher_only=False,
@@ -171,7 +183,7 @@ def make_leaf(
     issuer: Issuer,
     agency: str,
     role: CertRole,
-    key: PrivateKey,
+    key: AnyPrivateKey,
     not_before: datetime | None = None,
     not_after: datetime | None = None,
 ) -> x509.Certificate:
@@ -187,7 +199,7 @@ def make_leaf(
             end,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_signing_usage(), critical=True)
+        .add_extension(_leaf_usage(role), critical=True)
         .sign(issuer.key, hashes.SHA256())
     )
 
@@ -208,7 +220,7 @@ def make_crl(issuer: Issuer, revoked: list[tuple[int, datetime]]) -> x509.Certif
     return builder.sign(issuer.key, hashes.SHA256())
 
 
-def pem_key(key: PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+def pem_key(key: AnyPrivateKey) -> bytes:
     """PKCS#8 PEM, unencrypted (a development PKI; production keys live in an HSM)."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -278,6 +290,31 @@ class DevPki:
         key_path.write_bytes(pem_key(key))
         key_path.chmod(0o600)
         cert_path.write_bytes(pem_cert(cert, issuer.cert))
+        return key_path, cert_path
+
+    def issue_encryption(
+        self, agency: str, kem: KemAlgorithm, days: int = 365
+    ) -> tuple[Path, Path]:
+        """Issue a recipient encryption key, separate from the agency's signing keys.
+
+        X25519 gives one key and certificate; the ML-KEM-768+X25519 hybrid gives an X25519
+        and an ML-KEM-768 key, each certified, in one key file and one certificate file.
+        """
+        issuer = self.issuer()
+        keys: list[AnyPrivateKey] = [x25519.X25519PrivateKey.generate()]
+        if kem is KemAlgorithm.MLKEM768_X25519:
+            keys.append(mlkem.MLKEM768PrivateKey.generate())
+        start = datetime.now(UTC) - timedelta(minutes=5)
+        certs = [
+            make_leaf(issuer, agency, CertRole.ENCRYPTION, k, start, start + timedelta(days=days))
+            for k in keys
+        ]
+        folder = self.root / "agencies" / agency
+        folder.mkdir(parents=True, exist_ok=True)
+        key_path, cert_path = folder / "encryption.key.pem", folder / "encryption.cert.pem"
+        key_path.write_bytes(b"".join(pem_key(k) for k in keys))
+        key_path.chmod(0o600)
+        cert_path.write_bytes(pem_cert(*certs, issuer.cert))
         return key_path, cert_path
 
     def revoke(self, cert_file: Path) -> int:

@@ -14,7 +14,15 @@ from datetime import datetime, timedelta
 from bus.chain import ChainBuilder
 from bus.codec import Codec, default_codec
 from bus.errors import DocbusError, Reason
-from bus.model import Algorithm, Document, Role, SignedEvent, Status
+from bus.model import (
+    Algorithm,
+    Confidentiality,
+    Document,
+    Role,
+    SealSuite,
+    SignedEvent,
+    Status,
+)
 from bus.registry import Registry
 from bus.signing import algorithm_of, pae, signature_valid
 from bus.truststore import TrustStore
@@ -182,6 +190,7 @@ class Verifier:
             raise DocbusError(Reason.MALFORMED, "document_id, sender and recipients are required")
         if doc.due_date and doc.promulgated_at and doc.due_date < doc.promulgated_at:
             raise DocbusError(Reason.MALFORMED, "due_date lies before promulgated_at")
+        _check_sealing(doc)
         if self.registry is not None and self.policy.check_recipients:
             on = doc.issued_at.date()
             for code in (*doc.recipients, *doc.cc):
@@ -196,6 +205,23 @@ class Verifier:
                     Reason.ATTACHMENT_HASH_MISMATCH,
                     f"attachment {a.name!r} does not match its hash",
                 )
+
+
+def _check_sealing(doc: Document) -> None:
+    """A confidential document is sealed, with one sealed key for every party."""
+    confidential = doc.confidentiality not in (Confidentiality.NONE, Confidentiality.UNKNOWN)
+    if confidential and doc.sealed is None:
+        raise DocbusError(Reason.POLICY, f"a {doc.confidentiality.value} document must be sealed")
+    if doc.sealed is None:
+        return
+    if not confidential:
+        raise DocbusError(Reason.POLICY, "a sealed document must say how confidential it is")
+    if doc.sealed.suite is SealSuite.UNKNOWN:
+        raise DocbusError(Reason.POLICY, "unknown sealing suite")
+    sealed_to = {k.agency for k in doc.sealed.keys}
+    missing = sorted({*doc.recipients, *doc.cc} - sealed_to)
+    if missing:
+        raise DocbusError(Reason.POLICY, f"no sealed key for {', '.join(missing)}")
 
 
 def _signing_key(key: object) -> None:

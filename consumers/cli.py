@@ -15,6 +15,7 @@ from bus.kafka import KafkaSettings
 from bus.model import Role
 from bus.registry import load_registry
 from bus.runtime import ConsumerRuntime, run_until_signalled
+from bus.sealing import EncryptionKey
 from bus.signing import SigningKey
 from bus.truststore import TrustStore
 from bus.verifier import Policy, Verifier
@@ -75,6 +76,11 @@ def serve_archiver(bootstrap: str | None, data_dir: Path, key: SigningKey) -> No
 @trust_option
 @click.option("--key", required=True, type=KeyPair(Role.AGENCY), help="The agency's AGENCY key.")
 @click.option("--dir", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--decrypt-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The agency's encryption key, to open sealed documents.",
+)
 @registry_option
 def serve_inbox(
     bootstrap: str | None,
@@ -82,13 +88,15 @@ def serve_inbox(
     trust: Path,
     key: SigningKey,
     folder: Path,
+    decrypt_key: Path | None,
     registry_path: Path | None,
 ) -> None:
     """Keep the documents addressed to AGENCY (or its predecessors) in DIR; say RECEIVED."""
     settings = KafkaSettings.from_env(bootstrap)
     registry = load_registry(registry_path)
     verifier = Verifier(TrustStore.load(trust), Policy(issued_at_tolerance=None), registry)
-    inbox = Inbox(agency, registry, verifier, key, folder, settings.topics)
+    opener = EncryptionKey.from_pem(decrypt_key.read_bytes()) if decrypt_key else None
+    inbox = Inbox(agency, registry, verifier, key, folder, settings.topics, opener)
     runtime = ConsumerRuntime(settings, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic])
     asyncio.run(run_until_signalled([runtime]))
 

@@ -11,11 +11,13 @@ from urllib.parse import quote
 
 import structlog
 
+from bus.errors import DocbusError
 from bus.events import status_output
 from bus.kafka import KafkaSettings, Topics
 from bus.model import Document, Status, StatusCode, now_ms
 from bus.registry import Registry
 from bus.runtime import Output, Record, Reject, Result
+from bus.sealing import EncryptionKey, open_sealed
 from bus.signing import SigningKey
 from bus.verifier import Rejected, Verifier
 
@@ -46,6 +48,7 @@ class Inbox:
         predecessors (agencies merged into it) are kept.
     :param key: the agency's AGENCY key, which signs its statuses.
     :param folder: where documents are stored, one folder per document revision.
+    :param decrypt_key: the agency's encryption key, to open sealed documents.
     """
 
     stage = "inbox"
@@ -58,6 +61,7 @@ class Inbox:
         key: SigningKey,
         folder: Path,
         topics: Topics,
+        decrypt_key: EncryptionKey | None = None,
     ) -> None:
         if key.agency != agency:
             raise ValueError(f"the key is for {key.agency}, not {agency}")
@@ -68,6 +72,7 @@ class Inbox:
         self.key = key
         self.folder = folder
         self.topics = topics
+        self.decrypt_key = decrypt_key
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -87,12 +92,26 @@ class Inbox:
             doc = verdict.payload
             if not isinstance(doc, Document) or not self.accepts & {*doc.recipients, *doc.cc}:
                 continue  # another agency's document on the shared jurisdiction topic
-            self._store(doc, record.value or b"")
-            log.info("received", document_id=doc.document_id, agency=self.agency)
-            results.append(self.status(doc.document_id, doc.revision, StatusCode.RECEIVED))
+            doc, note = self._open(doc)
+            self._store(doc, record.value or b"", note)
+            log.info("received", document_id=doc.document_id, agency=self.agency, sealed=note)
+            results.append(self.status(doc.document_id, doc.revision, StatusCode.RECEIVED, note))
         return results
 
-    def _store(self, doc: Document, event: bytes) -> None:
+    def _open(self, doc: Document) -> tuple[Document, str | None]:
+        """The plaintext of a sealed document addressed to this agency, when it can open it."""
+        if doc.sealed is None:
+            return doc, None
+        if self.decrypt_key is None:
+            return doc, "sealed; this inbox has no encryption key"
+        for code in sorted(self.accepts & {k.agency for k in doc.sealed.keys}):
+            try:
+                return open_sealed(doc, self.decrypt_key, code)[1], None
+            except DocbusError as exc:
+                log.error("cannot open", document_id=doc.document_id, error=exc.message)
+        return doc, "sealed; it does not open with this inbox's key"
+
+    def _store(self, doc: Document, event: bytes, note: str | None) -> None:
         target = document_folder(self.folder, doc.document_id, doc.revision)
         if (target / "event.avro").exists():
             return  # re-delivery: already kept
@@ -107,6 +126,9 @@ class Inbox:
             "sender": doc.sender,
             "recipients": list(doc.recipients),
             "subject": doc.subject,
+            "confidentiality": doc.confidentiality.value,
+            "sealed": doc.sealed is not None,
+            "note": note,
             "code_number": doc.code_number,
             "issued_at": doc.issued_at.isoformat(),
             "attachments": [a.name for a in doc.attachments],

@@ -11,11 +11,15 @@ from typing import Any
 
 import click
 
+from bus.addressbook import AddressBook
 from bus.cli import DocbusGroup, KeyPair, bootstrap_option, registry_option
 from bus.events import document_record
 from bus.kafka import KafkaSettings
-from bus.model import Document, Priority, Role
+from bus.model import Confidentiality, Document, Priority, Role, SealSuite, now_ms
+from bus.pki import KemAlgorithm
 from bus.registry import load_registry
+from bus.sealing import parties
+from bus.sealing import seal as seal_document
 from bus.signing import SigningKey
 from bus.truststore import TrustStore
 from bus.verifier import Policy, Verifier
@@ -23,6 +27,10 @@ from producers.document import new_document
 from producers.outbox import Outbox, OutboxEntry, State
 from producers.publisher import Publisher
 
+SEAL_SUITES = {
+    KemAlgorithm.X25519.value: SealSuite.X25519_SHA256_AES256GCM,
+    KemAlgorithm.MLKEM768_X25519.value: SealSuite.MLKEM768X25519_SHA256_AES256GCM,
+}
 DEFAULT_OUTBOX = Path.home() / ".local" / "share" / "docbus" / "outbox.sqlite"
 
 
@@ -102,6 +110,23 @@ async def _send(
     type=click.Choice([p.value for p in Priority]),
 )
 @click.option(
+    "--confidential",
+    type=click.Choice(["CONFIDENTIAL", "SECRET", "TOP_SECRET"]),
+    help="Seal the subject and attachments to the recipients.",
+)
+@click.option(
+    "--address-book",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Recipients' encryption certificates (needed with --confidential).",
+)
+@click.option(
+    "--kem",
+    default=KemAlgorithm.X25519.value,
+    show_default=True,
+    type=click.Choice([k.value for k in KemAlgorithm]),
+    help="Key encapsulation for sealing.",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the exact record bytes here instead of sending.",
@@ -112,7 +137,7 @@ async def _send(
 @click.option(
     "--trust",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Trust store to verify the statuses (needed with --wait).",
+    help="Trust store: checks the statuses (--wait) and the address book.",
 )
 @_outbox_option
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
@@ -128,6 +153,9 @@ def publish(
     code_number: str | None,
     document_type: str | None,
     priority: str,
+    confidential: str | None,
+    address_book: Path | None,
+    kem: str,
     output: Path | None,
     bootstrap: str | None,
     wait: bool,
@@ -150,7 +178,14 @@ def publish(
         code_number=code_number,
         document_type=document_type,
         priority=Priority(priority),
+        confidentiality=Confidentiality(confidential or "NONE"),
     )
+    if confidential:
+        if address_book is None or trust is None:
+            raise click.UsageError("--confidential needs --address-book and --trust")
+        book = AddressBook(address_book, TrustStore.load(trust))
+        at = now_ms()
+        doc = seal_document(doc, [book.recipient(p, at) for p in parties(doc)], SEAL_SUITES[kem])
     keys = [signer, seal, *cosign]
     if output is not None:
         output.write_bytes(document_record(doc, keys))

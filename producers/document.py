@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from bus.model import Attachment, Document, Priority, now_ms
+from bus.model import Attachment, Confidentiality, Document, Priority, now_ms
 
 
 def attachment(name: str, content: bytes, media_type: str | None = None) -> Attachment:
@@ -33,6 +33,7 @@ def new_document(
     document_type: str | None = None,
     priority: Priority = Priority.NORMAL,
     signer_name: str | None = None,
+    confidentiality: Confidentiality = Confidentiality.NONE,
 ) -> Document:
     """A NEW document born on the bus (a fresh UUID, issued now)."""
     if not recipients:
@@ -47,5 +48,6 @@ def new_document(
         document_type=document_type,
         priority=priority,
         signer_name=signer_name,
+        confidentiality=confidentiality,
         attachments=tuple(attachment(f.name, f.read_bytes()) for f in files),
     )
