@@ -198,7 +198,9 @@ def open_sealed(
         break
     if cek is None:
         raise DocbusError(
-            Reason.POLICY, "this key opens none of the sealed keys: it is not a recipient's key"
+            Reason.POLICY,
+            "this key opens none of the sealed keys: it is not a recipient's key, "
+            "or the document's id, revision or recipient list was altered",
         )
     aes = AESGCM(cek)
     manifest = json.loads(

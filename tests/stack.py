@@ -19,6 +19,7 @@ from bus.model import Role
 from bus.pki import KeyAlgorithm
 from bus.registry import Registry
 from bus.runtime import ConsumerRuntime
+from bus.sealing import EncryptionKey
 from bus.signing import SigningKey
 from bus.verifier import Policy, Verifier
 from consumers.archiver import Archiver
@@ -98,6 +99,7 @@ def start_services(stack: Stack) -> None:
         ),
     )
     for agency in (NGHE_AN, BAC_NINH):
+        decrypt = pki.dev.root / "agencies" / agency / "encryption.key.pem"
         inbox = Inbox(
             agency,
             stack.registry,
@@ -105,6 +107,7 @@ def start_services(stack: Stack) -> None:
             pki.key(agency, Role.AGENCY),
             stack.inbox_folder(agency),
             topics,
+            EncryptionKey.from_pem(decrypt.read_bytes()) if decrypt.exists() else None,
         )
         stack.start_service(
             f"inbox-{agency}",

@@ -117,7 +117,8 @@ def test_a_tampered_file_is_rejected_with_exit_1(world: Path) -> None:
 
 
 def test_revoked_then_verified_at_a_time_before_and_after(world: Path) -> None:
-    out = run("pki", "issue", "--dir", world / "pki", "--agency", MINISTRY, "--role", "signer")
+    # A service certificate of its own, used as the signer: the shared signer stays valid.
+    out = run("pki", "issue", "--dir", world / "pki", "--agency", MINISTRY, "--role", "service")
     key, cert = out.stdout.split()
     ev = world / "rev.avro"
     assert (
@@ -233,3 +234,83 @@ def test_every_command_has_help() -> None:
     ):
         out = run(*cmd, "--help")
         assert out.returncode == 0 and "Usage:" in out.stdout
+
+
+@pytest.mark.parametrize("kem", ["x25519", "mlkem768-x25519"])
+def test_publish_confidential_then_open_by_recipient_only(world: Path, kem: str) -> None:
+    pki = world / "pki"
+    for agency in (PROVINCE, "000.00.00.H06", "000.00.01.H41"):
+        out = run(
+            "pki", "issue", "--dir", pki, "--agency", agency, "--role", "encryption", "--kem", kem
+        )
+        assert out.returncode == 0, out.stderr
+    (world / "mat.txt").write_text("Tài liệu mật", encoding="utf-8")
+    event = world / f"secret-{kem}.avro"
+    out = run(
+        "publish",
+        "--from",
+        MINISTRY,
+        "--to",
+        PROVINCE,
+        "--to",
+        "000.00.00.H06",
+        "--subject",
+        "Kế hoạch mật",
+        "--file",
+        world / "mat.txt",
+        "--signer",
+        _keys(world, "signer"),
+        "--seal",
+        _keys(world, "agency"),
+        "--confidential",
+        "SECRET",
+        "--address-book",
+        pki / "agencies",
+        "--trust",
+        pki / "trust",
+        "--kem",
+        kem,
+        "--output",
+        event,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Kế hoạch mật".encode() not in event.read_bytes()
+    assert "Tài liệu mật".encode() not in event.read_bytes()
+    assert run("verify", event, "--trust", pki / "trust").returncode == 0
+    key = pki / "agencies" / "000.00.00.H06" / "encryption.key.pem"
+    out = run("open", event, "--key", key, "--trust", pki / "trust", "--out", world / f"open-{kem}")
+    assert out.returncode == 0 and "as 000.00.00.H06" in out.stdout
+    assert (world / f"open-{kem}" / "mat.txt").read_text(encoding="utf-8") == "Tài liệu mật"
+    assert (world / f"open-{kem}" / "subject.txt").read_text(
+        encoding="utf-8"
+    ).strip() == "Kế hoạch mật"
+    outsider = pki / "agencies" / "000.00.01.H41" / "encryption.key.pem"
+    out = run("open", event, "--key", outsider, "--trust", pki / "trust", "--out", world / "no")
+    assert out.returncode == 1 and "not a recipient's key" in out.stderr
+    assert not (world / "no").exists()
+
+
+def test_publish_confidential_refuses_a_recipient_without_certificate(world: Path) -> None:
+    out = run(
+        "publish",
+        "--from",
+        MINISTRY,
+        "--to",
+        "000.00.00.G10",
+        "--subject",
+        "x",
+        "--signer",
+        _keys(world, "signer"),
+        "--seal",
+        _keys(world, "agency"),
+        "--confidential",
+        "SECRET",
+        "--address-book",
+        world / "pki" / "agencies",
+        "--trust",
+        world / "pki" / "trust",
+        "--output",
+        world / "never.avro",
+    )
+    assert out.returncode == 1 and "no encryption certificate for 000.00.00.G10" in out.stderr
+    assert not (world / "never.avro").exists()

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from bus.addressbook import AddressBook
 from bus.broker import EmbeddedBroker
 from bus.codec import default_codec
 from bus.events import document_record
 from bus.headers import header
-from bus.model import Role, Status, StatusCode
-from bus.pki import CertRole, DevPki, KeyAlgorithm
+from bus.model import Confidentiality, Role, SealSuite, Status, StatusCode
+from bus.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
 from bus.registry import Registry
+from bus.sealing import seal
 from bus.signing import SigningKey
 from consumers.inbox import document_folder, send_status
 from producers.document import new_document
@@ -220,3 +222,42 @@ async def test_an_agency_sends_feedback_after_receipt(
             if s.code is StatusCode.ACCEPTED
         ]
         assert accepted[0].by == NGHE_AN and accepted[0].message == "Đã xử lý"
+
+
+async def test_a_sealed_document_is_routed_and_archived_but_read_only_by_its_recipients(
+    broker: EmbeddedBroker,
+    pki: Pki,
+    registry: Registry,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    for agency in (NGHE_AN, BAC_NINH):
+        pki.dev.issue_encryption(agency, KemAlgorithm.MLKEM768_X25519)
+    book = AddressBook(pki.dev.root / "agencies", pki.trust)
+    subject, body = "Phương án tuyệt mật số 9", "Nội dung chỉ người nhận được đọc".encode()
+    (tmp_path / "mat.txt").write_bytes(body)
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
+        doc = new_document(
+            MINISTRY,
+            [NGHE_AN, BAC_NINH],
+            subject,
+            [tmp_path / "mat.txt"],
+            confidentiality=Confidentiality.SECRET,
+        )
+        recipients = [book.recipient(p, doc.issued_at) for p in (NGHE_AN, BAC_NINH)]
+        sealed = seal(doc, recipients, SealSuite.MLKEM768X25519_SHA256_AES256GCM)
+        record = await stack.publisher.publish(sealed)
+        assert await _final(stack, doc.document_id) is State.ARCHIVED
+        for agency in (NGHE_AN, BAC_NINH):
+            folder = document_folder(stack.inbox_folder(agency), doc.document_id, 0)
+            await file_appears(folder / "event.avro")
+            assert (folder / "attachments" / "mat.txt").read_bytes() == body
+            assert subject in (folder / "document.json").read_text(encoding="utf-8")
+    assert subject.encode() not in record and body not in record
+    for name in ("archive.sqlite", "archive.sqlite-wal", "outbox.sqlite", "outbox.sqlite-wal"):
+        path = tmp_path / name
+        if path.exists():
+            stored = path.read_bytes()
+            assert subject.encode() not in stored and body not in stored, name
+    logs = capfd.readouterr()
+    assert subject not in logs.out + logs.err and body.decode() not in logs.out + logs.err
