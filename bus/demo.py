@@ -28,7 +28,7 @@ from rich.table import Table
 from bus.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
 from bus.kafka import KafkaSettings, Topics, ensure_topics
 from bus.model import Status, StatusCode, now_ms
-from bus.pki import CertRole, DevPki, KeyAlgorithm
+from bus.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
 from bus.registry import Registry, load_registry
 from bus.truststore import TrustStore
 from bus.verifier import Policy, Verified, Verifier
@@ -38,7 +38,8 @@ NGHE_AN = "000.00.00.H41"  # UBND tỉnh Nghệ An
 BAC_NINH = "000.00.00.H06"  # UBND tỉnh Bắc Ninh
 BAC_GIANG = "000.00.00.H04"  # UBND tỉnh Bắc Giang, merged into Bắc Ninh on 2025-07-01
 UNKNOWN = "000.00.00.H99"
-INBOXES = (NGHE_AN, BAC_NINH)
+SO_NOI_VU_NGHE_AN = "000.00.01.H41"  # a third agency in Nghệ An: sees the topic, not the secret
+INBOXES = (NGHE_AN, BAC_NINH, SO_NOI_VU_NGHE_AN)
 GATEWAY, ARCHIVER = "docbus.gateway", "docbus.archiver"
 
 
@@ -98,6 +99,7 @@ class Stack:
         dev.issue(MINISTRY, CertRole.AGENCY, KeyAlgorithm.ECDSA_P256)
         for agency in INBOXES:
             dev.issue(agency, CertRole.AGENCY, KeyAlgorithm.ED25519)
+            dev.issue_encryption(agency, KemAlgorithm.MLKEM768_X25519)
 
     def start_services(self) -> None:
         logs = self.folder / "logs"
@@ -131,6 +133,8 @@ class Stack:
                     _pair(self.pki, agency, CertRole.AGENCY),
                     "--dir",
                     self.folder / "inbox" / agency,
+                    "--decrypt-key",
+                    self.pki / "agencies" / agency / "encryption.key.pem",
                 )
                 for agency in INBOXES
             },
@@ -259,7 +263,7 @@ async def _statuses(
 def run_demo(data_dir: Path | None) -> bool:
     """Run every scenario; True only if every document met its expected fate."""
     folder = data_dir or Path(tempfile.mkdtemp(prefix="docbus-demo-"))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     started = time.monotonic()
     console.print(f"[bold]docbus demo[/] in {folder}")
     with running(folder) as stack:
@@ -367,6 +371,34 @@ def _run_scenarios(stack: Stack, folder: Path) -> list[Scenario]:
         states[scenario.document_id] = " ".join(
             str(x) for x in (result["state"], result.get("reason")) if x
         )
+    secret = Scenario("SECRET, sealed to H41 and H06", "opened by H41, H06 only")
+    secret_subject, secret_body = "Phương án bảo vệ bí mật nhà nước", "Nội dung TUYỆT MẬT"
+    (folder / "mat.txt").write_text(secret_body, "utf-8")
+    result = _publish(
+        stack,
+        "--from",
+        MINISTRY,
+        "--file",
+        folder / "mat.txt",
+        "--signer",
+        _pair(stack.pki, MINISTRY, CertRole.SIGNER),
+        "--seal",
+        _pair(stack.pki, MINISTRY, CertRole.AGENCY),
+        "--to",
+        NGHE_AN,
+        "--to",
+        BAC_NINH,
+        "--subject",
+        secret_subject,
+        "--confidential",
+        "SECRET",
+        "--address-book",
+        stack.pki / "agencies",
+        "--kem",
+        KemAlgorithm.MLKEM768_X25519.value,
+    )
+    secret.document_id = str(result["document_id"])
+    states[secret.document_id] = str(result["state"])
     tampered = Scenario("tampered in transit", "REJECTED bad_signature")
     event = folder / "tampered.avro"
     done = subprocess.run(
@@ -397,6 +429,7 @@ def _run_scenarios(stack: Stack, folder: Path) -> list[Scenario]:
         multi.document_id: {("RECEIVED", NGHE_AN), ("RECEIVED", BAC_NINH)},
         merged.document_id: {("RECEIVED", BAC_NINH)},
         tampered.document_id: {("REJECTED", GATEWAY)},
+        secret.document_id: {("RECEIVED", NGHE_AN), ("RECEIVED", BAC_NINH)},
     }
     seen = asyncio.run(_statuses(stack, until, seconds=30))
 
@@ -424,7 +457,82 @@ def _run_scenarios(stack: Stack, folder: Path) -> list[Scenario]:
         " ".join(["REJECTED", *(st.reason or "" for st in verdicts)]) if verdicts else "?"
     )
     tampered.ok = tampered.outcome == tampered.expect
-    return [plain, multi, merged, unknown, untrusted, tampered]
+    _check_secret(stack, secret, states[secret.document_id], secret_subject, secret_body)
+    return [plain, multi, merged, unknown, untrusted, secret, tampered]
+
+
+def _check_secret(stack: Stack, scenario: Scenario, state: str, subject: str, body: str) -> None:
+    """Recipients read it; a third agency's inbox, the gateway and the archive cannot."""
+    folder = stack.folder
+    opened = [
+        a[-3:]
+        for a in (NGHE_AN, BAC_NINH)
+        if subject in _read(folder / "inbox" / a / scenario.document_id / "0" / "document.json")
+        and _read(folder / "inbox" / a / scenario.document_id / "0" / "attachments" / "mat.txt")
+        == body
+    ]
+    outsider_kept = (folder / "inbox" / SO_NOI_VU_NGHE_AN / scenario.document_id).exists()
+    event = folder / "secret.avro"
+    archive = folder / "archive" / "archive.sqlite"
+    leaks = [
+        p.name
+        for p in (
+            archive,
+            archive.with_name("archive.sqlite-wal"),
+            *(folder / "logs").glob("*.log"),
+        )
+        if p.exists() and (subject.encode() in p.read_bytes() or body.encode() in p.read_bytes())
+    ]
+    done = subprocess.run(
+        _docbus(
+            "archive",
+            "export",
+            scenario.document_id,
+            "--data-dir",
+            folder / "archive",
+            "--out",
+            folder / "secret-export",
+        ),
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    exported = folder / "secret-export" / "r0" / "event.avro"
+    if done.returncode == 0 and exported.exists():
+        event.write_bytes(exported.read_bytes())
+    refused = (
+        subprocess.run(
+            _docbus(
+                "open",
+                event,
+                "--key",
+                stack.pki / "agencies" / SO_NOI_VU_NGHE_AN / "encryption.key.pem",
+                "--trust",
+                stack.trust,
+                "--out",
+                folder / "outsider-open",
+            ),
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).returncode
+        == 1
+        and event.exists()
+    )
+    scenario.ok = (
+        state == "ARCHIVED" and len(opened) == 2 and not outsider_kept and not leaks and refused
+    )
+    scenario.outcome = (
+        f"{state}, opened by {', '.join(opened) or '-'}; third agency "
+        f"{'refused' if refused and not outsider_kept else 'READ IT'}; "
+        f"{'no plaintext in archive or logs' if not leaks else 'LEAK in ' + ', '.join(leaks)}"
+    )
+
+
+def _read(path: Path) -> str:
+    return path.read_text("utf-8") if path.exists() else ""
 
 
 def run_dev(data_dir: Path | None) -> None:

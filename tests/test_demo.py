@@ -22,13 +22,15 @@ def test_the_demo_meets_every_expected_outcome(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all outcomes as expected" in done.stdout
-    assert done.stdout.count("✓") == 6 and "✗" not in done.stdout
+    assert done.stdout.count("✓") == 7 and "✗" not in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
     archive = Archive(tmp_path / "archive" / "archive.sqlite")
     try:
-        # plain, two-jurisdiction and merged-province documents; nothing rejected got in
-        assert archive.count() == 3
+        # plain, two-jurisdiction, merged-province and secret documents; nothing rejected
+        assert archive.count() == 4
     finally:
         archive.close()
     received = list((tmp_path / "inbox").glob("*/*/0/event.avro"))
-    assert len(received) == 4  # H41: plain + two-jurisdiction; H06: two-jurisdiction + merged
+    # H41: plain, two-jurisdiction, secret; H06: two-jurisdiction, merged, secret; not 01.H41
+    assert len(received) == 6
+    assert not list((tmp_path / "inbox" / "000.00.01.H41").glob("*/0/event.avro"))
