@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from timing import rate
 
 from bus.codec import default_codec
 from bus.events import document_record
@@ -27,18 +26,6 @@ from bus.verifier import Verified, Verifier
 from producers.document import attachment, new_document
 
 SENDER, RECIPIENT = "000.00.00.G22", "000.00.00.H41"
-
-
-def rate(work: Callable[[], object], seconds: float, repeats: int) -> float:
-    """Median operations per second of ``work`` over ``repeats`` runs of ``seconds`` each."""
-    rates = []
-    for _ in range(repeats):
-        n, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds:
-            work()
-            n += 1
-        rates.append(n / elapsed)
-    return statistics.median(rates)
 
 
 def main() -> None:
