@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bus.chain import ChainBuilder
+from bus.checkpoint import CHECKPOINT_TYPE, Checkpoint
 from bus.codec import Codec, default_codec
 from bus.errors import DocbusError, Reason
+from bus.merkle import leaf_hash, verify_inclusion
 from bus.model import (
     Algorithm,
     Confidentiality,
@@ -148,6 +150,43 @@ class Verifier:
                 )
             signers.append(SignerInfo(sig.role, alg, chain.key_id, chain.subject, chain.agency))
         return tuple(signers)
+
+    def verify_checkpoint(self, signed: bytes) -> Checkpoint:
+        """A signed checkpoint whose signature holds; DocbusError says why not.
+
+        It is checked at its own time (when the archiver signed it) and must be signed
+        by a SERVICE certificate of the origin it names.
+        """
+        event = self.codec.decode_event(signed)
+        if event.payload_type != CHECKPOINT_TYPE:
+            raise DocbusError(Reason.MALFORMED, f"not a checkpoint: {event.payload_type}")
+        checkpoint = Checkpoint.parse(event.payload)
+        signers = self._check_signatures(event, checkpoint.at)
+        if not any(s.role is Role.SERVICE and s.agency == checkpoint.origin for s in signers):
+            raise DocbusError(
+                Reason.SENDER_MISMATCH, f"the checkpoint is not signed by {checkpoint.origin}"
+            )
+        return checkpoint
+
+    def check_receipt(self, status: Status, record: bytes) -> Checkpoint:
+        """That an ARCHIVED receipt proves ``record`` is in the archive's log.
+
+        Checks the checkpoint's signature, that the proof is against that checkpoint and
+        that the inclusion proof of the record's leaf holds. Raises DocbusError otherwise.
+        """
+        proof = status.log
+        if proof is None:
+            raise DocbusError(Reason.POLICY, "the receipt carries no inclusion proof")
+        checkpoint = self.verify_checkpoint(proof.checkpoint)
+        if (checkpoint.size, checkpoint.root) != (proof.tree_size, proof.root_hash):
+            raise DocbusError(Reason.POLICY, "the proof is not against the checkpoint it names")
+        if not verify_inclusion(
+            leaf_hash(record), proof.index, proof.tree_size, proof.inclusion_proof, proof.root_hash
+        ):
+            raise DocbusError(
+                Reason.POLICY, f"the inclusion proof for log index {proof.index} does not hold"
+            )
+        return checkpoint
 
     def _check_payload(
         self, payload: Document | Status, signers: tuple[SignerInfo, ...], at: datetime

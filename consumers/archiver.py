@@ -9,13 +9,14 @@ from datetime import datetime
 
 import structlog
 
-from bus.archive import Archive, NewEntry, Stored
+from bus.archive import Archive, NewEntry, Stored, StoredCheckpoint
+from bus.checkpoint import Checkpoint
 from bus.codec import Codec, default_codec
 from bus.errors import DocbusError, Reason
 from bus.events import status_output
 from bus.headers import RECEIVED_AT, header
 from bus.kafka import Topics
-from bus.model import Document, Status, StatusCode, now_ms
+from bus.model import Document, LogProof, Status, StatusCode, now_ms
 from bus.runtime import Record, Reject, Result
 from bus.signing import SigningKey
 
@@ -81,13 +82,40 @@ class Archiver:
                 event=value,
             )
             batch.append((record, entry))
+        if not batch:
+            return results
         outcomes = self.archive.store([entry for _, entry in batch])
-        for (record, entry), outcome in zip(batch, outcomes, strict=True):
-            results.extend(self._answer(record, entry, outcome))
+        checkpoint = self._checkpoint()
+        for (record, entry), (outcome, index) in zip(batch, outcomes, strict=True):
+            proof = LogProof(
+                index=index,
+                tree_size=checkpoint.checkpoint.size,
+                root_hash=checkpoint.checkpoint.root,
+                inclusion_proof=tuple(
+                    self.archive.inclusion_proof(index, checkpoint.checkpoint.size)
+                ),
+                checkpoint=checkpoint.signed,
+            )
+            results.extend(self._answer(record, entry, outcome, proof))
         return results
 
-    def _answer(self, record: Record, entry: NewEntry, outcome: Stored) -> list[Result]:
-        log.info("archived", document_id=entry.document_id, outcome=outcome.value)
+    def _checkpoint(self) -> StoredCheckpoint:
+        """The signed checkpoint covering the whole log, signing a new one if it grew."""
+        latest = self.archive.latest_checkpoint()
+        size = self.archive.log_size()
+        if latest is not None and latest.checkpoint.size == size:
+            return latest
+        checkpoint = Checkpoint(self.by, size, self.archive.root(size), now_ms())
+        signed = checkpoint.sign(self.key)
+        self.archive.add_checkpoint(checkpoint, signed)
+        return StoredCheckpoint(checkpoint, signed)
+
+    def _answer(
+        self, record: Record, entry: NewEntry, outcome: Stored, proof: LogProof
+    ) -> list[Result]:
+        log.info(
+            "archived", document_id=entry.document_id, outcome=outcome.value, index=proof.index
+        )
         if outcome is Stored.CONFLICT:
             message = f"revision {entry.revision} was archived before with other bytes"
             status = Status(
@@ -98,11 +126,14 @@ class Archiver:
                 entry.revision,
                 reason=Reason.DUPLICATE_CONFLICT.value,
                 message=message,
+                log=proof,
             )
             return [
                 Reject(record, Reason.DUPLICATE_CONFLICT, message),
                 status_output(status, self.key, self.topics),
             ]
         # A re-delivery is answered again: the publisher may have missed the first receipt.
-        status = Status(entry.document_id, StatusCode.ARCHIVED, self.by, now_ms(), entry.revision)
+        status = Status(
+            entry.document_id, StatusCode.ARCHIVED, self.by, now_ms(), entry.revision, log=proof
+        )
         return [status_output(status, self.key, self.topics)]

@@ -11,10 +11,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from bus.codec import default_codec
+from bus.errors import DocbusError
 from bus.events import document_record
 from bus.headers import cloudevent
 from bus.kafka import KafkaSettings
-from bus.model import Document, Status, now_ms
+from bus.model import Document, Status, StatusCode, now_ms
 from bus.runtime import ConsumerRuntime, Record, Reject, Result
 from bus.signing import SigningKey
 from bus.verifier import Rejected, Verifier
@@ -54,6 +55,8 @@ class StatusListener:
                 out.append(Reject(record, verdict.reason, verdict.message))
                 continue
             if isinstance(verdict.payload, Status):
+                if not self._proven(verdict.payload):
+                    continue
                 entry = self.outbox.apply(verdict.payload)
                 if entry is not None:
                     log.info(
@@ -64,6 +67,24 @@ class StatusListener:
                     )
                     out.append(entry)
         return out
+
+    def _proven(self, status: Status) -> bool:
+        """An ARCHIVED receipt counts only if it proves our exact record is in the log."""
+        if status.code is not StatusCode.ARCHIVED:
+            return True
+        mine = self.outbox.get(status.document_id, status.revision)
+        if mine is None:
+            return True  # not ours: apply() ignores it
+        try:
+            self.verifier.check_receipt(status, mine.record)
+        except DocbusError as exc:
+            log.error(
+                "ARCHIVED receipt does not prove the archive holds the document",
+                document_id=status.document_id,
+                error=exc.message,
+            )
+            return False
+        return True
 
 
 class Publisher:
