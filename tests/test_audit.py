@@ -1,0 +1,237 @@
+"""Auditing: a tampered archive is caught and named; replay and rebuild on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from bus.archive import Archive
+from bus.audit import Report, rebuild, replay, verify_archive
+from bus.broker import EmbeddedBroker
+from bus.checkpoint import Checkpoint
+from bus.events import document_record
+from bus.kafka import Topics
+from bus.model import Role, now_ms
+from bus.pki import CertRole, DevPki, KeyAlgorithm
+from bus.registry import Registry
+from bus.report import write_report
+from bus.signing import SigningKey
+from bus.verifier import Policy, Verifier
+from consumers.archiver import Archiver
+from producers.document import new_document
+from producers.outbox import State
+from tests.conftest import MINISTRY, Pki
+from tests.stack import BAC_NINH, NGHE_AN, running_stack
+
+
+def _record(value: bytes, offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        "docbus.deliver.nghe-an", 0, offset, 0, 0, None, value, None, 0, len(value), ()
+    )
+
+
+@pytest.fixture(scope="module")
+def archive_file(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An archive of 7 documents written by the real archiver in three batches."""
+    folder = tmp_path_factory.mktemp("archive")
+    archive = Archive(folder / "archive.sqlite")
+    archiver = Archiver(archive, pki.key("docbus.archiver", Role.SERVICE), Topics())
+    keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
+    records = [
+        document_record(new_document(MINISTRY, [NGHE_AN], f"Văn bản {i}"), keys) for i in range(7)
+    ]
+    for batch in (records[:3], records[3:5], records[5:]):
+        asyncio.run(archiver.handle([_record(v, i) for i, v in enumerate(batch)]))
+    archive.close()
+    return folder / "archive.sqlite"
+
+
+def _audit(path: Path, pki: Pki) -> Report:
+    archive = Archive(path)
+    try:
+        return verify_archive(archive, Verifier(pki.trust))
+    finally:
+        archive.close()
+
+
+def _copy(archive_file: Path, tmp_path: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    copy = tmp_path / "archive.sqlite"
+    shutil.copy(archive_file, copy)
+    return copy
+
+
+def _kinds(report: Report) -> set[tuple[str, str]]:
+    return {(f.kind, f.where.split(" (")[0]) for f in report.findings}
+
+
+def test_an_untouched_archive_is_clean(archive_file: Path, pki: Pki, tmp_path: Path) -> None:
+    report = _audit(_copy(archive_file, tmp_path), pki)
+    assert report.clean, report.findings
+    assert [c.size for c in report.checkpoints] == [3, 5, 7]
+    assert all(c.signed_ok for c in report.checkpoints)
+
+
+def test_one_edited_byte_is_found_and_named(archive_file: Path, pki: Pki, tmp_path: Path) -> None:
+    path = _copy(archive_file, tmp_path)
+    with sqlite3.connect(path) as db:
+        event = bytearray(db.execute("SELECT event FROM entries WHERE seq = 4").fetchone()[0])
+        event[len(event) // 2] ^= 0x01
+        db.execute("UPDATE entries SET event = ? WHERE seq = 4", (bytes(event),))
+    kinds = _kinds(_audit(path, pki))
+    assert ("bytes changed", "row 4") in kinds and ("entry changed", "row 4") in kinds
+    assert ("checkpoint not reproduced", "checkpoint of size 5") in kinds
+
+
+def test_an_edit_that_also_rewrites_digest_and_log_is_caught_by_the_signed_checkpoints(
+    archive_file: Path, pki: Pki, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from bus.merkle import leaf_hash
+
+    path = _copy(archive_file, tmp_path)
+    with sqlite3.connect(path) as db:
+        event = bytearray(db.execute("SELECT event FROM entries WHERE seq = 2").fetchone()[0])
+        event[-10] ^= 0x01
+        db.execute(
+            "UPDATE entries SET event = ?, digest = ? WHERE seq = 2",
+            (bytes(event), hashlib.sha256(event).hexdigest()),
+        )
+        db.execute(
+            "UPDATE log_nodes SET hash = ? WHERE level = 0 AND idx = 1", (leaf_hash(bytes(event)),)
+        )
+    kinds = _kinds(_audit(path, pki))
+    assert ("checkpoint not reproduced", "checkpoint of size 3") in kinds
+
+
+def test_a_deleted_row_is_found_and_named(archive_file: Path, pki: Pki, tmp_path: Path) -> None:
+    path = _copy(archive_file, tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM entries WHERE seq = 2")
+    kinds = _kinds(_audit(path, pki))
+    assert ("row removed", "log index 1") in kinds
+
+
+def test_two_swapped_rows_are_found_and_named(archive_file: Path, pki: Pki, tmp_path: Path) -> None:
+    path = _copy(archive_file, tmp_path)
+    with sqlite3.connect(path) as db:
+        a = db.execute("SELECT document_id, digest, event FROM entries WHERE seq = 2").fetchone()
+        b = db.execute("SELECT document_id, digest, event FROM entries WHERE seq = 6").fetchone()
+        db.execute("UPDATE entries SET document_id = 'moving' WHERE seq = 2")
+        db.execute("UPDATE entries SET document_id = ?, digest = ?, event = ? WHERE seq = 6", a)
+        db.execute("UPDATE entries SET document_id = ?, digest = ?, event = ? WHERE seq = 2", b)
+    kinds = _kinds(_audit(path, pki))
+    assert ("entry changed", "row 2") in kinds and ("entry changed", "row 6") in kinds
+    # Swapping their places in the log instead is named as a reordering.
+    path = _copy(archive_file, tmp_path / "order")
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE entries SET log_index = -1 WHERE seq = 2")
+        db.execute("UPDATE entries SET log_index = 1 WHERE seq = 6")
+        db.execute("UPDATE entries SET log_index = 5 WHERE seq = 2")
+    kinds = _kinds(_audit(path, pki))
+    assert ("rows reordered", "rows 2 and 3") in kinds and ("entry changed", "row 6") in kinds
+
+
+def test_a_forged_checkpoint_is_found(archive_file: Path, pki: Pki, tmp_path: Path) -> None:
+    path = _copy(archive_file, tmp_path)
+    rogue = DevPki(tmp_path / "rogue")
+    rogue.init()
+    impostor = SigningKey.load(
+        Role.SERVICE, *rogue.issue("docbus.archiver", CertRole.SERVICE, KeyAlgorithm.ED25519)
+    )
+    forged = Checkpoint("docbus.archiver", 5, b"\x00" * 32, now_ms())
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE checkpoints SET signed = ? WHERE size = 5", (forged.sign(impostor),))
+    report = _audit(path, pki)
+    assert ("forged checkpoint", "checkpoint of size 5") in _kinds(report)
+    assert [c.signed_ok for c in report.checkpoints] == [True, False, True]
+
+
+def test_the_command_exits_1_and_writes_json_and_html(
+    archive_file: Path, pki: Pki, tmp_path: Path
+) -> None:
+    path = _copy(archive_file, tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM entries WHERE seq = 7")
+    command = [
+        sys.executable,
+        "-m",
+        "bus",
+        "audit",
+        "verify-archive",
+        "--data-dir",
+        str(tmp_path),
+        "--trust",
+        str(pki.dev.trust_dir),
+    ]
+    for name in ("report.json", "report.html"):
+        done = subprocess.run(
+            [*command, "--report", str(tmp_path / name)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert "row removed" in done.stdout
+    assert '"clean": false' in (tmp_path / "report.json").read_text("utf-8")
+    page = (tmp_path / "report.html").read_text("utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "row removed" in page and "log index 6" in page
+    clean = _copy(archive_file, tmp_path / "clean")
+    done = subprocess.run(
+        [*command[:-4], "--data-dir", str(clean.parent), "--trust", str(pki.dev.trust_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.integration
+async def test_replay_finds_what_is_missing_and_rebuild_gives_equal_checkpoints(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
+        docs = [
+            new_document(MINISTRY, [NGHE_AN, BAC_NINH] if i % 2 else [NGHE_AN], f"Số {i}")
+            for i in range(6)
+        ]
+        for doc in docs:
+            await stack.publisher.publish(doc)
+        async with asyncio.timeout(30):
+            for doc in docs:
+                assert (await stack.publisher.wait(doc.document_id)).state is State.ARCHIVED
+        await asyncio.sleep(1)  # the second copies of the two-jurisdiction documents
+        verifier = Verifier(pki.trust, Policy(), registry)
+        report = await replay(stack.settings, "docbus.deliver.nghe-an", verifier, stack.archive)
+        assert report.clean, report.findings
+        assert report.counts["verified and archived"] == 6
+        # Remove one archived document: replay names it, verify-archive names the row.
+        victim = stack.archive.find(docs[2].document_id)[0]
+        with sqlite3.connect(stack.archive.path) as db:
+            db.execute("DELETE FROM entries WHERE seq = ?", (victim.seq,))
+        report = await replay(stack.settings, "docbus.deliver.nghe-an", verifier, stack.archive)
+        assert [(f.kind, f.detail) for f in report.findings] == [
+            ("missing from the archive", f"{docs[2].document_id} r0")
+        ]
+        write_report(report, tmp_path / "replay.html")
+        assert docs[2].document_id in (tmp_path / "replay.html").read_text("utf-8")
+        original = [(c.checkpoint.size, c.checkpoint.root) for c in stack.archive.checkpoints()]
+        auditor = pki.key("docbus.auditor", Role.SERVICE)
+        rebuilt = await rebuild(
+            stack.settings,
+            Verifier(pki.trust, Policy(issued_at_tolerance=None), registry),
+            tmp_path / "rebuilt",
+            auditor,
+        )
+        assert rebuilt.clean, rebuilt.findings
+        copy = Archive(tmp_path / "rebuilt" / "archive.sqlite")
+        try:
+            assert [(c.checkpoint.size, c.checkpoint.root) for c in copy.checkpoints()] == original
+            assert copy.log_size() == 6
+        finally:
+            copy.close()
