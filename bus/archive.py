@@ -133,6 +133,12 @@ class Archive:
         with self._lock:
             self._db.close()
 
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def store(self, entries: Sequence[NewEntry]) -> list[tuple[Stored, int]]:
         """Store a batch in one transaction; re-delivery is a no-op, a changed digest a conflict.
 

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.table import Table
 
+from bus.archive import Archive
 from bus.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
 from bus.kafka import KafkaSettings, Topics, ensure_topics
 from bus.model import Status, StatusCode, now_ms
@@ -198,6 +199,7 @@ class Scenario:
     document_id: str = ""
     outcome: str = "?"
     ok: bool = False
+    note: str = ""
 
 
 def _publish(stack: Stack, *args: str | Path) -> dict[str, object]:
@@ -272,18 +274,71 @@ def run_demo(data_dir: Path | None) -> bool:
             f"{', '.join(INBOXES)} running"
         )
         scenarios = _run_scenarios(stack, folder)
+        scenarios.append(_audit(stack))
     table = Table(title="What happened")
     for column in ("scenario", "document", "expected", "outcome", ""):
         table.add_column(column)
     for s in scenarios:
         table.add_row(s.name, s.document_id[:13], s.expect, s.outcome, "✓" if s.ok else "✗")
     console.print(table)
+    for s in scenarios:
+        if s.note:
+            console.print(s.note)
     ok = all(s.ok for s in scenarios)
     console.print(
         f"{'[green]all outcomes as expected' if ok else '[red]some outcomes differ'}[/] "
         f"in {time.monotonic() - started:.1f}s; data in {folder}"
     )
     return ok
+
+
+def _audit(stack: Stack) -> Scenario:
+    """The auditor's two checks: the archive against its signed checkpoints, and every
+    delivery to Nghệ An replayed against the archive."""
+    scenario = Scenario("audit: archive and replay", "clean")
+    archive = stack.folder / "archive"
+    checks = [
+        _docbus(
+            "audit",
+            "verify-archive",
+            "--data-dir",
+            archive,
+            "--trust",
+            stack.trust,
+            "--report",
+            stack.folder / "audit-archive.html",
+        ),
+        _docbus(
+            "audit",
+            "replay",
+            "--topic",
+            stack.settings.topics.deliver("nghe-an"),
+            "--archive",
+            archive,
+            "--trust",
+            stack.trust,
+            "--report",
+            stack.folder / "audit-replay.json",
+        ),
+    ]
+    codes = [
+        subprocess.run(c, env=stack.env, capture_output=True, text=True, timeout=120).returncode
+        for c in checks
+    ]
+    scenario.ok = codes == [0, 0]
+    with Archive(archive / "archive.sqlite") as store:
+        latest = store.latest_checkpoint()
+    final = latest.checkpoint if latest else None
+    scenario.document_id = f"{final.size} entries" if final else "-"
+    if final is not None:
+        scenario.note = (
+            f"final checkpoint: {final.origin}, {final.size} entries, root {final.root.hex()}, "
+            f"signed {final.at.isoformat()}"
+        )
+    scenario.outcome = ("clean" if scenario.ok else f"exit codes {codes}") + (
+        f"; checkpoint {final.size} {final.root.hex()[:16]}…" if final else ""
+    )
+    return scenario
 
 
 def _send_raw(stack: Stack, record: bytes, key: bytes) -> None:

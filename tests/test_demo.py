@@ -22,7 +22,11 @@ def test_the_demo_meets_every_expected_outcome(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all outcomes as expected" in done.stdout
-    assert done.stdout.count("✓") == 7 and "✗" not in done.stdout
+    assert done.stdout.count("✓") == 8
+    assert (
+        "final checkpoint: docbus.archiver, 4 entries, root " in done.stdout
+        and "✗" not in done.stdout
+    )
     assert "Traceback" not in done.stdout + done.stderr
     archive = Archive(tmp_path / "archive" / "archive.sqlite")
     try:
