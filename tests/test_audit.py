@@ -235,3 +235,43 @@ async def test_replay_finds_what_is_missing_and_rebuild_gives_equal_checkpoints(
             assert copy.log_size() == 6
         finally:
             copy.close()
+
+
+def test_a_receipt_proves_inclusion_and_a_bent_one_does_not(archive_file: Path, pki: Pki) -> None:
+    from bus.errors import DocbusError
+    from bus.model import LogProof, Status, StatusCode
+
+    with Archive(archive_file) as archive:
+        entry = archive.entries()[4]
+        latest = archive.latest_checkpoint()
+        assert latest is not None
+        size = latest.checkpoint.size
+        proof = LogProof(
+            entry.log_index,
+            size,
+            latest.checkpoint.root,
+            tuple(archive.inclusion_proof(entry.log_index, size)),
+            latest.signed,
+        )
+    verifier = Verifier(pki.trust)
+    receipt = Status(entry.document_id, StatusCode.ARCHIVED, "docbus.archiver", now_ms(), log=proof)
+    assert verifier.check_receipt(receipt, entry.event).size == size
+    with pytest.raises(DocbusError, match="does not hold"):
+        verifier.check_receipt(receipt, entry.event + b"\x00")  # other bytes
+    bent = LogProof(
+        proof.index + 1,
+        *((proof.tree_size, proof.root_hash, proof.inclusion_proof, proof.checkpoint)),
+    )
+    with pytest.raises(DocbusError, match="does not hold"):
+        verifier.check_receipt(
+            Status(entry.document_id, StatusCode.ARCHIVED, "docbus.archiver", now_ms(), log=bent),
+            entry.event,
+        )
+    moved = LogProof(
+        proof.index, proof.tree_size, b"\x11" * 32, proof.inclusion_proof, proof.checkpoint
+    )
+    with pytest.raises(DocbusError, match="not against the checkpoint"):
+        verifier.check_receipt(
+            Status(entry.document_id, StatusCode.ARCHIVED, "docbus.archiver", now_ms(), log=moved),
+            entry.event,
+        )
