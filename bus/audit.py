@@ -192,7 +192,6 @@ async def read_topics(
             for p in sorted(consumer.partitions_for_topic(t) or ())
         ]
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
         if start is None:
             await consumer.seek_to_beginning(*tps)
         else:
@@ -201,20 +200,32 @@ async def read_topics(
             )
             for tp in tps:
                 at = found.get(tp)
-                consumer.seek(tp, at.offset if at is not None else ends[tp])
+                if at is None:
+                    await consumer.seek_to_end(tp)
+                else:
+                    consumer.seek(tp, at.offset)
+        first = 0 if start is None else int(start.timestamp() * 1000)
         limit = None if end is None else int(end.timestamp() * 1000)
-        # Tansu answers the latest offset with the last batch's base offset + 1, so the end
-        # is where the end offsets are reached and the topic then stays quiet for a second.
-        quiet = 0
-        while quiet < 2 or [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-            quiet = 0 if batch else quiet + 1
+        # The end is each partition's high watermark from the fetch responses: Tansu answers
+        # a ListOffsets(latest) with the last batch's base offset + 1, too early to trust.
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=2000)
             for part in batch.values():
                 for record in part:
-                    if limit is None or record.timestamp <= limit:
+                    if record.timestamp >= first and (limit is None or record.timestamp <= limit):
                         yield record
+            if not batch and await _at_end(consumer, tps):
+                break
     finally:
         await consumer.stop()
+
+
+async def _at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
+    for tp in tps:
+        mark = consumer.highwater(tp)
+        if mark is None or await consumer.position(tp) < mark:
+            return False
+    return True
 
 
 def _received(record: Record) -> datetime:

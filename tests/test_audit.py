@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,20 @@ async def test_replay_finds_what_is_missing_and_rebuild_gives_equal_checkpoints(
         report = await replay(stack.settings, "docbus.deliver.nghe-an", verifier, stack.archive)
         assert report.clean, report.findings
         assert report.counts["verified and archived"] == 6
+        later = now_ms() + timedelta(hours=1)
+        window = await replay(
+            stack.settings, "docbus.deliver.nghe-an", verifier, stack.archive, later
+        )
+        assert window.counts["records read"] == 0 and window.clean
+        window = await replay(
+            stack.settings,
+            "docbus.deliver.nghe-an",
+            verifier,
+            stack.archive,
+            docs[0].issued_at - timedelta(seconds=5),
+            later,
+        )
+        assert window.counts["records read"] == 6
         # Remove one archived document: replay names it, verify-archive names the row.
         victim = stack.archive.find(docs[2].document_id)[0]
         with sqlite3.connect(stack.archive.path) as db:
