@@ -305,6 +305,7 @@ class Status:
     message: str | None = None
     rerouted: dict[str, str] = field(default_factory=dict)
     log: LogProof | None = None
+    extra: dict[str, str] = field(default_factory=dict)
 
     def to_avro(self) -> dict[str, Any]:
         log = self.log
@@ -316,6 +317,7 @@ class Status:
             "message": self.message,
             "by": self.by,
             "at": _utc(self.at),
+            "extra": dict(self.extra),
             "rerouted": dict(self.rerouted),
             "log": None
             if log is None
@@ -340,6 +342,7 @@ class Status:
             by=d["by"],
             at=_utc(d["at"]),
             rerouted=dict(d["rerouted"]),
+            extra=dict(d["extra"]),
             log=None
             if log is None
             else LogProof(

@@ -36,9 +36,12 @@ class Policy:
 
     ``issued_at_tolerance`` bounds how far the sender's ``issued_at`` may lie from the
     verification time (None: not checked, as for an offline check of an old file).
+    A document needs every role of ``document_roles`` and one of ``document_one_of``:
+    the person who signed it, or the SERVICE of a bridge that imported it (edXML).
     """
 
-    document_roles: frozenset[Role] = frozenset({Role.SIGNER, Role.AGENCY})
+    document_roles: frozenset[Role] = frozenset({Role.AGENCY})
+    document_one_of: frozenset[Role] = frozenset({Role.SIGNER, Role.SERVICE})
     status_roles: frozenset[Role] = frozenset()
     require_post_quantum: bool = False
     issued_at_tolerance: timedelta | None = timedelta(hours=24)
@@ -206,9 +209,14 @@ class Verifier:
                     f"{s.role.value} certificate is for {s.agency or 'no agency'}, "
                     f"the event speaks for {speaker}",
                 )
-        missing = required - {s.role for s in signers}
+        roles = {s.role for s in signers}
+        missing = required - roles
         if missing:
             names = ", ".join(sorted(r.value for r in missing))
+            raise DocbusError(Reason.MISSING_SIGNATURE_ROLE, f"no {names} signature")
+        one_of = self.policy.document_one_of
+        if isinstance(payload, Document) and one_of and not one_of & roles:
+            names = " or ".join(sorted(r.value for r in one_of))
             raise DocbusError(Reason.MISSING_SIGNATURE_ROLE, f"no {names} signature")
         if self.policy.require_post_quantum and not any(
             s.alg is Algorithm.ML_DSA_65 for s in signers
