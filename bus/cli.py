@@ -366,11 +366,20 @@ def dev(data_dir: Path | None) -> None:
     run_dev(data_dir)
 
 
+@cli.group(cls=DocbusGroup)
+def edxml() -> None:
+    """The edXML bridge: legacy document management systems on the bus."""
+
+
 def _add_plugins() -> None:
+    # "group name" entry points add a sub-command to a group of this module.
+    groups = {"edxml": edxml}
     for ep in entry_points(group="docbus.commands"):
         command = ep.load()
-        if isinstance(command, click.Command):
-            cli.add_command(command, ep.name)
+        if not isinstance(command, click.Command):
+            continue
+        group, _, name = ep.name.rpartition(" ")
+        (groups[group] if group else cli).add_command(command, name)
 
 
 def main() -> None:

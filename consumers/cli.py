@@ -12,7 +12,7 @@ from bus.archive import Archive
 from bus.cli import DocbusGroup, KeyPair, bootstrap_option, registry_option, trust_option
 from bus.codec import default_codec
 from bus.kafka import KafkaSettings
-from bus.model import Role
+from bus.model import Document, Role
 from bus.registry import load_registry
 from bus.runtime import ConsumerRuntime, run_until_signalled
 from bus.sealing import EncryptionKey
@@ -20,6 +20,7 @@ from bus.signing import SigningKey
 from bus.truststore import TrustStore
 from bus.verifier import Policy, Verifier
 from consumers.archiver import Archiver
+from consumers.edxml import document_to_edxml, status_to_edxml
 from consumers.gateway import Gateway
 from consumers.inbox import Inbox
 
@@ -81,6 +82,11 @@ def serve_archiver(bootstrap: str | None, data_dir: Path, key: SigningKey) -> No
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The agency's encryption key, to open sealed documents.",
 )
+@click.option(
+    "--edxml-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write every received document here as edXML.",
+)
 @registry_option
 def serve_inbox(
     bootstrap: str | None,
@@ -89,6 +95,7 @@ def serve_inbox(
     key: SigningKey,
     folder: Path,
     decrypt_key: Path | None,
+    edxml_dir: Path | None,
     registry_path: Path | None,
 ) -> None:
     """Keep the documents addressed to AGENCY (or its predecessors) in DIR; say RECEIVED."""
@@ -96,7 +103,7 @@ def serve_inbox(
     registry = load_registry(registry_path)
     verifier = Verifier(TrustStore.load(trust), Policy(issued_at_tolerance=None), registry)
     opener = EncryptionKey.from_pem(decrypt_key.read_bytes()) if decrypt_key else None
-    inbox = Inbox(agency, registry, verifier, key, folder, settings.topics, opener)
+    inbox = Inbox(agency, registry, verifier, key, folder, settings.topics, opener, edxml_dir)
     runtime = ConsumerRuntime(settings, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic])
     asyncio.run(run_until_signalled([runtime]))
 
@@ -200,3 +207,16 @@ def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
             if a.content is not None:
                 (target / (Path(a.name).name or a.sha256)).write_bytes(a.content)
         click.echo(target)
+
+
+@click.command()
+@click.argument("event_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def edxml_export(event_file: Path, out: Path) -> None:
+    """Write a document or status event as an edXML message (2016 namespace)."""
+    codec = default_codec()
+    payload = codec.decode_payload(codec.decode_event(event_file.read_bytes()))
+    out.write_bytes(
+        document_to_edxml(payload) if isinstance(payload, Document) else status_to_edxml(payload)
+    )
+    click.echo(f"{payload.document_id} -> {out}")

@@ -20,6 +20,7 @@ from bus.runtime import Output, Record, Reject, Result
 from bus.sealing import EncryptionKey, open_sealed
 from bus.signing import SigningKey
 from bus.verifier import Rejected, Verifier
+from consumers.edxml import document_to_edxml
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,8 @@ class Inbox:
     :param key: the agency's AGENCY key, which signs its statuses.
     :param folder: where documents are stored, one folder per document revision.
     :param decrypt_key: the agency's encryption key, to open sealed documents.
+    :param edxml_dir: also write each received document there as edXML, where a legacy
+        document management system picks it up.
     """
 
     stage = "inbox"
@@ -62,6 +65,7 @@ class Inbox:
         folder: Path,
         topics: Topics,
         decrypt_key: EncryptionKey | None = None,
+        edxml_dir: Path | None = None,
     ) -> None:
         if key.agency != agency:
             raise ValueError(f"the key is for {key.agency}, not {agency}")
@@ -73,6 +77,9 @@ class Inbox:
         self.folder = folder
         self.topics = topics
         self.decrypt_key = decrypt_key
+        self.edxml_dir = edxml_dir
+        if edxml_dir is not None:
+            edxml_dir.mkdir(parents=True, exist_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -136,6 +143,9 @@ class Inbox:
         _write_atomically(
             target / "document.json", json.dumps(meta, ensure_ascii=False, indent=2).encode()
         )
+        if self.edxml_dir is not None:
+            name = f"{quote(doc.document_id, safe='')}-r{doc.revision}.edxml"
+            _write_atomically(self.edxml_dir / name, document_to_edxml(doc))
         _write_atomically(target / "event.avro", event)  # last: its presence means complete
 
     def status(

@@ -13,9 +13,11 @@ import click
 
 from bus.addressbook import AddressBook
 from bus.cli import DocbusGroup, KeyPair, bootstrap_option, registry_option
-from bus.events import document_record
+from bus.errors import DocbusError, Reason
+from bus.events import document_record, status_record
+from bus.headers import cloudevent
 from bus.kafka import KafkaSettings
-from bus.model import Confidentiality, Document, Priority, Role, SealSuite, now_ms
+from bus.model import Confidentiality, Document, Priority, Role, SealSuite, Status, now_ms
 from bus.pki import KemAlgorithm
 from bus.registry import load_registry
 from bus.sealing import parties
@@ -24,6 +26,7 @@ from bus.signing import SigningKey
 from bus.truststore import TrustStore
 from bus.verifier import Policy, Verifier
 from producers.document import new_document
+from producers.edxml import import_edxml
 from producers.outbox import Outbox, OutboxEntry, State
 from producers.publisher import Publisher
 
@@ -214,6 +217,78 @@ def publish(
         if entry.state is State.PENDING:
             click.echo(f"no final status within {timeout:g}s; the outbox keeps it", err=True)
         sys.exit(1)
+
+
+@click.command()
+@click.argument("message", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--signer", required=True, type=KeyPair(Role.SERVICE), help="The bridge's own SERVICE key."
+)
+@click.option(
+    "--seal",
+    required=True,
+    type=KeyPair(Role.AGENCY),
+    help="The AGENCY key of the agency the bridge is registered for.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the exact record bytes here instead of sending.",
+)
+@bootstrap_option
+@_outbox_option
+def edxml_import(
+    message: Path,
+    signer: SigningKey,
+    seal: SigningKey,
+    output: Path | None,
+    bootstrap: str | None,
+    outbox_path: Path,
+) -> None:
+    """Take an edXML message (document or status) onto the bus, signed by the bridge."""
+    payload = import_edxml(message.read_bytes())
+    speaker = payload.sender if isinstance(payload, Document) else payload.by
+    if speaker != seal.agency:
+        raise DocbusError(
+            Reason.SENDER_MISMATCH,
+            f"the message is from {speaker}; this bridge is registered for {seal.agency}",
+        )
+    if output is not None:
+        record = (
+            document_record(payload, [signer, seal])
+            if isinstance(payload, Document)
+            else status_record(payload, [seal])
+        )
+        output.write_bytes(record)
+        click.echo(f"{payload.document_id} -> {output}")
+        return
+    settings = KafkaSettings.from_env(bootstrap)
+    if isinstance(payload, Document):
+        outbox = Outbox(outbox_path)
+        try:
+            entry = asyncio.run(
+                _send(settings, outbox, [signer, seal], Verifier(_no_trust()), payload, False, 0)
+            )
+        finally:
+            outbox.close()
+        click.echo(f"{payload.document_id} {entry.state.value} (sent {entry.attempts}x)")
+    else:
+        asyncio.run(_send_status(settings, payload, status_record(payload, [seal])))
+        click.echo(f"{payload.document_id} {payload.code.value} sent")
+
+
+async def _send_status(settings: KafkaSettings, status: Status, record: bytes) -> None:
+    producer = settings.producer()
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.topics.status,
+            record,
+            key=status.document_id.encode(),
+            headers=cloudevent(status, status.by, status.at),
+        )
+    finally:
+        await producer.stop()
 
 
 def _no_trust() -> TrustStore:

@@ -1,0 +1,115 @@
+"""Export docbus documents and statuses as edXML (the receiving half of the bridge).
+
+The output follows the samples' structure in the 2016 namespace: mapped fields are
+written to their elements, and every ``extra`` entry whose key is an element path is put
+back at that path, so importing the export gives the same document.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from xml.etree.ElementTree import Element, SubElement, register_namespace, tostring
+
+from bus.edxml import ACTIONS, DATE, NS_2016, ORIGINAL, PRIORITIES, STATUS_CODES, TIMESTAMP
+from bus.model import Document, Status
+
+HEADER = "edXMLEnvelope/edXMLHeader/MessageHeader"
+TRACE = "edXMLEnvelope/edXMLHeader/TraceHeaderList"
+_STEP = re.compile(r"([A-Za-z_][\w.-]*)(?:\[(\d+)\])?")
+_CODE = {v: k for k, v in STATUS_CODES.items()}
+_PRIORITY = {v: k for k, v in PRIORITIES.items()}
+_ACTION = {v: k for k, v in ACTIONS.items()}
+
+register_namespace("edXML", NS_2016)
+
+
+class _Tree:
+    """An edXML tree under construction, addressed by element paths."""
+
+    def __init__(self) -> None:
+        self.root = Element(f"{{{NS_2016}}}edXML")
+
+    def at(self, path: str) -> Element:
+        """The element at ``path`` ("A/B[2]/C"), creating it and its ancestors as needed."""
+        node = self.root
+        for step in path.split("/"):
+            match = _STEP.fullmatch(step)
+            if match is None:
+                raise ValueError(f"not an element path: {path}")
+            name, index = match.group(1), int(match.group(2) or 1)
+            tag = f"{{{NS_2016}}}{name}"
+            same = [c for c in node if c.tag == tag]
+            while len(same) < index:
+                same.append(SubElement(node, tag))
+            node = same[index - 1]
+        return node
+
+    def put(self, path: str, value: str | None) -> None:
+        if value:
+            self.at(path).text = value
+
+    def extras(self, extra: dict[str, str]) -> None:
+        for key, value in sorted(extra.items()):
+            if "/" in key:
+                self.put(key, value)
+
+    def bytes(self) -> bytes:
+        return (
+            b'<?xml version="1.0" encoding="UTF-8"?>\n'
+            + tostring(self.root, encoding="unicode").encode()
+        )
+
+
+def _many(parent: str, name: str, n: int, i: int) -> str:
+    return f"{parent}/{name}[{i + 1}]" if n > 1 else f"{parent}/{name}"
+
+
+def document_to_edxml(doc: Document) -> bytes:
+    """A document as an edXML message (its kept original message is not re-attached)."""
+    t = _Tree()
+    t.put(f"{HEADER}/From/OrganId", doc.sender)
+    for i, code in enumerate(doc.recipients):
+        t.put(f"{_many(HEADER, 'To', len(doc.recipients), i)}/OrganId", code)
+    t.put(f"{HEADER}/DocumentId", doc.document_id)
+    if doc.code_number:
+        number, _, notation = doc.code_number.partition("/")
+        t.put(f"{HEADER}/Code/CodeNumber", number)
+        t.put(f"{HEADER}/Code/CodeNotation", notation)
+    t.put(f"{HEADER}/PromulgationInfo/Place", doc.promulgation_place)
+    if doc.promulgated_at:
+        t.put(f"{HEADER}/PromulgationInfo/PromulgationDate", doc.promulgated_at.strftime(DATE))
+    t.put(f"{HEADER}/DocumentType/TypeName", doc.document_type)
+    t.put(f"{HEADER}/Subject", doc.subject)
+    t.put(f"{HEADER}/SignerInfo/Position", doc.signer_title)
+    t.put(f"{HEADER}/SignerInfo/FullName", doc.signer_name)
+    if doc.due_date:
+        t.put(f"{HEADER}/DueDate", doc.due_date.strftime(DATE))
+    t.put(f"{HEADER}/OtherInfo/Priority", _PRIORITY[doc.priority])
+    t.put(f"{HEADER}/ResponseFor/DocumentId", doc.response_for)
+    t.put(f"{TRACE}/Bussiness/BussinessDocType", _ACTION.get(doc.action, "0"))
+    files = [a for a in doc.attachments if a.name != ORIGINAL]
+    for i, a in enumerate(files):
+        ref = _many("edXMLEnvelope/edXMLBody/edXMLManifest", "Reference", len(files), i)
+        t.put(f"{ref}/AttachmentName", a.name)
+        t.put(f"{ref}/ContentType", a.media_type)
+        part = _many("AttachmentEncoded", "Attachment", len(files), i)
+        t.put(f"{part}/AttachmentName", a.name)
+        t.put(f"{part}/ContentType", a.media_type)
+        t.put(f"{part}/ContentTransferEncoded", base64.b64encode(a.content or b"").decode())
+    t.extras(doc.extra)
+    return t.bytes()
+
+
+def status_to_edxml(status: Status) -> bytes:
+    """A status as an edXML status message (codes 01-06, 13, 15, 16)."""
+    if status.code not in _CODE:
+        raise ValueError(f"{status.code.value} has no edXML status code")
+    t = _Tree()
+    t.put(f"{HEADER}/From/OrganId", status.by)
+    t.put(f"{HEADER}/ResponseFor/DocumentId", status.document_id)
+    t.put(f"{HEADER}/StatusCode", _CODE[status.code])
+    t.put(f"{HEADER}/Description", status.message)
+    t.put(f"{HEADER}/Timestamp", status.at.strftime(TIMESTAMP))
+    t.extras(status.extra)
+    return t.bytes()
