@@ -19,7 +19,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from importlib.resources import files
 from pathlib import Path
+from urllib.parse import quote
 
 from aiokafka import AIOKafkaConsumer
 from rich.console import Console
@@ -42,6 +44,7 @@ UNKNOWN = "000.00.00.H99"
 SO_NOI_VU_NGHE_AN = "000.00.01.H41"  # a third agency in Nghệ An: sees the topic, not the secret
 INBOXES = (NGHE_AN, BAC_NINH, SO_NOI_VU_NGHE_AN)
 GATEWAY, ARCHIVER = "docbus.gateway", "docbus.archiver"
+BRIDGE = "bridge.vpcp"  # the edXML bridge registered for Văn phòng Chính phủ
 
 
 def all_topics(topics: Topics, registry: Registry, on: date | None = None) -> list[str]:
@@ -94,7 +97,7 @@ class Stack:
         dev = DevPki(self.pki)
         if not (self.pki / "ca").exists():
             dev.init()
-        for service in (GATEWAY, ARCHIVER):
+        for service in (GATEWAY, ARCHIVER, BRIDGE):
             dev.issue(service, CertRole.SERVICE, KeyAlgorithm.ED25519)
         dev.issue(MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519)
         dev.issue(MINISTRY, CertRole.AGENCY, KeyAlgorithm.ECDSA_P256)
@@ -136,6 +139,8 @@ class Stack:
                     self.folder / "inbox" / agency,
                     "--decrypt-key",
                     self.pki / "agencies" / agency / "encryption.key.pem",
+                    "--edxml-dir",
+                    self.folder / "edxml-out" / agency,
                 )
                 for agency in INBOXES
             },
@@ -454,6 +459,27 @@ def _run_scenarios(stack: Stack, folder: Path) -> list[Scenario]:
     )
     secret.document_id = str(result["document_id"])
     states[secret.document_id] = str(result["state"])
+    legacy = Scenario("edXML in through the bridge", "ARCHIVED, edXML out at H41")
+    done = subprocess.run(
+        _docbus(
+            "edxml",
+            "import",
+            str(files("bus") / "data" / "legacy-message.edxml"),
+            "--signer",
+            _pair(stack.pki, BRIDGE, CertRole.SERVICE),
+            "--seal",
+            _pair(stack.pki, MINISTRY, CertRole.AGENCY),
+            "--outbox",
+            stack.folder / "bridge-outbox.sqlite",
+            "--trust",
+            stack.trust,
+        ),
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    legacy.document_id = done.stdout.split(" ")[0] if done.returncode == 0 else ""
     tampered = Scenario("tampered in transit", "REJECTED bad_signature")
     event = folder / "tampered.avro"
     done = subprocess.run(
@@ -485,6 +511,7 @@ def _run_scenarios(stack: Stack, folder: Path) -> list[Scenario]:
         merged.document_id: {("RECEIVED", BAC_NINH)},
         tampered.document_id: {("REJECTED", GATEWAY)},
         secret.document_id: {("RECEIVED", NGHE_AN), ("RECEIVED", BAC_NINH)},
+        legacy.document_id: {("ARCHIVED", ARCHIVER), ("RECEIVED", NGHE_AN)},
     }
     seen = asyncio.run(_statuses(stack, until, seconds=30))
 
@@ -513,7 +540,15 @@ def _run_scenarios(stack: Stack, folder: Path) -> list[Scenario]:
     )
     tampered.ok = tampered.outcome == tampered.expect
     _check_secret(stack, secret, states[secret.document_id], secret_subject, secret_body)
-    return [plain, multi, merged, unknown, untrusted, secret, tampered]
+    out = folder / "edxml-out" / NGHE_AN / f"{quote(legacy.document_id, safe='')}-r0.edxml"
+    exported = out.read_text("utf-8") if out.exists() else ""
+    archived = ("ARCHIVED", ARCHIVER) in codes(legacy.document_id)
+    legacy.ok = archived and "qua trục liên thông" in exported and "<edXML:Subject>" in exported
+    legacy.outcome = (
+        f"{'ARCHIVED' if archived else 'not archived'}; "
+        f"{'edXML written for the legacy system' if legacy.ok else 'no edXML out'}"
+    )
+    return [plain, multi, merged, unknown, untrusted, secret, legacy, tampered]
 
 
 def _check_secret(stack: Stack, scenario: Scenario, state: str, subject: str, body: str) -> None:

@@ -194,11 +194,11 @@ def publish(
         output.write_bytes(document_record(doc, keys))
         click.echo(f"{doc.document_id} -> {output}")
         return
-    if wait and trust is None:
-        raise click.UsageError("--wait needs --trust to verify the statuses")
+    if trust is None:
+        raise click.UsageError("sending needs --trust: the outbox checks every receipt")
     settings = KafkaSettings.from_env(bootstrap)
     verifier = Verifier(
-        TrustStore.load(trust) if trust else _no_trust(),
+        TrustStore.load(trust),
         Policy(issued_at_tolerance=None),
         load_registry(registry_path),
     )
@@ -236,6 +236,11 @@ def publish(
     help="Write the exact record bytes here instead of sending.",
 )
 @bootstrap_option
+@click.option(
+    "--trust",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Trust store to check the receipts (needed when sending).",
+)
 @_outbox_option
 def edxml_import(
     message: Path,
@@ -243,6 +248,7 @@ def edxml_import(
     seal: SigningKey,
     output: Path | None,
     bootstrap: str | None,
+    trust: Path | None,
     outbox_path: Path,
 ) -> None:
     """Take an edXML message (document or status) onto the bus, signed by the bridge."""
@@ -262,12 +268,22 @@ def edxml_import(
         output.write_bytes(record)
         click.echo(f"{payload.document_id} -> {output}")
         return
+    if trust is None:
+        raise click.UsageError("sending needs --trust: the outbox checks every receipt")
     settings = KafkaSettings.from_env(bootstrap)
     if isinstance(payload, Document):
         outbox = Outbox(outbox_path)
         try:
             entry = asyncio.run(
-                _send(settings, outbox, [signer, seal], Verifier(_no_trust()), payload, False, 0)
+                _send(
+                    settings,
+                    outbox,
+                    [signer, seal],
+                    Verifier(TrustStore.load(trust)),
+                    payload,
+                    False,
+                    0,
+                )
             )
         finally:
             outbox.close()
@@ -289,11 +305,6 @@ async def _send_status(settings: KafkaSettings, status: Status, record: bytes) -
         )
     finally:
         await producer.stop()
-
-
-def _no_trust() -> TrustStore:
-    # Without --wait no status is awaited, so nothing needs verifying.
-    return TrustStore(anchors=(), intermediates=(), crls=())
 
 
 @click.group(cls=DocbusGroup)

@@ -22,19 +22,21 @@ def test_the_demo_meets_every_expected_outcome(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all outcomes as expected" in done.stdout
-    assert done.stdout.count("✓") == 8
+    assert done.stdout.count("✓") == 9
     assert (
-        "final checkpoint: docbus.archiver, 4 entries, root " in done.stdout
+        "final checkpoint: docbus.archiver, 5 entries, root " in done.stdout
         and "✗" not in done.stdout
     )
     assert "Traceback" not in done.stdout + done.stderr
     archive = Archive(tmp_path / "archive" / "archive.sqlite")
     try:
-        # plain, two-jurisdiction, merged-province and secret documents; nothing rejected
-        assert archive.count() == 4
+        # plain, two-jurisdiction, merged-province, secret and edXML documents; nothing rejected
+        assert archive.count() == 5
     finally:
         archive.close()
     received = list((tmp_path / "inbox").glob("*/*/0/event.avro"))
-    # H41: plain, two-jurisdiction, secret; H06: two-jurisdiction, merged, secret; not 01.H41
-    assert len(received) == 6
+    # H41: plain, two-jurisdiction, secret, edXML; H06: two-jurisdiction, merged, secret
+    assert len(received) == 7
+    [legacy] = (tmp_path / "edxml-out" / "000.00.00.H41").glob("000.00.00.G22*.edxml")
+    assert "<edXML:Subject>V/v gửi nhận văn bản điện tử" in legacy.read_text("utf-8")
     assert not list((tmp_path / "inbox" / "000.00.01.H41").glob("*/0/event.avro"))
