@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bus.archive import Archive, NewEntry
 from bus.checkpoint import Checkpoint
 from bus.errors import DocbusError, Reason
-from bus.headers import RECEIVED_AT, header
+from bus.headers import header, received_at
 from bus.kafka import KafkaSettings
 from bus.merkle import (
     MemoryTree,
@@ -228,16 +228,6 @@ async def _at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool
     return True
 
 
-def _received(record: Record) -> datetime:
-    raw = header(record.headers, RECEIVED_AT)
-    if raw is not None:
-        try:
-            return datetime.fromisoformat(raw.decode())
-        except ValueError:
-            pass
-    return datetime.fromtimestamp(record.timestamp / 1000).astimezone()
-
-
 class Replay:
     """Checks replayed records against the archive and its latest signed checkpoint."""
 
@@ -273,7 +263,7 @@ class Replay:
                 }
             )
             return
-        verdict = self.verifier.verify(value, _received(record))
+        verdict = self.verifier.verify(value, received_at(record.headers, record.timestamp))
         delivered = ".deliver." in record.topic
         if isinstance(verdict, Rejected):
             if delivered:
@@ -368,7 +358,9 @@ async def rebuild(
     receipts: dict[tuple[str, int], list[Status]] = {}
     originals: dict[int, Checkpoint] = {}
     async for record in read_topics(settings, [settings.topics.status], None, None):
-        verdict = verifier.verify(record.value or b"", _received(record))
+        verdict = verifier.verify(
+            record.value or b"", received_at(record.headers, record.timestamp)
+        )
         status = verdict.payload
         if isinstance(verdict, Rejected) or not isinstance(status, Status) or status.log is None:
             continue
@@ -383,7 +375,7 @@ async def rebuild(
     placed: dict[int, tuple[Record, Document]] = {}
     async for record in read_topics(settings, await delivery_topics(settings), None, None):
         value = record.value or b""
-        doc = verifier.verify(value, _received(record)).payload
+        doc = verifier.verify(value, received_at(record.headers, record.timestamp)).payload
         if not isinstance(doc, Document):
             continue
         for status in receipts.get((doc.document_id, doc.revision), []):
@@ -425,7 +417,7 @@ async def rebuild(
                         "" if doc.sealed else doc.subject,
                         doc.confidentiality.value,
                         record.topic,
-                        _received(record),
+                        received_at(record.headers, record.timestamp),
                         value,
                     )
                 ]

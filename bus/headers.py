@@ -44,6 +44,17 @@ def header(headers: Headers | tuple[tuple[str, bytes], ...], name: str) -> bytes
     return found
 
 
+def received_at(headers: Headers | tuple[tuple[str, bytes], ...], timestamp_ms: int) -> datetime:
+    """When the gateway received an event (its header), else the record's own timestamp."""
+    raw = header(headers, RECEIVED_AT)
+    if raw is not None:
+        try:
+            return datetime.fromisoformat(raw.decode())
+        except ValueError:
+            pass
+    return datetime.fromtimestamp(timestamp_ms / 1000).astimezone()
+
+
 def error_headers(
     reason: str,
     stage: str,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
-from datetime import datetime
 
 import structlog
 
@@ -14,23 +13,13 @@ from bus.checkpoint import Checkpoint
 from bus.codec import Codec, default_codec
 from bus.errors import DocbusError, Reason
 from bus.events import status_output
-from bus.headers import RECEIVED_AT, header
+from bus.headers import received_at
 from bus.kafka import Topics
 from bus.model import Document, LogProof, Status, StatusCode, now_ms
 from bus.runtime import Record, Reject, Result
 from bus.signing import SigningKey
 
 log = structlog.get_logger(__name__)
-
-
-def _received_at(record: Record) -> datetime:
-    raw = header(record.headers, RECEIVED_AT)
-    if raw is not None:
-        try:
-            return datetime.fromisoformat(raw.decode())
-        except ValueError:
-            pass
-    return datetime.fromtimestamp(record.timestamp / 1000).astimezone()
 
 
 class Archiver:
@@ -78,7 +67,7 @@ class Archiver:
                 subject="" if doc.sealed else doc.subject,
                 confidentiality=doc.confidentiality.value,
                 topic=record.topic,
-                received_at=_received_at(record),
+                received_at=received_at(record.headers, record.timestamp),
                 event=value,
             )
             batch.append((record, entry))
