@@ -57,14 +57,6 @@ def generate_key(alg: KeyAlgorithm) -> PrivateKey:
     return mldsa.MLDSA65PrivateKey.generate()
 
 
-def _sign_hash(key: PrivateKey) -> hashes.SHA256 | None:
-    return (
-        None
-        if isinstance(key, ed25519.Ed25519PrivateKey | mldsa.MLDSA65PrivateKey)
-        else (hashes.SHA256())
-    )
-
-
 def _name(common_name: str, agency: str | None = None, unit: str | None = None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, "VN")]
     if agency is not None:
