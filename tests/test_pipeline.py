@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -261,3 +264,58 @@ async def test_a_sealed_document_is_routed_and_archived_but_read_only_by_its_rec
             assert subject.encode() not in stored and body not in stored, name
     logs = capfd.readouterr()
     assert subject not in logs.out + logs.err and body.decode() not in logs.out + logs.err
+
+
+async def test_operator_commands_on_a_running_bus(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
+        (tmp_path / "qd.txt").write_text("Quyết định", encoding="utf-8")
+        doc = new_document(MINISTRY, [NGHE_AN], "V/v lưu trữ", [tmp_path / "qd.txt"])
+        record = await stack.publisher.publish(doc)
+        assert await _final(stack, doc.document_id) is State.ARCHIVED
+
+        async def docbus(*args: str | Path) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "bus", *map(str, args)]
+            done = await asyncio.to_thread(
+                subprocess.run, command, capture_output=True, text=True, timeout=60
+            )
+            assert "Traceback" not in done.stderr
+            return done
+
+        done = await docbus(
+            "topics", "ensure", "--bootstrap", broker.bootstrap, "--partitions", "1"
+        )
+        assert (
+            done.returncode == 0 and "38 topics, 0 created" in done.stdout
+        )  # 3 + 35 jurisdictions
+        rows = json.loads(
+            (await docbus("archive", "list", "--data-dir", tmp_path, "--json")).stdout
+        )
+        assert [(r["document_id"], r["subject"]) for r in rows] == [
+            (doc.document_id, "V/v lưu trữ")
+        ]
+        shown = json.loads(
+            (await docbus("archive", "show", doc.document_id, "--data-dir", tmp_path)).stdout
+        )
+        assert shown["attachments"][0]["name"] == "qd.txt" and shown["conflict"] is False
+        done = await docbus(
+            "archive", "export", doc.document_id, "--data-dir", tmp_path, "--out", tmp_path / "x"
+        )
+        assert done.returncode == 0
+        assert (tmp_path / "x" / "r0" / "event.avro").read_bytes() == record
+        assert (tmp_path / "x" / "r0" / "qd.txt").read_text(encoding="utf-8") == "Quyết định"
+        assert (
+            await docbus("archive", "show", "no-such-id", "--data-dir", tmp_path)
+        ).returncode == 1
+        entries = json.loads(
+            (
+                await docbus(
+                    "outbox", "list", "--outbox", tmp_path / "outbox.sqlite", "--all", "--json"
+                )
+            ).stdout
+        )
+        assert [(e["document_id"], e["state"]) for e in entries] == [(doc.document_id, "ARCHIVED")]
+        assert {"DELIVERED", "ARCHIVED"} <= {s["code"] for s in entries[0]["statuses"]}
+        pending = await docbus("outbox", "list", "--outbox", tmp_path / "outbox.sqlite")
+        assert pending.stdout.strip().endswith("0 pending")
