@@ -29,9 +29,9 @@ from aiokafka.structs import ConsumerRecord
 
 from bus.archive import Archive, NewEntry
 from bus.audit import read_topics, replay
-from bus.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
+from bus.broker import EmbeddedBroker
 from bus.events import document_record
-from bus.kafka import KafkaSettings, Topics, ensure_topics
+from bus.kafka import Topics, ensure_topics
 from bus.model import Role, now_ms
 from bus.pki import CertRole, DevPki, KeyAlgorithm
 from bus.registry import load_registry
@@ -125,7 +125,7 @@ def replay_rate(folder: Path, m: int) -> None:
         TrustStore.load(pki.trust_dir), Policy(issued_at_tolerance=None), load_registry()
     )
     with EmbeddedBroker() as broker:
-        settings = KafkaSettings(broker.bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
+        settings = broker.settings()
 
         async def load() -> None:
             await ensure_topics(settings, [topic], 3)

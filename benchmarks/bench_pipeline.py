@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from bus.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
+from bus.broker import EmbeddedBroker
 from bus.codec import default_codec
 from bus.demo import all_topics
 from bus.events import document_record, status_record
@@ -213,13 +213,9 @@ def main() -> None:
     record_size = len(docs[0][1])
 
     with EmbeddedBroker() as broker:
-        settings = KafkaSettings(broker.bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
+        settings = broker.settings()
         asyncio.run(ensure_topics(settings, all_topics(settings.topics, load_registry()), 3))
-        env = {
-            **os.environ,
-            "DOCBUS_BOOTSTRAP": broker.bootstrap,
-            "DOCBUS_SESSION_TIMEOUT_MS": str(EMBEDDED_SESSION_TIMEOUT_MS),
-        }
+        env = broker.client_env()
         gk, gc = services["docbus.gateway"]
         ak, ac = services["docbus.archiver"]
         procs = {

@@ -15,6 +15,8 @@ from types import TracebackType
 
 import structlog
 
+from bus.kafka import KafkaSettings
+
 log = structlog.get_logger(__name__)
 
 #: The consumer session timeout that suits the embedded broker (groups settle faster).
@@ -68,6 +70,18 @@ class EmbeddedBroker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def settings(self) -> KafkaSettings:
+        """Client settings for this broker (with the session timeout it settles fastest with)."""
+        return KafkaSettings(self.bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
+
+    def client_env(self) -> dict[str, str]:
+        """The environment that points a ``docbus`` process at this broker."""
+        return {
+            **os.environ,
+            "DOCBUS_BOOTSTRAP": self.bootstrap,
+            "DOCBUS_SESSION_TIMEOUT_MS": str(EMBEDDED_SESSION_TIMEOUT_MS),
+        }
 
     def start(self) -> None:
         """Start the broker and wait until it accepts connections."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bus.archive import Archive
-from bus.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
+from bus.broker import EmbeddedBroker
 from bus.kafka import KafkaSettings, Topics, ensure_topics
 from bus.model import Status, StatusCode, now_ms
 from bus.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
@@ -83,15 +82,11 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "DOCBUS_BOOTSTRAP": self.broker.bootstrap,
-            "DOCBUS_SESSION_TIMEOUT_MS": str(EMBEDDED_SESSION_TIMEOUT_MS),
-        }
+        return self.broker.client_env()
 
     @property
     def settings(self) -> KafkaSettings:
-        return KafkaSettings(self.broker.bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
+        return self.broker.settings()
 
     def make_pki(self) -> None:
         dev = DevPki(self.pki)

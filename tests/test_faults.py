@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -12,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bus.archive import Archive
-from bus.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker
+from bus.broker import EmbeddedBroker
 from bus.events import document_record
-from bus.kafka import KafkaSettings, ensure_topics
+from bus.kafka import ensure_topics
 from bus.model import Role
 from bus.pki import CertRole, KeyAlgorithm
 from bus.registry import Registry
@@ -27,11 +26,6 @@ pytestmark = pytest.mark.integration
 
 
 def _start_archiver(broker: EmbeddedBroker, key: str, folder: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DOCBUS_BOOTSTRAP": broker.bootstrap,
-        "DOCBUS_SESSION_TIMEOUT_MS": str(EMBEDDED_SESSION_TIMEOUT_MS),
-    }
     with open(folder / "archiver.log", "ab") as log:
         return subprocess.Popen(
             [
@@ -45,7 +39,7 @@ def _start_archiver(broker: EmbeddedBroker, key: str, folder: Path) -> subproces
                 "--key",
                 key,
             ],
-            env=env,
+            env=broker.client_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -72,7 +66,7 @@ async def _until(predicate: object, seconds: float) -> None:
 async def test_an_archiver_killed_mid_batch_archives_each_document_exactly_once(
     broker: EmbeddedBroker, pki: Pki, tmp_path: Path
 ) -> None:
-    settings = KafkaSettings(broker.bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
+    settings = broker.settings()
     topic = settings.topics.deliver("nghe-an")
     await ensure_topics(settings, [topic, settings.topics.status], partitions=2)
     keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
