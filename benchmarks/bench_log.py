@@ -27,17 +27,17 @@ from pathlib import Path
 
 from aiokafka.structs import ConsumerRecord
 
-from bus.archive import Archive, NewEntry
-from bus.audit import read_topics, replay
-from bus.broker import EmbeddedBroker
-from bus.events import document_record
-from bus.kafka import Topics, ensure_topics
-from bus.model import Role, now_ms
-from bus.pki import CertRole, DevPki, KeyAlgorithm
+from bus.audit.replay import read_topics, replay
+from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.records import document_record
+from bus.kafka.topics import Topics, ensure_topics
 from bus.registry import load_registry
-from bus.signing import SigningKey
-from bus.truststore import TrustStore
-from bus.verifier import Policy, Verifier
+from bus.store.archive import Archive, NewEntry
+from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
+from bus.trust.signing import SigningKey
+from bus.trust.truststore import TrustStore
+from bus.trust.verifier import Policy, Verifier
+from bus.wire.model import Role, now_ms
 from consumers.archiver import Archiver
 from producers.document import attachment, new_document
 

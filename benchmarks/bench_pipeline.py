@@ -25,17 +25,17 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from bus.broker import EmbeddedBroker
-from bus.codec import default_codec
-from bus.demo import all_topics
-from bus.events import document_record, status_record
-from bus.kafka import KafkaSettings, ensure_topics
-from bus.model import Role, Status, StatusCode, now_ms
-from bus.pki import CertRole, DevPki, KeyAlgorithm
+from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.clients import KafkaSettings
+from bus.kafka.records import document_record, status_record
+from bus.kafka.topics import all_topics, ensure_topics
 from bus.registry import load_registry
-from bus.signing import SigningKey
-from bus.truststore import TrustStore
-from bus.verifier import Verified, Verifier
+from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
+from bus.trust.signing import SigningKey
+from bus.trust.truststore import TrustStore
+from bus.trust.verifier import Verified, Verifier
+from bus.wire.codec import default_codec
+from bus.wire.model import Role, Status, StatusCode, now_ms
 from producers.document import attachment, new_document
 
 SENDER, RECIPIENT = "000.00.00.G22", "000.00.00.H41"

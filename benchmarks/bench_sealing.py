@@ -15,11 +15,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from timing import rate
 
-from bus.addressbook import AddressBook
-from bus.model import Confidentiality, SealSuite, now_ms
-from bus.pki import DevPki, KemAlgorithm
-from bus.sealing import EncryptionKey, open_sealed, seal
-from bus.truststore import TrustStore
+from bus.trust.addressbook import AddressBook
+from bus.trust.pki import DevPki, KemAlgorithm
+from bus.trust.sealing import EncryptionKey, open_sealed, seal
+from bus.trust.truststore import TrustStore
+from bus.wire.model import Confidentiality, SealSuite, now_ms
 from producers.document import attachment, new_document
 
 RECIPIENTS = ("000.00.00.H41", "000.00.00.H06", "000.00.00.H21")

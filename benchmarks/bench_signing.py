@@ -15,14 +15,14 @@ from pathlib import Path
 
 from timing import rate
 
-from bus.codec import default_codec
-from bus.events import document_record
-from bus.model import DOCUMENT_TYPE, Role, now_ms
-from bus.pki import CertRole, DevPki, KeyAlgorithm
+from bus.kafka.records import document_record
 from bus.registry import load_registry
-from bus.signing import SigningKey, pae
-from bus.truststore import TrustStore
-from bus.verifier import Verified, Verifier
+from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
+from bus.trust.signing import SigningKey, pae
+from bus.trust.truststore import TrustStore
+from bus.trust.verifier import Verified, Verifier
+from bus.wire.codec import default_codec
+from bus.wire.model import DOCUMENT_TYPE, Role, now_ms
 from producers.document import attachment, new_document
 
 SENDER, RECIPIENT = "000.00.00.G22", "000.00.00.H41"

@@ -16,7 +16,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from bus.errors import DocbusError, Reason
+from bus.wire.errors import DocbusError, Reason
 
 
 class RegistryError(ValueError):

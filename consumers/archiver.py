@@ -8,16 +8,16 @@ from collections.abc import Sequence
 
 import structlog
 
-from bus.archive import Archive, NewEntry, Stored, StoredCheckpoint
-from bus.checkpoint import Checkpoint
-from bus.codec import Codec, default_codec
-from bus.errors import DocbusError, Reason
-from bus.events import status_output
-from bus.headers import received_at
-from bus.kafka import Topics
-from bus.model import Document, LogProof, Status, StatusCode, now_ms
-from bus.runtime import Record, Reject, Result
-from bus.signing import SigningKey
+from bus.kafka.records import status_output
+from bus.kafka.runtime import Record, Reject, Result
+from bus.kafka.topics import Topics
+from bus.store.archive import Archive, NewEntry, Stored, StoredCheckpoint
+from bus.tlog.checkpoint import Checkpoint
+from bus.trust.signing import SigningKey, sign_checkpoint
+from bus.wire.codec import Codec, default_codec
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.headers import received_at
+from bus.wire.model import Document, LogProof, Status, StatusCode, now_ms
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +95,7 @@ class Archiver:
         if latest is not None and latest.checkpoint.size == size:
             return latest
         checkpoint = Checkpoint(self.by, size, self.archive.root(size), now_ms())
-        signed = checkpoint.sign(self.key)
+        signed = sign_checkpoint(checkpoint, self.key)
         self.archive.add_checkpoint(checkpoint, signed)
         return StoredCheckpoint(checkpoint, signed)
 

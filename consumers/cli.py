@@ -8,23 +8,30 @@ from pathlib import Path
 
 import click
 
-from bus.archive import Archive
-from bus.cli import DocbusGroup, KeyPair, bootstrap_option, registry_option, trust_option
-from bus.codec import default_codec
-from bus.kafka import KafkaSettings
-from bus.model import Document, Role
-from bus.registry import load_registry
-from bus.runtime import ConsumerRuntime, run_until_signalled
-from bus.sealing import EncryptionKey
-from bus.signing import SigningKey
-from bus.truststore import TrustStore
-from bus.verifier import Policy, Verifier
+from bus.cli.options import (
+    DocbusGroup,
+    KeyPair,
+    bootstrap_option,
+    data_dir_option,
+    existing_archive,
+    kafka,
+    registry_option,
+    trust_option,
+)
+from bus.kafka.runtime import ConsumerRuntime, run_until_signalled
+from bus.registry import Registry
+from bus.store.archive import open_archive
+from bus.trust.sealing import EncryptionKey
+from bus.trust.signing import SigningKey
+from bus.trust.truststore import TrustStore
+from bus.trust.verifier import Policy, Verifier
+from bus.wire.codec import default_codec
+from bus.wire.model import Document, Role
+from bus.wire.names import safe_file_name
 from consumers.archiver import Archiver
 from consumers.edxml import document_to_edxml, status_to_edxml
 from consumers.gateway import Gateway
 from consumers.inbox import Inbox
-
-ARCHIVE_FILE = "archive.sqlite"
 
 
 @click.group(cls=DocbusGroup)
@@ -37,12 +44,9 @@ def serve() -> None:
 @trust_option
 @click.option("--key", required=True, type=KeyPair(Role.SERVICE), help="The gateway's SERVICE key.")
 @registry_option
-def serve_gateway(
-    bootstrap: str | None, trust: Path, key: SigningKey, registry_path: Path | None
-) -> None:
+def serve_gateway(bootstrap: str | None, trust: Path, key: SigningKey, registry: Registry) -> None:
     """Verify docbus.submitted and route each document to its jurisdictions."""
-    settings = KafkaSettings.from_env(bootstrap)
-    registry = load_registry(registry_path)
+    settings = kafka(bootstrap)
     verifier = Verifier(TrustStore.load(trust), Policy(), registry)
     gateway = Gateway(verifier, registry, key, settings.topics)
     runtime = ConsumerRuntime(
@@ -53,14 +57,14 @@ def serve_gateway(
 
 @serve.command("archiver")
 @bootstrap_option
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@data_dir_option
 @click.option(
     "--key", required=True, type=KeyPair(Role.SERVICE), help="The archiver's SERVICE key."
 )
 def serve_archiver(bootstrap: str | None, data_dir: Path, key: SigningKey) -> None:
     """Archive every delivery topic into DATA_DIR/archive.sqlite."""
-    settings = KafkaSettings.from_env(bootstrap)
-    archive = Archive(data_dir / ARCHIVE_FILE)
+    settings = kafka(bootstrap)
+    archive = open_archive(data_dir, create=True)
     archiver = Archiver(archive, key, settings.topics)
     runtime = ConsumerRuntime(
         settings, archiver, "docbus.archiver", pattern=settings.topics.deliver_pattern
@@ -96,11 +100,10 @@ def serve_inbox(
     folder: Path,
     decrypt_key: Path | None,
     edxml_dir: Path | None,
-    registry_path: Path | None,
+    registry: Registry,
 ) -> None:
     """Keep the documents addressed to AGENCY (or its predecessors) in DIR; say RECEIVED."""
-    settings = KafkaSettings.from_env(bootstrap)
-    registry = load_registry(registry_path)
+    settings = kafka(bootstrap)
     verifier = Verifier(TrustStore.load(trust), Policy(issued_at_tolerance=None), registry)
     opener = EncryptionKey.from_pem(decrypt_key.read_bytes()) if decrypt_key else None
     inbox = Inbox(agency, registry, verifier, key, folder, settings.topics, opener, edxml_dir)
@@ -113,19 +116,12 @@ def archive() -> None:
     """Look inside an archive."""
 
 
-def _open(data_dir: Path) -> Archive:
-    path = data_dir / ARCHIVE_FILE
-    if not path.is_file():
-        raise click.ClickException(f"no archive at {path}")
-    return Archive(path)
-
-
 @archive.command("list")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@data_dir_option
 @click.option("--json", "as_json", is_flag=True)
 def archive_list(data_dir: Path, as_json: bool) -> None:
     """Every archived entry, oldest first."""
-    entries = _open(data_dir).entries()
+    entries = existing_archive(data_dir).entries()
     if as_json:
         rows = [
             {
@@ -152,10 +148,10 @@ def archive_list(data_dir: Path, as_json: bool) -> None:
 
 @archive.command("show")
 @click.argument("document_id")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@data_dir_option
 def archive_show(document_id: str, data_dir: Path) -> None:
     """A document's archived entries and metadata."""
-    entries = _open(data_dir).find(document_id)
+    entries = existing_archive(data_dir).find(document_id)
     if not entries:
         raise click.ClickException(f"{document_id} is not in the archive")
     codec = default_codec()
@@ -190,11 +186,11 @@ def archive_show(document_id: str, data_dir: Path) -> None:
 
 @archive.command("export")
 @click.argument("document_id")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@data_dir_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
     """Write a document's exact event bytes and its attachments into OUT."""
-    entries = [e for e in _open(data_dir).find(document_id) if not e.conflict]
+    entries = [e for e in existing_archive(data_dir).find(document_id) if not e.conflict]
     if not entries:
         raise click.ClickException(f"{document_id} is not in the archive")
     codec = default_codec()
@@ -205,7 +201,7 @@ def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
         doc = codec.decode_document(codec.decode_event(e.event).payload)
         for a in doc.attachments:
             if a.content is not None:
-                (target / (Path(a.name).name or a.sha256)).write_bytes(a.content)
+                (target / safe_file_name(a.name, a.sha256)).write_bytes(a.content)
         click.echo(target)
 
 

@@ -11,8 +11,8 @@ import base64
 import re
 from xml.etree.ElementTree import Element, SubElement, register_namespace, tostring
 
-from bus.edxml import ACTIONS, DATE, NS_2016, ORIGINAL, PRIORITIES, STATUS_CODES, TIMESTAMP
-from bus.model import Document, Status
+from bus.wire.edxml import ACTIONS, DATE, NS_2016, ORIGINAL, PRIORITIES, STATUS_CODES, TIMESTAMP
+from bus.wire.model import Document, Status
 
 HEADER = "edXMLEnvelope/edXMLHeader/MessageHeader"
 TRACE = "edXMLEnvelope/edXMLHeader/TraceHeaderList"

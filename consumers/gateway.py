@@ -7,15 +7,15 @@ from collections.abc import Sequence
 
 import structlog
 
-from bus.errors import DocbusError, Reason
-from bus.events import status_output
-from bus.headers import RECEIVED_AT, cloudevent, header
-from bus.kafka import Topics
-from bus.model import Document, Status, StatusCode, now_ms
+from bus.kafka.records import status_output
+from bus.kafka.runtime import Output, Record, Reject, Result
+from bus.kafka.topics import Topics
 from bus.registry import Registry
-from bus.runtime import Output, Record, Reject, Result
-from bus.signing import SigningKey
-from bus.verifier import Rejected, Verifier
+from bus.trust.signing import SigningKey
+from bus.trust.verifier import Rejected, Verifier
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.headers import RECEIVED_AT, cloudevent, header
+from bus.wire.model import Document, Status, StatusCode, now_ms
 
 log = structlog.get_logger(__name__)
 

@@ -11,15 +11,17 @@ from urllib.parse import quote
 
 import structlog
 
-from bus.errors import DocbusError
-from bus.events import status_output
-from bus.kafka import KafkaSettings, Topics
-from bus.model import Document, Status, StatusCode, now_ms
+from bus.kafka.clients import KafkaSettings
+from bus.kafka.records import send_once, status_output
+from bus.kafka.runtime import Output, Record, Reject, Result
+from bus.kafka.topics import Topics
 from bus.registry import Registry
-from bus.runtime import Output, Record, Reject, Result
-from bus.sealing import EncryptionKey, open_sealed
-from bus.signing import SigningKey
-from bus.verifier import Rejected, Verifier
+from bus.trust.sealing import EncryptionKey, open_sealed
+from bus.trust.signing import SigningKey
+from bus.trust.verifier import Rejected, Verifier
+from bus.wire.errors import DocbusError
+from bus.wire.model import Document, Status, StatusCode, now_ms
+from bus.wire.names import safe_file_name
 from consumers.edxml import document_to_edxml
 
 log = structlog.get_logger(__name__)
@@ -125,8 +127,9 @@ class Inbox:
         (target / "attachments").mkdir(parents=True, exist_ok=True)
         for a in doc.attachments:
             if a.content is not None:
-                name = Path(a.name).name or a.sha256
-                _write_atomically(target / "attachments" / name, a.content)
+                _write_atomically(
+                    target / "attachments" / safe_file_name(a.name, a.sha256), a.content
+                )
         meta = {
             "document_id": doc.document_id,
             "revision": doc.revision,
@@ -170,10 +173,4 @@ async def send_status(
     if key.agency is None:
         raise ValueError("the key's certificate carries no agency code")
     status = Status(document_id, code, key.agency, now_ms(), revision, message=message)
-    out = status_output(status, key, settings.topics)
-    producer = settings.producer()
-    await producer.start()
-    try:
-        await producer.send_and_wait(out.topic, out.value, key=out.key, headers=out.headers)
-    finally:
-        await producer.stop()
+    await send_once(settings, status_output(status, key, settings.topics))

@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
-from bus.addressbook import AddressBook
-from bus.cli import DocbusGroup, KeyPair, bootstrap_option, registry_option
-from bus.errors import DocbusError, Reason
-from bus.events import document_record, status_record
-from bus.headers import cloudevent
-from bus.kafka import KafkaSettings
-from bus.model import Confidentiality, Document, Priority, Role, SealSuite, Status, now_ms
-from bus.pki import KemAlgorithm
-from bus.registry import load_registry
-from bus.sealing import parties
-from bus.sealing import seal as seal_document
-from bus.signing import SigningKey
-from bus.truststore import TrustStore
-from bus.verifier import Policy, Verifier
+from bus.cli.options import DocbusGroup, KeyPair, bootstrap_option, kafka, registry_option, settings
+from bus.kafka.clients import KafkaSettings
+from bus.kafka.records import document_record, send_once, status_output, status_record
+from bus.registry import Registry
+from bus.trust.addressbook import AddressBook
+from bus.trust.pki import KemAlgorithm
+from bus.trust.sealing import parties
+from bus.trust.sealing import seal as seal_document
+from bus.trust.signing import SigningKey
+from bus.trust.truststore import TrustStore
+from bus.trust.verifier import Policy, Verifier
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.model import Confidentiality, Document, Priority, Role, SealSuite, now_ms
 from producers.document import new_document
 from producers.edxml import import_edxml
 from producers.outbox import Outbox, OutboxEntry, State
@@ -34,7 +36,6 @@ SEAL_SUITES = {
     KemAlgorithm.X25519.value: SealSuite.X25519_SHA256_AES256GCM,
     KemAlgorithm.MLKEM768_X25519.value: SealSuite.MLKEM768X25519_SHA256_AES256GCM,
 }
-DEFAULT_OUTBOX = Path.home() / ".local" / "share" / "docbus" / "outbox.sqlite"
 
 
 def _outbox_option(f: Any) -> Any:
@@ -42,10 +43,7 @@ def _outbox_option(f: Any) -> Any:
         "--outbox",
         "outbox_path",
         type=click.Path(dir_okay=False, path_type=Path),
-        envvar="DOCBUS_OUTBOX",
-        default=DEFAULT_OUTBOX,
-        show_default=True,
-        help="The durable outbox file (env DOCBUS_OUTBOX).",
+        help="The durable outbox file (default: DOCBUS_OUTBOX or ~/.local/share/docbus).",
     )(f)
 
 
@@ -89,13 +87,97 @@ async def _send(
     return entry
 
 
-@click.command()
-@click.option("--from", "sender", required=True, help="Sender agency code.")
-@click.option("--to", "recipients", required=True, multiple=True, help="Recipient code (repeat).")
-@click.option("--subject", required=True)
-@click.option(
-    "--file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+@dataclass(frozen=True)
+class Draft:
+    """What ``docbus publish`` is asked to build, before it is sealed and signed."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    subject: str
+    files: tuple[Path, ...]
+    code_number: str | None
+    document_type: str | None
+    priority: str
+    confidential: str | None
+    address_book: Path | None
+    kem: str
+
+    def build(self, trust: Path | None) -> Document:
+        """The document, sealed to every party when it is confidential."""
+        doc = new_document(
+            self.sender,
+            self.recipients,
+            self.subject,
+            self.files,
+            code_number=self.code_number,
+            document_type=self.document_type,
+            priority=Priority(self.priority),
+            confidentiality=Confidentiality(self.confidential or "NONE"),
+        )
+        if not self.confidential:
+            return doc
+        if self.address_book is None or trust is None:
+            raise click.UsageError("--confidential needs --address-book and --trust")
+        book = AddressBook(self.address_book, TrustStore.load(trust))
+        at = now_ms()
+        recipients = [book.recipient(p, at) for p in parties(doc)]
+        return seal_document(doc, recipients, SEAL_SUITES[self.kem])
+
+
+_DRAFT_OPTIONS = (
+    click.option("--from", "sender", required=True, help="Sender agency code."),
+    click.option("--to", "recipients", required=True, multiple=True, help="Recipient (repeat)."),
+    click.option("--subject", required=True),
+    click.option(
+        "--file",
+        "files",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    ),
+    click.option("--code-number", help='e.g. "57-NQ/TW".'),
+    click.option("--type", "document_type", help="Document type, e.g. Công văn."),
+    click.option(
+        "--priority",
+        default=Priority.NORMAL.value,
+        show_default=True,
+        type=click.Choice([p.value for p in Priority]),
+    ),
+    click.option(
+        "--confidential",
+        type=click.Choice(["CONFIDENTIAL", "SECRET", "TOP_SECRET"]),
+        help="Seal the subject and attachments to the recipients.",
+    ),
+    click.option(
+        "--address-book",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Recipients' encryption certificates (needed with --confidential).",
+    ),
+    click.option(
+        "--kem",
+        default=KemAlgorithm.X25519.value,
+        show_default=True,
+        type=click.Choice([k.value for k in KemAlgorithm]),
+        help="Key encapsulation for sealing.",
+    ),
 )
+
+
+def _draft_options(f: Callable[..., None]) -> Callable[..., None]:
+    """Add the document options to a command and hand it one :class:`Draft`."""
+    names = [field.name for field in fields(Draft)]
+
+    @functools.wraps(f)
+    def packed(**options: Any) -> None:
+        draft = Draft(**{n: options.pop(n) for n in names})
+        f(draft=draft, **options)
+
+    for option in reversed(_DRAFT_OPTIONS):
+        packed = option(packed)
+    return packed
+
+
+@click.command()
+@_draft_options
 @click.option("--signer", required=True, type=KeyPair(Role.SIGNER), help="The person's key.")
 @click.option("--seal", required=True, type=KeyPair(Role.AGENCY), help="The agency seal key.")
 @click.option(
@@ -103,31 +185,6 @@ async def _send(
     multiple=True,
     type=KeyPair(Role.AGENCY),
     help="An extra agency signature, e.g. ML-DSA-65 (repeat).",
-)
-@click.option("--code-number", help='e.g. "57-NQ/TW".')
-@click.option("--type", "document_type", help="Document type, e.g. Công văn.")
-@click.option(
-    "--priority",
-    default=Priority.NORMAL.value,
-    show_default=True,
-    type=click.Choice([p.value for p in Priority]),
-)
-@click.option(
-    "--confidential",
-    type=click.Choice(["CONFIDENTIAL", "SECRET", "TOP_SECRET"]),
-    help="Seal the subject and attachments to the recipients.",
-)
-@click.option(
-    "--address-book",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Recipients' encryption certificates (needed with --confidential).",
-)
-@click.option(
-    "--kem",
-    default=KemAlgorithm.X25519.value,
-    show_default=True,
-    type=click.Choice([k.value for k in KemAlgorithm]),
-    help="Key encapsulation for sealing.",
 )
 @click.option(
     "--output",
@@ -146,49 +203,25 @@ async def _send(
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @registry_option
 def publish(
-    sender: str,
-    recipients: tuple[str, ...],
-    subject: str,
-    files: tuple[Path, ...],
+    draft: Draft,
     signer: SigningKey,
     seal: SigningKey,
     cosign: tuple[SigningKey, ...],
-    code_number: str | None,
-    document_type: str | None,
-    priority: str,
-    confidential: str | None,
-    address_book: Path | None,
-    kem: str,
     output: Path | None,
     bootstrap: str | None,
     wait: bool,
     timeout: float,
     trust: Path | None,
-    outbox_path: Path,
+    outbox_path: Path | None,
     as_json: bool,
-    registry_path: Path | None,
+    registry: Registry,
 ) -> None:
     """Build a document, sign it as SIGNER, AGENCY and any co-signers, then write or send it.
 
     With --output the exact record bytes go to a file. Otherwise the record is kept in the
     outbox and sent to the broker; with --wait the command waits for the final status.
     """
-    doc = new_document(
-        sender,
-        recipients,
-        subject,
-        files,
-        code_number=code_number,
-        document_type=document_type,
-        priority=Priority(priority),
-        confidentiality=Confidentiality(confidential or "NONE"),
-    )
-    if confidential:
-        if address_book is None or trust is None:
-            raise click.UsageError("--confidential needs --address-book and --trust")
-        book = AddressBook(address_book, TrustStore.load(trust))
-        at = now_ms()
-        doc = seal_document(doc, [book.recipient(p, at) for p in parties(doc)], SEAL_SUITES[kem])
+    doc = draft.build(trust)
     keys = [signer, seal, *cosign]
     if output is not None:
         output.write_bytes(document_record(doc, keys))
@@ -196,27 +229,26 @@ def publish(
         return
     if trust is None:
         raise click.UsageError("sending needs --trust: the outbox checks every receipt")
-    settings = KafkaSettings.from_env(bootstrap)
-    verifier = Verifier(
-        TrustStore.load(trust),
-        Policy(issued_at_tolerance=None),
-        load_registry(registry_path),
-    )
-    outbox = Outbox(outbox_path)
+    verifier = Verifier(TrustStore.load(trust), Policy(issued_at_tolerance=None), registry)
+    outbox = Outbox(outbox_path or settings().outbox)
     try:
-        entry = asyncio.run(_send(settings, outbox, keys, verifier, doc, wait, timeout))
+        entry = asyncio.run(_send(kafka(bootstrap), outbox, keys, verifier, doc, wait, timeout))
         result = _entry_json(entry, outbox)
     finally:
         outbox.close()
-    if as_json:
-        click.echo(json.dumps(result, ensure_ascii=False))
-    else:
-        reason = f" {entry.reason}: {entry.message}" if entry.reason else ""
-        click.echo(f"{doc.document_id} {entry.state.value}{reason}")
+    _report(result, as_json)
     if wait and entry.state is not State.ARCHIVED:
         if entry.state is State.PENDING:
             click.echo(f"no final status within {timeout:g}s; the outbox keeps it", err=True)
         sys.exit(1)
+
+
+def _report(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+        return
+    reason = f" {result['reason']}: {result['message']}" if result["reason"] else ""
+    click.echo(f"{result['document_id']} {result['state']}{reason}")
 
 
 @click.command()
@@ -249,7 +281,7 @@ def edxml_import(
     output: Path | None,
     bootstrap: str | None,
     trust: Path | None,
-    outbox_path: Path,
+    outbox_path: Path | None,
 ) -> None:
     """Take an edXML message (document or status) onto the bus, signed by the bridge."""
     payload = import_edxml(message.read_bytes())
@@ -270,13 +302,13 @@ def edxml_import(
         return
     if trust is None:
         raise click.UsageError("sending needs --trust: the outbox checks every receipt")
-    settings = KafkaSettings.from_env(bootstrap)
+    client = kafka(bootstrap)
     if isinstance(payload, Document):
-        outbox = Outbox(outbox_path)
+        outbox = Outbox(outbox_path or settings().outbox)
         try:
             entry = asyncio.run(
                 _send(
-                    settings,
+                    client,
                     outbox,
                     [signer, seal],
                     Verifier(TrustStore.load(trust)),
@@ -289,22 +321,8 @@ def edxml_import(
             outbox.close()
         click.echo(f"{payload.document_id} {entry.state.value} (sent {entry.attempts}x)")
     else:
-        asyncio.run(_send_status(settings, payload, status_record(payload, [seal])))
+        asyncio.run(send_once(client, status_output(payload, seal, client.topics)))
         click.echo(f"{payload.document_id} {payload.code.value} sent")
-
-
-async def _send_status(settings: KafkaSettings, status: Status, record: bytes) -> None:
-    producer = settings.producer()
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            settings.topics.status,
-            record,
-            key=status.document_id.encode(),
-            headers=cloudevent(status, status.by, status.at),
-        )
-    finally:
-        await producer.stop()
 
 
 @click.group(cls=DocbusGroup)
@@ -316,8 +334,9 @@ def outbox() -> None:
 @_outbox_option
 @click.option("--all", "show_all", is_flag=True, help="Answered entries too.")
 @click.option("--json", "as_json", is_flag=True)
-def outbox_list(outbox_path: Path, show_all: bool, as_json: bool) -> None:
+def outbox_list(outbox_path: Path | None, show_all: bool, as_json: bool) -> None:
     """What is pending (sent, not yet ARCHIVED or REJECTED)."""
+    outbox_path = outbox_path or settings().outbox
     if not outbox_path.is_file():
         raise click.ClickException(f"no outbox at {outbox_path}")
     box = Outbox(outbox_path)

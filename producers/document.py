@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from bus.model import Attachment, Confidentiality, Document, Priority, now_ms
+from bus.wire.model import Attachment, Confidentiality, Document, Priority, now_ms
 
 
 def attachment(name: str, content: bytes, media_type: str | None = None) -> Attachment:

@@ -14,7 +14,7 @@ import re
 from datetime import date, datetime, timedelta, timezone
 from xml.etree.ElementTree import Element
 
-from bus.edxml import (
+from bus.wire.edxml import (
     ACTIONS,
     DATE,
     ORIGINAL,
@@ -26,7 +26,7 @@ from bus.edxml import (
     local_name,
     parse,
 )
-from bus.model import Action, Attachment, Document, Priority, Status, now_ms
+from bus.wire.model import Action, Attachment, Document, Priority, Status, now_ms
 from producers.document import attachment
 
 VIETNAM = timezone(timedelta(hours=7))  # edXML timestamps are local time without a zone

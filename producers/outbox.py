@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from bus.model import Status, StatusCode
-from bus.sqlite import open_database
+from bus.store.sqlite import open_database
+from bus.wire.model import Status, StatusCode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

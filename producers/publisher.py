@@ -10,15 +10,15 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from bus.codec import default_codec
-from bus.errors import DocbusError
-from bus.events import document_record
-from bus.headers import cloudevent
-from bus.kafka import KafkaSettings
-from bus.model import Document, Status, StatusCode, now_ms
-from bus.runtime import ConsumerRuntime, Record, Reject, Result
-from bus.signing import SigningKey
-from bus.verifier import Rejected, Verifier
+from bus.kafka.clients import KafkaSettings
+from bus.kafka.records import document_record
+from bus.kafka.runtime import ConsumerRuntime, Record, Reject, Result
+from bus.trust.signing import SigningKey
+from bus.trust.verifier import Rejected, Verifier
+from bus.wire.codec import default_codec
+from bus.wire.errors import DocbusError
+from bus.wire.headers import cloudevent
+from bus.wire.model import Document, Status, StatusCode, now_ms
 from producers.outbox import Outbox, OutboxEntry, State
 
 log = structlog.get_logger(__name__)

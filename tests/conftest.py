@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bus.broker import EmbeddedBroker
-from bus.model import Role
-from bus.pki import CertRole, DevPki, KeyAlgorithm
+from bus.kafka.broker import EmbeddedBroker
 from bus.registry import Registry, load_registry
-from bus.signing import SigningKey
-from bus.truststore import TrustStore
+from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
+from bus.trust.signing import SigningKey
+from bus.trust.truststore import TrustStore
+from bus.wire.model import Role
 
 MINISTRY = "000.00.00.G22"  # Văn phòng Chính phủ
 PROVINCE = "000.00.00.H41"  # UBND tỉnh Nghệ An

@@ -12,16 +12,17 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from bus.archive import Archive
-from bus.broker import EMBEDDED_SESSION_TIMEOUT_MS
-from bus.kafka import KafkaSettings, ensure_topics
-from bus.model import Role
-from bus.pki import KeyAlgorithm
+from bus.kafka.broker import EMBEDDED_SESSION_TIMEOUT_MS
+from bus.kafka.clients import KafkaSettings
+from bus.kafka.runtime import ConsumerRuntime
+from bus.kafka.topics import ensure_topics
 from bus.registry import Registry
-from bus.runtime import ConsumerRuntime
-from bus.sealing import EncryptionKey
-from bus.signing import SigningKey
-from bus.verifier import Policy, Verifier
+from bus.store.archive import Archive
+from bus.trust.pki import KeyAlgorithm
+from bus.trust.sealing import EncryptionKey
+from bus.trust.signing import SigningKey
+from bus.trust.verifier import Policy, Verifier
+from bus.wire.model import Role
 from consumers.archiver import Archiver
 from consumers.gateway import Gateway
 from consumers.inbox import Inbox

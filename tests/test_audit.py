@@ -13,18 +13,20 @@ from pathlib import Path
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from bus.archive import Archive
-from bus.audit import Report, rebuild, replay, verify_archive
-from bus.broker import EmbeddedBroker
-from bus.checkpoint import Checkpoint
-from bus.events import document_record
-from bus.kafka import Topics
-from bus.model import Role, now_ms
-from bus.pki import CertRole, DevPki, KeyAlgorithm
+from bus.audit.rebuild import rebuild
+from bus.audit.replay import replay
+from bus.audit.report import Report, write_report
+from bus.audit.verify import verify_archive
+from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.records import document_record
+from bus.kafka.topics import Topics
 from bus.registry import Registry
-from bus.report import write_report
-from bus.signing import SigningKey
-from bus.verifier import Policy, Verifier
+from bus.store.archive import Archive
+from bus.tlog.checkpoint import Checkpoint
+from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
+from bus.trust.signing import SigningKey, sign_checkpoint
+from bus.trust.verifier import Policy, Verifier
+from bus.wire.model import Role, now_ms
 from consumers.archiver import Archiver
 from producers.document import new_document
 from producers.outbox import State
@@ -96,7 +98,7 @@ def test_an_edit_that_also_rewrites_digest_and_log_is_caught_by_the_signed_check
 ) -> None:
     import hashlib
 
-    from bus.merkle import leaf_hash
+    from bus.tlog.merkle import leaf_hash
 
     path = _copy(archive_file, tmp_path)
     with sqlite3.connect(path) as db:
@@ -150,7 +152,9 @@ def test_a_forged_checkpoint_is_found(archive_file: Path, pki: Pki, tmp_path: Pa
     )
     forged = Checkpoint("docbus.archiver", 5, b"\x00" * 32, now_ms())
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE checkpoints SET signed = ? WHERE size = 5", (forged.sign(impostor),))
+        db.execute(
+            "UPDATE checkpoints SET signed = ? WHERE size = 5", (sign_checkpoint(forged, impostor),)
+        )
     report = _audit(path, pki)
     assert ("forged checkpoint", "checkpoint of size 5") in _kinds(report)
     assert [c.signed_ok for c in report.checkpoints] == [True, False, True]
@@ -253,8 +257,8 @@ async def test_replay_finds_what_is_missing_and_rebuild_gives_equal_checkpoints(
 
 
 def test_a_receipt_proves_inclusion_and_a_bent_one_does_not(archive_file: Path, pki: Pki) -> None:
-    from bus.errors import DocbusError
-    from bus.model import LogProof, Status, StatusCode
+    from bus.wire.errors import DocbusError
+    from bus.wire.model import LogProof, Status, StatusCode
 
     with Archive(archive_file) as archive:
         entry = archive.entries()[4]

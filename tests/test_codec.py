@@ -15,9 +15,9 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus.codec import DOCUMENT, MAGIC, STATUS, Codec, default_codec
-from bus.errors import DocbusError, Reason
-from bus.model import (
+from bus.wire.codec import DOCUMENT, MAGIC, STATUS, Codec, default_codec
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.model import (
     Action,
     Algorithm,
     Attachment,

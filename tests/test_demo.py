@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.archive import Archive
+from bus.store.archive import Archive
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bus.edxml import NS_2016, ORIGINAL, EdxmlError
-from bus.model import Action, Document, Priority, Role, Status, StatusCode
-from bus.pki import CertRole, KeyAlgorithm
+from bus.trust.pki import CertRole, KeyAlgorithm
+from bus.wire.edxml import NS_2016, ORIGINAL, EdxmlError
+from bus.wire.model import Action, Document, Priority, Role, Status, StatusCode
 from consumers.edxml import document_to_edxml, status_to_edxml
 from producers.edxml import import_edxml
 from tests.conftest import MINISTRY, Pki

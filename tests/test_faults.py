@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from bus.archive import Archive
-from bus.broker import EmbeddedBroker
-from bus.events import document_record
-from bus.kafka import ensure_topics
-from bus.model import Role
-from bus.pki import CertRole, KeyAlgorithm
+from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.records import document_record
+from bus.kafka.topics import ensure_topics
 from bus.registry import Registry
+from bus.store.archive import Archive
+from bus.trust.pki import CertRole, KeyAlgorithm
+from bus.wire.model import Role
 from producers.document import new_document
 from producers.outbox import State
 from tests.conftest import MINISTRY, Pki

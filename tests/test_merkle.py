@@ -10,7 +10,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus.merkle import (
+from bus.tlog.merkle import (
     EMPTY_ROOT,
     MemoryTree,
     consistency_proof,

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from bus.addressbook import AddressBook
-from bus.broker import EmbeddedBroker
-from bus.codec import default_codec
-from bus.events import document_record
-from bus.headers import header
-from bus.model import Confidentiality, Role, SealSuite, Status, StatusCode
-from bus.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
+from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.records import document_record
 from bus.registry import Registry
-from bus.sealing import seal
-from bus.signing import SigningKey
+from bus.trust.addressbook import AddressBook
+from bus.trust.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
+from bus.trust.sealing import seal
+from bus.trust.signing import SigningKey
+from bus.wire.codec import default_codec
+from bus.wire.headers import header
+from bus.wire.model import Confidentiality, Role, SealSuite, Status, StatusCode
 from consumers.inbox import document_folder, send_status
 from producers.document import new_document
 from producers.outbox import State

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bus.errors import DocbusError, Reason
 from bus.registry import Level, Registry, RegistryError, parse_registry
+from bus.wire.errors import DocbusError, Reason
 
 AFTER = date(2025, 8, 1)
 BEFORE = date(2025, 6, 1)

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from bus.addressbook import AddressBook
-from bus.errors import DocbusError, Reason
-from bus.events import document_record
-from bus.model import Confidentiality, Document, SealSuite, now_ms
-from bus.pki import CertRole, DevPki, KemAlgorithm, make_leaf, pem_cert
+from bus.kafka.records import document_record
 from bus.registry import Registry
-from bus.sealing import EncryptionKey, open_sealed, seal
-from bus.signing import SigningKey
-from bus.truststore import TrustStore
-from bus.verifier import Rejected, Verified, Verifier
+from bus.trust.addressbook import AddressBook
+from bus.trust.pki import CertRole, DevPki, KemAlgorithm, make_leaf, pem_cert
+from bus.trust.sealing import EncryptionKey, open_sealed, seal
+from bus.trust.signing import SigningKey
+from bus.trust.truststore import TrustStore
+from bus.trust.verifier import Rejected, Verified, Verifier
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.model import Confidentiality, Document, SealSuite, now_ms
 from producers.document import attachment
 from tests.conftest import MINISTRY, Pki
 

@@ -14,10 +14,23 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bus.codec import default_codec
-from bus.errors import Reason
-from bus.events import document_record
-from bus.model import (
+from bus.kafka.records import document_record
+from bus.registry import Registry
+from bus.trust.pki import (
+    CertRole,
+    DevPki,
+    KeyAlgorithm,
+    generate_key,
+    make_intermediate,
+    make_leaf,
+    make_root,
+)
+from bus.trust.signing import SigningKey, key_id, pae, sign_bytes
+from bus.trust.truststore import TrustStore
+from bus.trust.verifier import Policy, Rejected, Verified, Verifier
+from bus.wire.codec import default_codec
+from bus.wire.errors import Reason
+from bus.wire.model import (
     DOCUMENT_TYPE,
     Algorithm,
     Attachment,
@@ -27,19 +40,6 @@ from bus.model import (
     SignedEvent,
     now_ms,
 )
-from bus.pki import (
-    CertRole,
-    DevPki,
-    KeyAlgorithm,
-    generate_key,
-    make_intermediate,
-    make_leaf,
-    make_root,
-)
-from bus.registry import Registry
-from bus.signing import SigningKey, key_id, pae, sign_bytes
-from bus.truststore import TrustStore
-from bus.verifier import Policy, Rejected, Verified, Verifier
 from tests.conftest import MINISTRY, PROVINCE, Pki
 
 

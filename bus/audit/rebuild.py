@@ -1,0 +1,122 @@
+"""``rebuild``: replay the delivery topics into an empty archive in the log order the
+receipts prove; its checkpoints must equal the original's."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from bus.audit.replay import delivery_topics, read_topics
+from bus.audit.report import Finding, Report, checkpoint_seen
+from bus.kafka.clients import KafkaSettings
+from bus.kafka.runtime import Record
+from bus.store.archive import NewEntry, open_archive
+from bus.tlog.checkpoint import Checkpoint
+from bus.tlog.merkle import leaf_hash, verify_inclusion
+from bus.trust.signing import SigningKey, sign_checkpoint
+from bus.trust.verifier import Rejected, Verifier
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.headers import received_at
+from bus.wire.model import Document, Status, StatusCode
+
+
+async def rebuild(
+    settings: KafkaSettings, verifier: Verifier, into: Path, key: SigningKey
+) -> Report:
+    """Replay the delivery topics into an empty archive, in the log order receipts prove.
+
+    Each delivered event's log index is the one whose inclusion proof (in a verified
+    ARCHIVED or conflict receipt) holds for its exact bytes. The rebuilt archive signs
+    checkpoints at the original sizes; the report names any whose root differs.
+    """
+    report = Report(f"rebuild into {into}")
+    receipts: dict[tuple[str, int], list[Status]] = {}
+    originals: dict[int, Checkpoint] = {}
+    async for record in read_topics(settings, [settings.topics.status], None, None):
+        verdict = verifier.verify(
+            record.value or b"", received_at(record.headers, record.timestamp)
+        )
+        status = verdict.payload
+        if isinstance(verdict, Rejected) or not isinstance(status, Status) or status.log is None:
+            continue
+        if status.code not in (StatusCode.ARCHIVED, StatusCode.REJECTED):
+            continue
+        try:
+            cp = verifier.verify_checkpoint(status.log.checkpoint)
+        except DocbusError:
+            continue
+        originals[cp.size] = cp
+        receipts.setdefault((status.document_id, status.revision), []).append(status)
+    placed: dict[int, tuple[Record, Document]] = {}
+    async for record in read_topics(settings, await delivery_topics(settings), None, None):
+        value = record.value or b""
+        doc = verifier.verify(value, received_at(record.headers, record.timestamp)).payload
+        if not isinstance(doc, Document):
+            continue
+        for status in receipts.get((doc.document_id, doc.revision), []):
+            proof = status.log
+            assert proof is not None
+            if verify_inclusion(
+                leaf_hash(value),
+                proof.index,
+                proof.tree_size,
+                proof.inclusion_proof,
+                proof.root_hash,
+            ):
+                placed.setdefault(proof.index, (record, doc))
+                break
+    archive = open_archive(into, create=True)
+    try:
+        if archive.log_size():
+            raise DocbusError(Reason.POLICY, f"{into} already holds an archive")
+        for index in range(max(placed, default=-1) + 1):
+            if index not in placed:
+                report.findings.append(
+                    Finding(
+                        "cannot rebuild",
+                        f"log index {index}",
+                        "no delivered event proves this position",
+                    )
+                )
+                break
+            record, doc = placed[index]
+            value = record.value or b""
+            archive.store(
+                [
+                    NewEntry(
+                        doc.document_id,
+                        doc.revision,
+                        hashlib.sha256(value).hexdigest(),
+                        doc.sender,
+                        doc.recipients,
+                        "" if doc.sealed else doc.subject,
+                        doc.confidentiality.value,
+                        record.topic,
+                        received_at(record.headers, record.timestamp),
+                        value,
+                    )
+                ]
+            )
+        report.counts["entries rebuilt"] = archive.log_size()
+        for size, original in sorted(originals.items()):
+            if size > archive.log_size():
+                report.findings.append(
+                    Finding("checkpoint not reached", f"size {size}", "entries missing")
+                )
+                continue
+            root = archive.root(size)
+            rebuilt = Checkpoint(key.agency or "docbus.auditor", size, root, original.at)
+            archive.add_checkpoint(rebuilt, sign_checkpoint(rebuilt, key))
+            report.checkpoints.append(checkpoint_seen(rebuilt, root == original.root))
+            if root != original.root:
+                report.findings.append(
+                    Finding(
+                        "checkpoint differs",
+                        f"size {size}",
+                        f"rebuilt {root.hex()} ≠ original {original.root.hex()}",
+                    )
+                )
+        report.counts["checkpoints equal"] = sum(c.signed_ok for c in report.checkpoints)
+    finally:
+        archive.close()
+    return report

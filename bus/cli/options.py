@@ -1,0 +1,191 @@
+"""What every ``docbus`` command shares: error handling, lazy groups, options, settings.
+
+``producers`` and ``consumers`` build their commands from these, so every command reads
+the one settings object the same way and fails the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from datetime import UTC, datetime
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bus.kafka.clients import KafkaSettings
+from bus.registry import Registry, RegistryError, load_registry
+from bus.settings import Settings, load_settings
+from bus.store.archive import Archive, open_archive
+from bus.trust.signing import SigningKey
+from bus.wire.errors import DocbusError
+from bus.wire.model import Role
+
+PLUGIN_GROUP = "docbus.commands"
+_SETTINGS = "docbus.settings"
+CONFIG = "docbus.config"
+
+
+class DocbusGroup(click.Group):
+    """A group that turns the bus's own errors into a one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except DocbusError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (RegistryError, OSError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:  # a bug or a library's own error: one line, no traceback
+            if os.environ.get("DOCBUS_DEBUG"):
+                raise
+            known = type(exc).__module__.split(".")[0] in ("aiokafka", "bus")
+            raise click.ClickException(
+                str(exc) if known else f"internal error: {exc!r} (DOCBUS_DEBUG=1 for the traceback)"
+            ) from None
+
+
+class LazyGroup(DocbusGroup):
+    """A group whose sub-commands are imported only when one of them runs.
+
+    :param lazy: sub-command name → ``"module:attribute"`` for the bus's own commands.
+    :param plugin_prefix: entry points of the ``docbus.commands`` group named
+        ``"<prefix> <name>"`` (or just ``"<name>"`` for the root) add sub-commands.
+    """
+
+    def __init__(
+        self, *args: Any, lazy: dict[str, str] | None = None, plugin_prefix: str = "", **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self.lazy = dict(lazy or {})
+        self.plugin_prefix = plugin_prefix
+
+    def _plugins(self) -> dict[str, EntryPoint]:
+        found = {}
+        for ep in entry_points(group=PLUGIN_GROUP):
+            group, _, name = ep.name.rpartition(" ")
+            if group == self.plugin_prefix:
+                found[name] = ep
+        return found
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy, *self._plugins()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        if cmd_name in self.lazy:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            loaded = getattr(importlib.import_module(module), attribute)
+        elif (ep := self._plugins().get(cmd_name)) is not None:
+            loaded = ep.load()
+        else:
+            return None
+        if not isinstance(loaded, click.Command):
+            raise click.ClickException(f"{cmd_name} is not a command ({type(loaded).__name__})")
+        self.add_command(loaded, cmd_name)
+        return loaded
+
+
+def settings() -> Settings:
+    """The settings of this invocation (read once: ``--config``, DOCBUS_*, defaults)."""
+    root = click.get_current_context().find_root()
+    found = root.meta.get(_SETTINGS)
+    if found is None:
+        found = load_settings(root.meta.get(CONFIG))
+        root.meta[_SETTINGS] = found
+    assert isinstance(found, Settings)
+    return found
+
+
+def kafka(bootstrap: str | None) -> KafkaSettings:
+    """Client settings: ``--bootstrap`` if given, else the settings' (DOCBUS_BOOTSTRAP)."""
+    return KafkaSettings.from_settings(settings(), bootstrap)
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 date or time; a time without zone is taken as UTC."""
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date or time") from exc
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+class KeyPair(click.ParamType[SigningKey]):
+    """``KEY.pem,CERT.pem``: a private key and its certificate (chain), loaded for a role."""
+
+    name = "KEY.pem,CERT.pem"
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> SigningKey:
+        if isinstance(value, SigningKey):
+            return value
+        parts = str(value).split(",")
+        if len(parts) != 2:
+            self.fail(f"{value!r} is not KEY.pem,CERT.pem", param, ctx)
+        key_path, cert_path = (Path(p) for p in parts)
+        for p in (key_path, cert_path):
+            if not p.is_file():
+                self.fail(f"{p} does not exist", param, ctx)
+        try:
+            return SigningKey.load(self.role, key_path, cert_path)
+        except (ValueError, DocbusError) as exc:
+            self.fail(f"{value}: {exc}", param, ctx)
+
+
+def bootstrap_option(f: Any) -> Any:
+    """``--bootstrap HOST:PORT``; without it, the settings' bootstrap (DOCBUS_BOOTSTRAP)."""
+    return click.option(
+        "--bootstrap",
+        help="Kafka bootstrap HOST:PORT (default: DOCBUS_BOOTSTRAP or the config file).",
+    )(f)
+
+
+def trust_option(f: Any) -> Any:
+    return click.option(
+        "--trust",
+        required=True,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Trust store folder (anchors, intermediates, CRLs).",
+    )(f)
+
+
+def _registry(ctx: click.Context, param: click.Parameter, value: Path | None) -> Registry:
+    return load_registry(value or settings().registry)
+
+
+def registry_option(f: Any) -> Any:
+    """``--registry FILE`` → a loaded :class:`Registry` (default: DOCBUS_REGISTRY or shipped)."""
+    return click.option(
+        "--registry",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        callback=_registry,
+        help="Registry JSON file (default: DOCBUS_REGISTRY, else the one shipped).",
+    )(f)
+
+
+def data_dir_option(f: Any) -> Any:
+    return click.option(
+        "--data-dir",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="The archiver's data folder.",
+    )(f)
+
+
+def existing_archive(data_dir: Path) -> Archive:
+    """The archive in ``data_dir``; a usage error if there is none."""
+    try:
+        return open_archive(data_dir)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,63 @@
+"""``docbus pki init|issue|revoke``: the development PKI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bus.cli.options import DocbusGroup
+from bus.trust.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
+
+
+@click.group(cls=DocbusGroup)
+def pki() -> None:
+    """A development PKI: CAs, agency and service certificates, revocation."""
+
+
+@pki.command("init")
+@click.option("--dir", "folder", required=True, type=click.Path(path_type=Path))
+def pki_init(folder: Path) -> None:
+    """Make a root and an issuing CA; keys under DIR/ca, the trust store under DIR/trust."""
+    DevPki(folder).init()
+    click.echo(f"trust store: {folder / 'trust'}")
+    click.echo(f"CA keys:     {folder / 'ca'}")
+
+
+@pki.command("issue")
+@click.option("--dir", "folder", required=True, type=click.Path(path_type=Path))
+@click.option("--agency", required=True, help="Agency code, e.g. 000.00.00.G22.")
+@click.option("--role", required=True, type=click.Choice([r.value for r in CertRole]))
+@click.option(
+    "--alg",
+    default=KeyAlgorithm.ED25519.value,
+    show_default=True,
+    type=click.Choice([a.value for a in KeyAlgorithm]),
+    help="Signing key type (signer, agency, service).",
+)
+@click.option(
+    "--kem",
+    default=KemAlgorithm.X25519.value,
+    show_default=True,
+    type=click.Choice([k.value for k in KemAlgorithm]),
+    help="Encryption key type (encryption).",
+)
+@click.option("--days", default=365, show_default=True, type=click.IntRange(min=1))
+def pki_issue(folder: Path, agency: str, role: str, alg: str, kem: str, days: int) -> None:
+    """Issue a key and certificate to DIR/agencies/CODE/ROLE.{key,cert}.pem."""
+    dev = DevPki(folder)
+    if CertRole(role) is CertRole.ENCRYPTION:
+        key_path, cert_path = dev.issue_encryption(agency, KemAlgorithm(kem), days)
+    else:
+        key_path, cert_path = dev.issue(agency, CertRole(role), KeyAlgorithm(alg), days)
+    click.echo(key_path)
+    click.echo(cert_path)
+
+
+@pki.command("revoke")
+@click.option("--dir", "folder", required=True, type=click.Path(path_type=Path))
+@click.option("--cert", "cert_file", required=True, type=click.Path(exists=True, path_type=Path))
+def pki_revoke(folder: Path, cert_file: Path) -> None:
+    """Add a certificate to the CRL in DIR/trust."""
+    serial = DevPki(folder).revoke(cert_file)
+    click.echo(f"revoked serial {serial:x}")

@@ -1,0 +1,74 @@
+"""``docbus demo`` and ``docbus dev``: the whole bus on the embedded broker.
+
+The services and the publisher run as separate ``docbus`` processes, as in a real
+deployment: this package starts them and talks to Kafka, and imports neither
+``producers`` nor ``consumers``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bus.demo.scenarios import audit, run_scenarios
+from bus.demo.stack import INBOXES, running
+
+
+def run_demo(data_dir: Path | None, broker_binary: Path | None = None) -> bool:
+    """Run every scenario; True only if every document met its expected fate."""
+    folder = data_dir or Path(tempfile.mkdtemp(prefix="docbus-demo-"))
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    started = time.monotonic()
+    console.print(f"[bold]docbus demo[/] in {folder}")
+    with running(folder, broker_binary) as stack:
+        console.print(
+            f"broker {stack.broker.bootstrap}; gateway, archiver and inboxes of "
+            f"{', '.join(INBOXES)} running"
+        )
+        scenarios = run_scenarios(stack)
+        scenarios.append(audit(stack))
+    table = Table(title="What happened")
+    for column in ("scenario", "document", "expected", "outcome", ""):
+        table.add_column(column)
+    for s in scenarios:
+        table.add_row(s.name, s.document_id[:13], s.expect, s.outcome, "✓" if s.ok else "✗")
+    console.print(table)
+    for s in scenarios:
+        if s.note:
+            console.print(s.note)
+    ok = all(s.ok for s in scenarios)
+    console.print(
+        f"{'[green]all outcomes as expected' if ok else '[red]some outcomes differ'}[/] "
+        f"in {time.monotonic() - started:.1f}s; data in {folder}"
+    )
+    return ok
+
+
+def run_dev(data_dir: Path | None, broker_binary: Path | None = None) -> None:
+    """The same stack as the demo, left running until Ctrl-C."""
+    folder = data_dir or Path(tempfile.mkdtemp(prefix="docbus-dev-"))
+    console = Console()
+    with running(folder, broker_binary) as stack:
+        bootstrap = stack.broker.bootstrap
+        console.print(f"broker:      {bootstrap}  (export DOCBUS_BOOTSTRAP={bootstrap})")
+        console.print(f"trust store: {stack.trust}")
+        console.print(f"keys:        {stack.pki / 'agencies'}")
+        console.print(f"archive:     {folder / 'archive'}")
+        console.print(f"inboxes:     {folder / 'inbox'}")
+        console.print(f"logs:        {folder / 'logs'}")
+        console.print("Ctrl-C stops everything.")
+        signal.signal(signal.SIGTERM, _interrupt)
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(p.poll() is None for p in stack.processes.values()):
+                time.sleep(0.5)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,167 @@
+"""The demo's stack: the embedded broker, a development PKI and the services, each a
+``docbus serve`` process as in a real deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.clients import KafkaSettings
+from bus.kafka.topics import all_topics, ensure_topics
+from bus.registry import load_registry
+from bus.trust.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
+
+MINISTRY = "000.00.00.G22"  # Văn phòng Chính phủ
+NGHE_AN = "000.00.00.H41"  # UBND tỉnh Nghệ An
+BAC_NINH = "000.00.00.H06"  # UBND tỉnh Bắc Ninh
+BAC_GIANG = "000.00.00.H04"  # UBND tỉnh Bắc Giang, merged into Bắc Ninh on 2025-07-01
+UNKNOWN = "000.00.00.H99"
+SO_NOI_VU_NGHE_AN = "000.00.01.H41"  # a third agency in Nghệ An: sees the topic, not the secret
+INBOXES = (NGHE_AN, BAC_NINH, SO_NOI_VU_NGHE_AN)
+GATEWAY, ARCHIVER = "docbus.gateway", "docbus.archiver"
+BRIDGE = "bridge.vpcp"  # the edXML bridge registered for Văn phòng Chính phủ
+
+
+def docbus(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "bus", *map(str, args)]
+
+
+def pair(folder: Path, agency: str, role: CertRole) -> str:
+    base = folder / "agencies" / agency
+    return f"{base / f'{role.value}.key.pem'},{base / f'{role.value}.cert.pem'}"
+
+
+@dataclass
+class Stack:
+    """The embedded broker, a development PKI and the service processes."""
+
+    folder: Path
+    broker: EmbeddedBroker = field(default_factory=EmbeddedBroker)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def pki(self) -> Path:
+        return self.folder / "pki"
+
+    @property
+    def trust(self) -> Path:
+        return self.pki / "trust"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.broker.client_env()
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return self.broker.settings()
+
+    def make_pki(self) -> None:
+        dev = DevPki(self.pki)
+        if not (self.pki / "ca").exists():
+            dev.init()
+        for service in (GATEWAY, ARCHIVER, BRIDGE):
+            dev.issue(service, CertRole.SERVICE, KeyAlgorithm.ED25519)
+        dev.issue(MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519)
+        dev.issue(MINISTRY, CertRole.AGENCY, KeyAlgorithm.ECDSA_P256)
+        for agency in INBOXES:
+            dev.issue(agency, CertRole.AGENCY, KeyAlgorithm.ED25519)
+            dev.issue_encryption(agency, KemAlgorithm.MLKEM768_X25519)
+
+    def start_services(self) -> None:
+        logs = self.folder / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        commands = {
+            "gateway": docbus(
+                "serve",
+                "gateway",
+                "--trust",
+                self.trust,
+                "--key",
+                pair(self.pki, GATEWAY, CertRole.SERVICE),
+            ),
+            "archiver": docbus(
+                "serve",
+                "archiver",
+                "--data-dir",
+                self.folder / "archive",
+                "--key",
+                pair(self.pki, ARCHIVER, CertRole.SERVICE),
+            ),
+            **{
+                f"inbox-{agency}": docbus(
+                    "serve",
+                    "inbox",
+                    "--agency",
+                    agency,
+                    "--trust",
+                    self.trust,
+                    "--key",
+                    pair(self.pki, agency, CertRole.AGENCY),
+                    "--dir",
+                    self.folder / "inbox" / agency,
+                    "--decrypt-key",
+                    self.pki / "agencies" / agency / "encryption.key.pem",
+                    "--edxml-dir",
+                    self.folder / "edxml-out" / agency,
+                )
+                for agency in INBOXES
+            },
+        }
+        for name, command in commands.items():
+            with open(logs / f"{name}.log", "wb") as log:
+                self.processes[name] = subprocess.Popen(
+                    command, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                )
+
+    def wait_ready(self, seconds: float = 60.0) -> None:
+        """Until every service logs that it consumes; a service that dies is an error."""
+        deadline = time.monotonic() + seconds
+        waiting = set(self.processes)
+        while waiting:
+            for name in list(waiting):
+                process = self.processes[name]
+                log = (self.folder / "logs" / f"{name}.log").read_text(errors="replace")
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited ({process.returncode}): {log[-2000:]}")
+                if '"consuming"' in log:
+                    waiting.discard(name)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {seconds}s: {', '.join(sorted(waiting))}")
+            time.sleep(0.1)
+
+    def stop_services(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.processes.clear()
+
+
+@contextlib.contextmanager
+def running(folder: Path, broker_binary: Path | None = None) -> Iterator[Stack]:
+    """Broker up, topics made, PKI made, services started and consuming."""
+    stack = Stack(folder, EmbeddedBroker(binary=broker_binary))
+    folder.mkdir(parents=True, exist_ok=True)
+    with stack.broker:
+        asyncio.run(
+            ensure_topics(stack.settings, all_topics(stack.settings.topics, load_registry()), 2)
+        )
+        stack.make_pki()
+        stack.start_services()
+        try:
+            stack.wait_ready()
+            yield stack
+        finally:
+            stack.stop_services()

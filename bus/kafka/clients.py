@@ -1,0 +1,112 @@
+"""How every docbus client reaches Kafka: connection settings (TLS, SASL) and client factories."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bus.kafka.topics import Topics
+from bus.settings import Settings, SettingsError
+
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How every docbus client reaches Kafka.
+
+    ``security_protocol`` is PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL mechanisms
+    are those aiokafka supports (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+    """
+
+    bootstrap: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    topics: Topics = field(default_factory=Topics)
+    # Tansu lets a consumer group settle for about half the session timeout, so the
+    # embedded broker is run with a short one; real Kafka keeps aiokafka's default.
+    session_timeout_ms: int = 10000
+
+    @classmethod
+    def from_settings(cls, settings: Settings, bootstrap: str | None = None) -> KafkaSettings:
+        """Client settings from the one settings object; ``bootstrap`` (the option) wins."""
+        chosen = bootstrap or settings.bootstrap
+        if not chosen:
+            raise SettingsError("no broker: pass --bootstrap HOST:PORT or set DOCBUS_BOOTSTRAP")
+        password = settings.sasl_password
+        return cls(
+            bootstrap=chosen,
+            security_protocol=settings.security_protocol,
+            sasl_mechanism=settings.sasl_mechanism,
+            sasl_username=settings.sasl_username,
+            sasl_password=None if password is None else password.get_secret_value(),
+            ssl_cafile=_text(settings.ssl_cafile),
+            ssl_certfile=_text(settings.ssl_certfile),
+            ssl_keyfile=_text(settings.ssl_keyfile),
+            topics=Topics(settings.topic_prefix),
+            session_timeout_ms=settings.session_timeout_ms,
+        )
+
+    def common(self) -> dict[str, Any]:
+        """Connection arguments shared by producers, consumers and the admin client."""
+        args: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        if "SSL" in self.security_protocol:
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            args["ssl_context"] = context
+        if self.security_protocol.startswith("SASL"):
+            args["sasl_mechanism"] = self.sasl_mechanism or "SCRAM-SHA-512"
+            args["sasl_plain_username"] = self.sasl_username
+            args["sasl_plain_password"] = self.sasl_password
+        return args
+
+    def producer(self, **overrides: Any) -> AIOKafkaProducer:
+        """A producer with acks=all and batches large enough for documents."""
+        args = {
+            **self.common(),
+            "acks": "all",
+            "linger_ms": 5,
+            "max_batch_size": 1024 * 1024,
+            "max_request_size": MAX_RECORD_BYTES,
+            "request_timeout_ms": 30000,
+            **overrides,
+        }
+        return AIOKafkaProducer(**args)
+
+    def consumer(self, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+        """A consumer that commits by hand, starts at the earliest offset, fetches promptly."""
+        args = {
+            **self.common(),
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "fetch_max_wait_ms": 10,
+            "max_partition_fetch_bytes": MAX_RECORD_BYTES,
+            "fetch_max_bytes": 4 * MAX_RECORD_BYTES,
+            "metadata_max_age_ms": 5000,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": max(100, self.session_timeout_ms // 5),
+            **overrides,
+        }
+        return AIOKafkaConsumer(**args)
+
+    def admin(self) -> AIOKafkaAdminClient:
+        return AIOKafkaAdminClient(**self.common())
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)

@@ -1,0 +1,262 @@
+"""The one consumer runtime every docbus reader shares (DESIGN §7).
+
+A loop of: fetch a bounded batch → let the handler process it (its own durable writes
+included) → publish the handler's outputs and wait for acks=all → commit the offsets.
+Handler failures are retried with backoff while the partitions are paused; after
+``max_attempts`` each record is tried alone and those that still fail go to the
+rejected topic with the original key, value and headers and the error headers. Broker
+failures while publishing or committing are ridden out: publishing is retried, a failed
+commit only means the batch is seen again, and every sink is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeAlias
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from bus.kafka.clients import KafkaSettings
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.headers import Headers, error_headers
+
+log = structlog.get_logger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class Output:
+    """A record the handler wants published once its batch is done."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record the handler refuses: it goes to the rejected topic, byte-identical."""
+
+    record: Record
+    reason: Reason
+    message: str
+    attempts: int = 1
+    first_failure: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+Result = Output | Reject
+
+
+class Handler(Protocol):
+    """What a service plugs into the runtime."""
+
+    stage: str
+
+    async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
+        """Process a batch; durable writes must be done (and idempotent) before returning."""
+        ...
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runtime: ConsumerRuntime) -> None:
+        self.runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.runtime.commit_pending()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
+
+
+class ConsumerRuntime:
+    """Runs one handler over a consumer group.
+
+    :param settings: how to reach Kafka.
+    :param handler: the service logic.
+    :param group_id: the consumer group.
+    :param topics: topics to read, or
+    :param pattern: a regular expression of topics to read (e.g. every delivery topic).
+    :param max_records: the batch bound (memory stays bounded).
+    :param max_attempts: handler attempts before records are rejected one by one.
+    :param backoff: first and largest pause between attempts, in seconds.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        handler: Handler,
+        group_id: str,
+        topics: Sequence[str] = (),
+        pattern: str | None = None,
+        max_records: int = 500,
+        max_attempts: int = 5,
+        backoff: tuple[float, float] = (0.05, 5.0),
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        if not topics and pattern is None:
+            raise ValueError("give topics or a pattern")
+        self.settings = settings
+        self.handler = handler
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.pattern = pattern
+        self.max_records = max_records
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self._consumer_overrides = consumer_overrides or {}
+        self._stopping = asyncio.Event()
+        self.started = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._pending: dict[TopicPartition, int] = {}
+        self.processed = 0
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand, commit, and close."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until :meth:`request_stop`."""
+        consumer = self.settings.consumer(self.group_id, **self._consumer_overrides)
+        producer = self.settings.producer()
+        listener = _CommitOnRevoke(self)
+        if self.pattern is not None:
+            consumer.subscribe(pattern=self.pattern, listener=listener)
+        else:
+            consumer.subscribe(self.topics, listener=listener)
+        await producer.start()
+        await consumer.start()
+        self._consumer = consumer
+        self.started.set()
+        log.info("consuming", stage=self.handler.stage, group=self.group_id)
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                records = [r for part in batch.values() for r in part]
+                if not records:
+                    continue
+                results = await self._handle(consumer, records)
+                await self._publish(producer, results)
+                for tp, part in batch.items():
+                    self._pending[tp] = part[-1].offset + 1
+                self.processed += len(records)
+                await self.commit_pending()
+        finally:
+            await self.commit_pending()
+            self._consumer = None
+            await consumer.stop()
+            await producer.stop()
+            log.info("stopped", stage=self.handler.stage, processed=self.processed)
+
+    async def commit_pending(self) -> None:
+        """Commit what has been processed and published; a failure only means re-delivery."""
+        consumer, pending = self._consumer, dict(self._pending)
+        if consumer is None or not pending:
+            return
+        try:
+            await consumer.commit(pending)
+        except KafkaError as exc:
+            log.warning("commit failed; the batch will be seen again", error=repr(exc))
+            return
+        for tp, offset in pending.items():
+            if self._pending.get(tp) == offset:
+                del self._pending[tp]
+
+    def _pause(self, attempt: int) -> float:
+        first, most = self.backoff
+        return float(min(most, first * 2 ** (attempt - 1)))
+
+    async def _handle(self, consumer: AIOKafkaConsumer, records: list[Record]) -> list[Result]:
+        first_failure: datetime | None = None
+        error: Exception | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return list(await self.handler.handle(records))
+            except Exception as exc:  # any failure is retried, then isolated per record
+                error, first_failure = exc, first_failure or datetime.now(UTC)
+                log.warning(
+                    "batch failed", stage=self.handler.stage, attempt=attempt, error=repr(exc)
+                )
+                if attempt < self.max_attempts:
+                    paused = consumer.assignment()
+                    consumer.pause(*paused)
+                    await asyncio.sleep(self._pause(attempt))
+                    consumer.resume(*paused)
+        assert error is not None and first_failure is not None
+        results: list[Result] = []
+        for record in records:
+            try:
+                results.extend(await self.handler.handle([record]))
+            except Exception as exc:  # this record alone fails: it is rejected, not lost
+                reason = exc.reason if isinstance(exc, DocbusError) else Reason.MALFORMED
+                results.append(
+                    Reject(record, reason, repr(exc), self.max_attempts + 1, first_failure)
+                )
+        return results
+
+    def _to_output(self, result: Result) -> Output:
+        if isinstance(result, Output):
+            return result
+        r = result.record
+        return Output(
+            topic=self.settings.topics.rejected,
+            key=r.key,
+            value=r.value or b"",
+            headers=[
+                *r.headers,
+                *error_headers(
+                    result.reason.value,
+                    self.handler.stage,
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    result.message,
+                    result.attempts,
+                    result.first_failure,
+                ),
+            ],
+        )
+
+    async def _publish(self, producer: AIOKafkaProducer, results: list[Result]) -> None:
+        outputs = [self._to_output(r) for r in results]
+        attempt = 0
+        while outputs:
+            try:
+                sent = [
+                    await producer.send(o.topic, o.value, key=o.key, headers=o.headers)
+                    for o in outputs
+                ]
+                await asyncio.gather(*sent)
+                return
+            except KafkaError as exc:
+                attempt += 1
+                log.warning("publish failed; retrying", attempt=attempt, error=repr(exc))
+                await asyncio.sleep(self._pause(attempt))
+
+
+async def run_until_signalled(runtimes: Sequence[ConsumerRuntime], deadline: float = 30.0) -> None:
+    """Run runtimes until SIGTERM or SIGINT, then stop them gracefully within ``deadline``."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(r.run()) for r in runtimes]
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for r in runtimes:
+        r.request_stop()
+    _, late = await asyncio.wait(tasks, timeout=deadline)
+    for t in late:
+        t.cancel()
+    waiter.cancel()
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            raise t.exception()  # type: ignore[misc]

@@ -1,0 +1,90 @@
+"""The trust store: a folder of anchors, intermediates and revocation lists (DESIGN §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.x509.verification import Store
+
+from bus.trust.signing import load_certificates
+from bus.wire.errors import DocbusError, Reason
+
+_CERT_SUFFIXES = {".pem", ".crt", ".cer", ".der"}
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.subject != cert.issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _load_crl(data: bytes) -> x509.CertificateRevocationList:
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    try:
+        return bool(crl.is_signature_valid(issuer.public_key()))  # type: ignore[arg-type]
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """Trust anchors (self-signed CAs), intermediates and CRLs read from one folder."""
+
+    anchors: tuple[x509.Certificate, ...]
+    intermediates: tuple[x509.Certificate, ...]
+    crls: tuple[x509.CertificateRevocationList, ...]
+
+    @classmethod
+    def load(cls, folder: Path) -> TrustStore:
+        """Read every certificate and ``*.crl`` file in ``folder``.
+
+        Raises DocbusError(untrusted_certificate) for a folder with no anchor or an
+        unreadable file, naming it.
+        """
+        if not folder.is_dir():
+            raise DocbusError(Reason.UNTRUSTED_CERTIFICATE, f"trust store {folder} is not a folder")
+        anchors: list[x509.Certificate] = []
+        intermediates: list[x509.Certificate] = []
+        crls: list[x509.CertificateRevocationList] = []
+        for path in sorted(folder.iterdir()):
+            suffix = path.suffix.lower()
+            try:
+                if suffix == ".crl":
+                    crls.append(_load_crl(path.read_bytes()))
+                elif suffix in _CERT_SUFFIXES:
+                    for cert in load_certificates(path.read_bytes()):
+                        (anchors if _self_signed(cert) else intermediates).append(cert)
+            except ValueError as exc:
+                raise DocbusError(
+                    Reason.UNTRUSTED_CERTIFICATE, f"cannot read {path}: {exc}"
+                ) from exc
+        if not anchors:
+            raise DocbusError(Reason.UNTRUSTED_CERTIFICATE, f"no trust anchor in {folder}")
+        return cls(anchors=tuple(anchors), intermediates=tuple(intermediates), crls=tuple(crls))
+
+    def store(self) -> Store:
+        """The anchors as a store for cryptography's chain builder."""
+        return Store(list(self.anchors))
+
+    def revoked_at(self, cert: x509.Certificate, issuer: x509.Certificate) -> datetime | None:
+        """When ``issuer`` revoked ``cert`` according to a CRL it signed, or None."""
+        for crl in self.crls:
+            if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
+                continue
+            entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            if entry is not None:
+                return entry.revocation_date_utc
+        return None

@@ -1,0 +1,275 @@
+"""The one verifier (DESIGN §4): decode, chain, validity, revocation, signature, policy.
+
+Checks run in the order DESIGN §4 fixes, and the first failure decides the reason code.
+Chain building is cached per certificate chain, so a busy gateway pays for X.509 path
+validation once per signer rather than once per event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from bus.registry import Registry
+from bus.tlog.checkpoint import CHECKPOINT_TYPE, Checkpoint
+from bus.tlog.merkle import leaf_hash, verify_inclusion
+from bus.trust.chain import ChainBuilder
+from bus.trust.signing import algorithm_of, pae, signature_valid
+from bus.trust.truststore import TrustStore
+from bus.wire.codec import Codec, default_codec
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.model import (
+    Algorithm,
+    Confidentiality,
+    Document,
+    Role,
+    SealSuite,
+    SignedEvent,
+    Status,
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a verifier demands beyond valid signatures.
+
+    ``issued_at_tolerance`` bounds how far the sender's ``issued_at`` may lie from the
+    verification time (None: not checked, as for an offline check of an old file).
+    A document needs every role of ``document_roles`` and one of ``document_one_of``:
+    the person who signed it, or the SERVICE of a bridge that imported it (edXML).
+    """
+
+    document_roles: frozenset[Role] = frozenset({Role.AGENCY})
+    document_one_of: frozenset[Role] = frozenset({Role.SIGNER, Role.SERVICE})
+    status_roles: frozenset[Role] = frozenset()
+    require_post_quantum: bool = False
+    issued_at_tolerance: timedelta | None = timedelta(hours=24)
+    check_recipients: bool = True
+
+
+@dataclass(frozen=True)
+class SignerInfo:
+    """One verified signature: who signed, in which role, with what."""
+
+    role: Role
+    alg: Algorithm
+    key_id: str
+    subject: str
+    agency: str | None
+
+
+@dataclass(frozen=True)
+class Verified:
+    """An event whose every check passed."""
+
+    event: SignedEvent
+    payload: Document | Status
+    signers: tuple[SignerInfo, ...]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An event that failed a check: the first failing check's reason code and message.
+
+    ``payload`` is what the event claims to carry, decoded when possible so that the
+    sender can be told; it is not verified.
+    """
+
+    reason: Reason
+    message: str
+    event: SignedEvent | None = None
+    payload: Document | Status | None = field(default=None)
+
+
+class Verifier:
+    """Verifies signed events against a trust store, a policy and the registry.
+
+    :param trust: anchors, intermediates and CRLs.
+    :param policy: required roles, post-quantum demand, time tolerance.
+    :param registry: resolves recipients; without it recipients are not checked.
+    :param codec: decodes records (the shipped schemas by default).
+    """
+
+    def __init__(
+        self,
+        trust: TrustStore,
+        policy: Policy | None = None,
+        registry: Registry | None = None,
+        codec: Codec | None = None,
+    ) -> None:
+        self.trust = trust
+        self.policy = policy or Policy()
+        self.registry = registry
+        self.codec = codec or default_codec()
+        self._chains = ChainBuilder(trust, _signing_key, "digital_signature")
+
+    def verify(self, record: bytes, at: datetime) -> Verified | Rejected:
+        """Verify one record value as received at ``at`` (the bus's receipt time)."""
+        try:
+            event = self.codec.decode_event(record)
+        except DocbusError as exc:
+            return Rejected(exc.reason, exc.message)
+        return self.verify_event(event, at)
+
+    def verify_event(self, event: SignedEvent, at: datetime) -> Verified | Rejected:
+        """Verify an already decoded event as received at ``at``."""
+        payload: Document | Status | None = None
+        try:
+            signers = self._check_signatures(event, at)
+            payload = self.codec.decode_payload(event)
+            self._check_payload(payload, signers, at)
+        except DocbusError as exc:
+            return Rejected(exc.reason, exc.message, event, payload or self._identify(event))
+        return Verified(event=event, payload=payload, signers=signers, at=at)
+
+    def _identify(self, event: SignedEvent) -> Document | Status | None:
+        """The unverified payload, only to tell a rejected sender why (never to act on)."""
+        try:
+            return self.codec.decode_payload(event)
+        except DocbusError:
+            return None
+
+    def _check_signatures(self, event: SignedEvent, at: datetime) -> tuple[SignerInfo, ...]:
+        if not event.signatures:
+            raise DocbusError(Reason.MISSING_SIGNATURE_ROLE, "the event carries no signature")
+        signed = pae(event.payload_type, event.payload)
+        signers = []
+        for n, sig in enumerate(event.signatures):
+            if sig.alg is Algorithm.UNKNOWN:
+                raise DocbusError(Reason.WEAK_ALGORITHM, f"signature {n}: unknown algorithm")
+            chain = self._chains.chain(sig.cert_chain)
+            alg = algorithm_of(chain.key)
+            if sig.alg is not alg:
+                raise DocbusError(
+                    Reason.BAD_SIGNATURE,
+                    f"signature {n}: says {sig.alg.value}, its key is {alg.value}",
+                )
+            chain.check_at(at, f"signature {n}: ")
+            if not signature_valid(chain.key, sig.sig, signed):
+                raise DocbusError(
+                    Reason.BAD_SIGNATURE, f"signature {n} ({sig.role.value}) does not verify"
+                )
+            signers.append(SignerInfo(sig.role, alg, chain.key_id, chain.subject, chain.agency))
+        return tuple(signers)
+
+    def verify_checkpoint(self, signed: bytes) -> Checkpoint:
+        """A signed checkpoint whose signature holds; DocbusError says why not.
+
+        It is checked at its own time (when the archiver signed it) and must be signed
+        by a SERVICE certificate of the origin it names.
+        """
+        event = self.codec.decode_event(signed)
+        if event.payload_type != CHECKPOINT_TYPE:
+            raise DocbusError(Reason.MALFORMED, f"not a checkpoint: {event.payload_type}")
+        checkpoint = Checkpoint.parse(event.payload)
+        signers = self._check_signatures(event, checkpoint.at)
+        if not any(s.role is Role.SERVICE and s.agency == checkpoint.origin for s in signers):
+            raise DocbusError(
+                Reason.SENDER_MISMATCH, f"the checkpoint is not signed by {checkpoint.origin}"
+            )
+        return checkpoint
+
+    def check_receipt(self, status: Status, record: bytes) -> Checkpoint:
+        """That an ARCHIVED receipt proves ``record`` is in the archive's log.
+
+        Checks the checkpoint's signature, that the proof is against that checkpoint and
+        that the inclusion proof of the record's leaf holds. Raises DocbusError otherwise.
+        """
+        proof = status.log
+        if proof is None:
+            raise DocbusError(Reason.POLICY, "the receipt carries no inclusion proof")
+        checkpoint = self.verify_checkpoint(proof.checkpoint)
+        if (checkpoint.size, checkpoint.root) != (proof.tree_size, proof.root_hash):
+            raise DocbusError(Reason.POLICY, "the proof is not against the checkpoint it names")
+        if not verify_inclusion(
+            leaf_hash(record), proof.index, proof.tree_size, proof.inclusion_proof, proof.root_hash
+        ):
+            raise DocbusError(
+                Reason.POLICY, f"the inclusion proof for log index {proof.index} does not hold"
+            )
+        return checkpoint
+
+    def _check_payload(
+        self, payload: Document | Status, signers: tuple[SignerInfo, ...], at: datetime
+    ) -> None:
+        if isinstance(payload, Document):
+            speaker, bound, required = (
+                payload.sender,
+                {Role.SIGNER, Role.AGENCY},
+                (self.policy.document_roles),
+            )
+        else:
+            speaker, bound, required = payload.by, set(Role), self.policy.status_roles
+        for s in signers:
+            if s.role in bound and s.agency != speaker:
+                raise DocbusError(
+                    Reason.SENDER_MISMATCH,
+                    f"{s.role.value} certificate is for {s.agency or 'no agency'}, "
+                    f"the event speaks for {speaker}",
+                )
+        roles = {s.role for s in signers}
+        missing = required - roles
+        if missing:
+            names = ", ".join(sorted(r.value for r in missing))
+            raise DocbusError(Reason.MISSING_SIGNATURE_ROLE, f"no {names} signature")
+        one_of = self.policy.document_one_of
+        if isinstance(payload, Document) and one_of and not one_of & roles:
+            names = " or ".join(sorted(r.value for r in one_of))
+            raise DocbusError(Reason.MISSING_SIGNATURE_ROLE, f"no {names} signature")
+        if self.policy.require_post_quantum and not any(
+            s.alg is Algorithm.ML_DSA_65 for s in signers
+        ):
+            raise DocbusError(Reason.POLICY, "the policy demands an ML-DSA-65 co-signature")
+        if isinstance(payload, Document):
+            self._check_document(payload, at)
+
+    def _check_document(self, doc: Document, at: datetime) -> None:
+        tolerance = self.policy.issued_at_tolerance
+        if tolerance is not None and abs(doc.issued_at - at) > tolerance:
+            raise DocbusError(
+                Reason.POLICY,
+                f"issued_at {doc.issued_at.isoformat()} is more than {tolerance} "
+                f"from the receipt time {at.isoformat()}",
+            )
+        if not doc.document_id or not doc.sender or not doc.recipients:
+            raise DocbusError(Reason.MALFORMED, "document_id, sender and recipients are required")
+        if doc.due_date and doc.promulgated_at and doc.due_date < doc.promulgated_at:
+            raise DocbusError(Reason.MALFORMED, "due_date lies before promulgated_at")
+        _check_sealing(doc)
+        if self.registry is not None and self.policy.check_recipients:
+            on = doc.issued_at.date()
+            for code in (*doc.recipients, *doc.cc):
+                self.registry.resolve(code, on)
+        for a in doc.attachments:
+            if a.content is None:
+                if a.location is None:
+                    raise DocbusError(Reason.MALFORMED, f"attachment {a.name!r} has no content")
+                continue
+            if len(a.content) != a.size or hashlib.sha256(a.content).hexdigest() != a.sha256:
+                raise DocbusError(
+                    Reason.ATTACHMENT_HASH_MISMATCH,
+                    f"attachment {a.name!r} does not match its hash",
+                )
+
+
+def _check_sealing(doc: Document) -> None:
+    """A confidential document is sealed, with one sealed key for every party."""
+    confidential = doc.confidentiality not in (Confidentiality.NONE, Confidentiality.UNKNOWN)
+    if confidential and doc.sealed is None:
+        raise DocbusError(Reason.POLICY, f"a {doc.confidentiality.value} document must be sealed")
+    if doc.sealed is None:
+        return
+    if not confidential:
+        raise DocbusError(Reason.POLICY, "a sealed document must say how confidential it is")
+    if doc.sealed.suite is SealSuite.UNKNOWN:
+        raise DocbusError(Reason.POLICY, "unknown sealing suite")
+    sealed_to = {k.agency for k in doc.sealed.keys}
+    missing = sorted({*doc.recipients, *doc.cc} - sealed_to)
+    if missing:
+        raise DocbusError(Reason.POLICY, f"no sealed key for {', '.join(missing)}")
+
+
+def _signing_key(key: object) -> None:
+    algorithm_of(key)  # raises weak_algorithm for keys the bus does not sign with

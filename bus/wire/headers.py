@@ -1,0 +1,79 @@
+"""Kafka headers: CloudEvents binary mode, W3C traceparent, dead-letter error headers.
+
+Headers are for tooling and tracing only: nothing is decided on an unsigned header.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from bus.wire.model import Document, Status
+
+Headers = list[tuple[str, bytes]]
+
+ERROR_PREFIX = "docbus.error."
+RECEIVED_AT = "docbus.received_at"
+
+
+def traceparent() -> bytes:
+    """A fresh W3C trace context (version 00, sampled)."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01".encode()
+
+
+def cloudevent(payload: Document | Status, source: str, time: datetime) -> Headers:
+    """CloudEvents Kafka binding headers (binary mode) for a document or status event."""
+    kind = "docbus.document.v1" if isinstance(payload, Document) else "docbus.status.v1"
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", f"{payload.document_id}:{payload.revision}".encode()),
+        ("ce_source", f"urn:docbus:agency:{source}".encode()),
+        ("ce_type", kind.encode()),
+        ("ce_time", time.isoformat().encode()),
+        ("content-type", b"application/avro"),
+        ("traceparent", traceparent()),
+    ]
+
+
+def header(headers: Headers | tuple[tuple[str, bytes], ...], name: str) -> bytes | None:
+    """The last value of header ``name``, or None."""
+    found = None
+    for key, value in headers:
+        if key == name:
+            found = value
+    return found
+
+
+def received_at(headers: Headers | tuple[tuple[str, bytes], ...], timestamp_ms: int) -> datetime:
+    """When the gateway received an event (its header), else the record's own timestamp."""
+    raw = header(headers, RECEIVED_AT)
+    if raw is not None:
+        try:
+            return datetime.fromisoformat(raw.decode())
+        except ValueError:
+            pass
+    return datetime.fromtimestamp(timestamp_ms / 1000).astimezone()
+
+
+def error_headers(
+    reason: str,
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    message: str,
+    attempts: int,
+    first_failure: datetime,
+) -> Headers:
+    """Dead-letter headers shaped like Kafka Connect's, under the docbus.error. prefix."""
+    fields = {
+        "reason": reason,
+        "stage": stage,
+        "topic": topic,
+        "partition": str(partition),
+        "offset": str(offset),
+        "message": message[:2000],
+        "attempts": str(attempts),
+        "first_failure": first_failure.isoformat(),
+    }
+    return [(ERROR_PREFIX + k, v.encode()) for k, v in fields.items()]

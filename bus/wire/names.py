@@ -1,0 +1,12 @@
+"""Names from the wire made safe as file names (DESIGN §7): one place for every writer."""
+
+from __future__ import annotations
+
+MAX_NAME = 200
+
+
+def safe_file_name(name: str, fallback: str) -> str:
+    """The last path component of ``name`` without NUL, bounded; ``fallback`` if nothing
+    usable is left (``""``, ``.``, ``..``)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "")[:MAX_NAME]
+    return fallback if base in ("", ".", "..") else base
