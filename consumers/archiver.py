@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Sequence
 
 import structlog
@@ -58,18 +57,8 @@ class Archiver:
             if not isinstance(doc, Document):
                 results.append(Reject(record, Reason.POLICY, "a delivery topic carries documents"))
                 continue
-            entry = NewEntry(
-                document_id=doc.document_id,
-                revision=doc.revision,
-                digest=hashlib.sha256(value).hexdigest(),
-                sender=doc.sender,
-                recipients=doc.recipients,
-                subject="" if doc.sealed else doc.subject,
-                confidentiality=doc.confidentiality.value,
-                topic=record.topic,
-                received_at=received_at(record.headers, record.timestamp),
-                event=value,
-            )
+            received = received_at(record.headers, record.timestamp)
+            entry = NewEntry.of(doc, value, record.topic, received)
             batch.append((record, entry))
         if not batch:
             return results

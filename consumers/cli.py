@@ -15,6 +15,7 @@ from bus.cli.options import (
     data_dir_option,
     existing_archive,
     kafka,
+    path_option,
     registry_option,
     trust_option,
 )
@@ -86,11 +87,7 @@ def serve_archiver(bootstrap: str | None, data_dir: Path, key: SigningKey) -> No
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The agency's encryption key, to open sealed documents.",
 )
-@click.option(
-    "--edxml-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Also write every received document here as edXML.",
-)
+@path_option("--edxml-dir", folder=True, help="Also write every document here as edXML.")
 @registry_option
 def serve_inbox(
     bootstrap: str | None,

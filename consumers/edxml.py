@@ -11,11 +11,19 @@ import base64
 import re
 from xml.etree.ElementTree import Element, SubElement, register_namespace, tostring
 
-from bus.wire.edxml import ACTIONS, DATE, NS_2016, ORIGINAL, PRIORITIES, STATUS_CODES, TIMESTAMP
+from bus.wire.edxml import (
+    ACTIONS,
+    DATE,
+    HEADER,
+    NS_2016,
+    ORIGINAL,
+    PRIORITIES,
+    STATUS_CODES,
+    TIMESTAMP,
+    TRACE,
+)
 from bus.wire.model import Document, Status
 
-HEADER = "edXMLEnvelope/edXMLHeader/MessageHeader"
-TRACE = "edXMLEnvelope/edXMLHeader/TraceHeaderList"
 _STEP = re.compile(r"([A-Za-z_][\w.-]*)(?:\[(\d+)\])?")
 _CODE = {v: k for k, v in STATUS_CODES.items()}
 _PRIORITY = {v: k for k, v in PRIORITIES.items()}

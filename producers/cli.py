@@ -14,7 +14,17 @@ from typing import Any
 
 import click
 
-from bus.cli.options import DocbusGroup, KeyPair, bootstrap_option, kafka, registry_option, settings
+from bus.cli.options import (
+    DocbusGroup,
+    KeyPair,
+    bootstrap_option,
+    choice_option,
+    kafka,
+    output_option,
+    path_option,
+    registry_option,
+    settings,
+)
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.records import document_record, send_once, status_output, status_record
 from bus.registry import Registry
@@ -38,13 +48,9 @@ SEAL_SUITES = {
 }
 
 
-def _outbox_option(f: Any) -> Any:
-    return click.option(
-        "--outbox",
-        "outbox_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="The durable outbox file (default: DOCBUS_OUTBOX or ~/.local/share/docbus).",
-    )(f)
+_outbox_option = path_option(
+    "--outbox", "outbox_path", help="The durable outbox file (default: DOCBUS_OUTBOX)."
+)
 
 
 def _entry_json(entry: OutboxEntry, outbox: Outbox) -> dict[str, object]:
@@ -136,12 +142,7 @@ _DRAFT_OPTIONS = (
     ),
     click.option("--code-number", help='e.g. "57-NQ/TW".'),
     click.option("--type", "document_type", help="Document type, e.g. Công văn."),
-    click.option(
-        "--priority",
-        default=Priority.NORMAL.value,
-        show_default=True,
-        type=click.Choice([p.value for p in Priority]),
-    ),
+    choice_option("--priority", choices=Priority, default=Priority.NORMAL, help="Priority."),
     click.option(
         "--confidential",
         type=click.Choice(["CONFIDENTIAL", "SECRET", "TOP_SECRET"]),
@@ -152,13 +153,7 @@ _DRAFT_OPTIONS = (
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         help="Recipients' encryption certificates (needed with --confidential).",
     ),
-    click.option(
-        "--kem",
-        default=KemAlgorithm.X25519.value,
-        show_default=True,
-        type=click.Choice([k.value for k in KemAlgorithm]),
-        help="Key encapsulation for sealing.",
-    ),
+    choice_option("--kem", choices=KemAlgorithm, default=KemAlgorithm.X25519, help="Sealing KEM."),
 )
 
 
@@ -186,11 +181,7 @@ def _draft_options(f: Callable[..., None]) -> Callable[..., None]:
     type=KeyPair(Role.AGENCY),
     help="An extra agency signature, e.g. ML-DSA-65 (repeat).",
 )
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the exact record bytes here instead of sending.",
-)
+@output_option
 @bootstrap_option
 @click.option("--wait", is_flag=True, help="Wait for ARCHIVED (exit 0) or REJECTED (exit 1).")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds --wait waits.")
@@ -262,11 +253,7 @@ def _report(result: dict[str, Any], as_json: bool) -> None:
     type=KeyPair(Role.AGENCY),
     help="The AGENCY key of the agency the bridge is registered for.",
 )
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the exact record bytes here instead of sending.",
-)
+@output_option
 @bootstrap_option
 @click.option(
     "--trust",

@@ -17,10 +17,12 @@ from xml.etree.ElementTree import Element
 from bus.wire.edxml import (
     ACTIONS,
     DATE,
+    HEADER,
     ORIGINAL,
     PRIORITIES,
     STATUS_CODES,
     TIMESTAMP,
+    TRACE,
     EdxmlError,
     leaf_paths,
     local_name,
@@ -30,8 +32,6 @@ from bus.wire.model import Action, Attachment, Document, Priority, Status, now_m
 from producers.document import attachment
 
 VIETNAM = timezone(timedelta(hours=7))  # edXML timestamps are local time without a zone
-HEADER = "edXMLEnvelope/edXMLHeader/MessageHeader"
-TRACE = "edXMLEnvelope/edXMLHeader/TraceHeaderList"
 
 
 class _Message:

@@ -3,14 +3,13 @@ receipts prove; its checkpoints must equal the original's."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from bus.audit.replay import delivery_topics, read_topics
 from bus.audit.report import Finding, Report, checkpoint_seen
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.runtime import Record
-from bus.store.archive import NewEntry, open_archive
+from bus.store.archive import Archive, NewEntry, open_archive
 from bus.tlog.checkpoint import Checkpoint
 from bus.tlog.merkle import leaf_hash, verify_inclusion
 from bus.trust.signing import SigningKey, sign_checkpoint
@@ -30,6 +29,23 @@ async def rebuild(
     checkpoints at the original sizes; the report names any whose root differs.
     """
     report = Report(f"rebuild into {into}")
+    receipts, originals = await _receipts(settings, verifier)
+    placed = await _placed(settings, verifier, receipts)
+    archive = open_archive(into, create=True)
+    try:
+        if archive.log_size():
+            raise DocbusError(Reason.POLICY, f"{into} already holds an archive")
+        _store_in_log_order(archive, placed, report)
+        _sign_original_sizes(archive, originals, key, report)
+    finally:
+        archive.close()
+    return report
+
+
+async def _receipts(
+    settings: KafkaSettings, verifier: Verifier
+) -> tuple[dict[tuple[str, int], list[Status]], dict[int, Checkpoint]]:
+    """Verified ARCHIVED and conflict receipts by document, and the checkpoints they carry."""
     receipts: dict[tuple[str, int], list[Status]] = {}
     originals: dict[int, Checkpoint] = {}
     async for record in read_topics(settings, [settings.topics.status], None, None):
@@ -47,6 +63,13 @@ async def rebuild(
             continue
         originals[cp.size] = cp
         receipts.setdefault((status.document_id, status.revision), []).append(status)
+    return receipts, originals
+
+
+async def _placed(
+    settings: KafkaSettings, verifier: Verifier, receipts: dict[tuple[str, int], list[Status]]
+) -> dict[int, tuple[Record, Document]]:
+    """Each delivered event at the log index a receipt's inclusion proof gives its bytes."""
     placed: dict[int, tuple[Record, Document]] = {}
     async for record in read_topics(settings, await delivery_topics(settings), None, None):
         value = record.value or b""
@@ -65,58 +88,55 @@ async def rebuild(
             ):
                 placed.setdefault(proof.index, (record, doc))
                 break
-    archive = open_archive(into, create=True)
-    try:
-        if archive.log_size():
-            raise DocbusError(Reason.POLICY, f"{into} already holds an archive")
-        for index in range(max(placed, default=-1) + 1):
-            if index not in placed:
-                report.findings.append(
-                    Finding(
-                        "cannot rebuild",
-                        f"log index {index}",
-                        "no delivered event proves this position",
-                    )
+    return placed
+
+
+def _store_in_log_order(
+    archive: Archive, placed: dict[int, tuple[Record, Document]], report: Report
+) -> None:
+    for index in range(max(placed, default=-1) + 1):
+        if index not in placed:
+            report.findings.append(
+                Finding(
+                    "cannot rebuild",
+                    f"log index {index}",
+                    "no delivered event proves this position",
                 )
-                break
-            record, doc = placed[index]
-            value = record.value or b""
-            archive.store(
-                [
-                    NewEntry(
-                        doc.document_id,
-                        doc.revision,
-                        hashlib.sha256(value).hexdigest(),
-                        doc.sender,
-                        doc.recipients,
-                        "" if doc.sealed else doc.subject,
-                        doc.confidentiality.value,
-                        record.topic,
-                        received_at(record.headers, record.timestamp),
-                        value,
-                    )
-                ]
             )
-        report.counts["entries rebuilt"] = archive.log_size()
-        for size, original in sorted(originals.items()):
-            if size > archive.log_size():
-                report.findings.append(
-                    Finding("checkpoint not reached", f"size {size}", "entries missing")
+            break
+        record, doc = placed[index]
+        archive.store(
+            [
+                NewEntry.of(
+                    doc,
+                    record.value or b"",
+                    record.topic,
+                    received_at(record.headers, record.timestamp),
                 )
-                continue
-            root = archive.root(size)
-            rebuilt = Checkpoint(key.agency or "docbus.auditor", size, root, original.at)
-            archive.add_checkpoint(rebuilt, sign_checkpoint(rebuilt, key))
-            report.checkpoints.append(checkpoint_seen(rebuilt, root == original.root))
-            if root != original.root:
-                report.findings.append(
-                    Finding(
-                        "checkpoint differs",
-                        f"size {size}",
-                        f"rebuilt {root.hex()} ≠ original {original.root.hex()}",
-                    )
+            ]
+        )
+    report.counts["entries rebuilt"] = archive.log_size()
+
+
+def _sign_original_sizes(
+    archive: Archive, originals: dict[int, Checkpoint], key: SigningKey, report: Report
+) -> None:
+    for size, original in sorted(originals.items()):
+        if size > archive.log_size():
+            report.findings.append(
+                Finding("checkpoint not reached", f"size {size}", "entries missing")
+            )
+            continue
+        root = archive.root(size)
+        rebuilt = Checkpoint(key.agency or "docbus.auditor", size, root, original.at)
+        archive.add_checkpoint(rebuilt, sign_checkpoint(rebuilt, key))
+        report.checkpoints.append(checkpoint_seen(rebuilt, root == original.root))
+        if root != original.root:
+            report.findings.append(
+                Finding(
+                    "checkpoint differs",
+                    f"size {size}",
+                    f"rebuilt {root.hex()} ≠ original {original.root.hex()}",
                 )
-        report.counts["checkpoints equal"] = sum(c.signed_ok for c in report.checkpoints)
-    finally:
-        archive.close()
-    return report
+            )
+    report.counts["checkpoints equal"] = sum(c.signed_ok for c in report.checkpoints)

@@ -7,7 +7,7 @@ import hashlib
 import itertools
 
 from bus.audit.report import Finding, Report, checkpoint_seen
-from bus.store.archive import Archive
+from bus.store.archive import Archive, Entry
 from bus.tlog.checkpoint import Checkpoint
 from bus.tlog.merkle import MemoryTree, consistency_proof, leaf_hash, verify_consistency
 from bus.trust.verifier import Verifier
@@ -25,6 +25,24 @@ def verify_archive(archive: Archive, verifier: Verifier) -> Report:
     logged = archive.leaf_hashes()
     report.counts["entries"] = len(entries)
     report.counts["log leaves"] = len(logged)
+    by_index = _check_rows(entries, logged, report)
+    size = max(len(logged), max(by_index, default=-1) + 1)
+    tree = MemoryTree()
+    for i in range(size):
+        present = by_index.get(i)
+        if present is None:
+            report.findings.append(
+                Finding("row removed", f"log index {i}", "no archived entry holds it")
+            )
+        # A removed row leaves a hole no real leaf hash can fill: later roots will differ.
+        tree.append(leaf_hash(present.event) if present is not None else b"\x00" * 32)
+    _check_checkpoints(archive, verifier, tree, report)
+    report.counts["checkpoints"] = len(report.checkpoints)
+    return report
+
+
+def _check_rows(entries: list[Entry], logged: list[bytes], report: Report) -> dict[int, Entry]:
+    """Each row against its digest and its logged leaf; rows by log index."""
     by_index = {}
     for e in entries:
         where = f"row {e.seq} ({e.document_id} r{e.revision}, log index {e.log_index})"
@@ -46,17 +64,14 @@ def verify_archive(archive: Archive, verifier: Verifier) -> Report:
                     f"log indexes {a.log_index} and {b.log_index} run backwards",
                 )
             )
-    size = max(len(logged), max(by_index, default=-1) + 1)
-    missing = [i for i in range(size) if i not in by_index]
-    for i in missing:
-        report.findings.append(
-            Finding("row removed", f"log index {i}", "no archived entry holds it")
-        )
-    tree = MemoryTree()
-    for i in range(size):
-        present = by_index.get(i)
-        # A removed row leaves a hole no real leaf hash can fill: later roots will differ.
-        tree.append(leaf_hash(present.event) if present is not None else b"\x00" * 32)
+    return by_index
+
+
+def _check_checkpoints(
+    archive: Archive, verifier: Verifier, tree: MemoryTree, report: Report
+) -> None:
+    """Every stored checkpoint: its signature, its root against the recomputed tree, and
+    its consistency with the one before."""
     previous: Checkpoint | None = None
     for stored in archive.checkpoints():
         cp = stored.checkpoint
@@ -97,5 +112,3 @@ def verify_archive(archive: Archive, verifier: Verifier) -> Report:
                     )
                 )
         previous = cp
-    report.counts["checkpoints"] = len(report.checkpoints)
-    return report

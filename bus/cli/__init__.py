@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from bus.cli.options import CONFIG, LazyGroup
+from bus.cli.options import CONFIG, LazyGroup, settings
 from bus.logs import configure_logging
 
 _OWN = {
@@ -44,6 +44,7 @@ def _config(ctx: click.Context, param: click.Parameter, value: Path | None) -> N
 )
 def cli() -> None:
     """docbus: signed documents between government agencies, over Kafka."""
+    configure_logging(settings().log_level)
 
 
 @click.group(cls=LazyGroup, plugin_prefix="edxml")
@@ -53,5 +54,4 @@ def edxml() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    configure_logging()
     cli()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
@@ -23,6 +22,7 @@ from bus.cli.options import (
     existing_archive,
     kafka,
     parse_time,
+    path_option,
     registry_option,
     trust_option,
 )
@@ -42,13 +42,7 @@ def _finish(report: Report, out: Path | None) -> None:
         sys.exit(1)
 
 
-def _report_option(f: Any) -> Any:
-    return click.option(
-        "--report",
-        "out",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Also write the report: .json or .html.",
-    )(f)
+_report_option = path_option("--report", "out", help="Also write the report: .json or .html.")
 
 
 @click.group(cls=DocbusGroup)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from enum import StrEnum
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
@@ -151,13 +153,34 @@ def bootstrap_option(f: Any) -> Any:
     )(f)
 
 
-def trust_option(f: Any) -> Any:
+def path_option(
+    *decls: str, help: str, folder: bool = False, exists: bool = False, required: bool = False
+) -> Callable[[Any], Any]:
+    """An option naming a file (or, with ``folder``, a folder)."""
+    kind = click.Path(exists=exists, file_okay=not folder, dir_okay=folder, path_type=Path)
+    return click.option(*decls, required=required, type=kind, help=help)
+
+
+def choice_option(
+    *decls: str, choices: Iterable[StrEnum], help: str, default: StrEnum | None = None
+) -> Callable[[Any], Any]:
+    """An option taking one value of an enumeration (its string value)."""
     return click.option(
-        "--trust",
-        required=True,
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
-        help="Trust store folder (anchors, intermediates, CRLs).",
-    )(f)
+        *decls,
+        type=click.Choice([c.value for c in choices]),
+        default=None if default is None else default.value,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+trust_option = path_option(
+    "--trust", folder=True, exists=True, required=True, help="Trust store folder."
+)
+data_dir_option = path_option(
+    "--data-dir", folder=True, required=True, help="The archiver's data folder."
+)
+output_option = path_option("--output", help="Write the exact record bytes here, do not send.")
 
 
 def _registry(ctx: click.Context, param: click.Parameter, value: Path | None) -> Registry:
@@ -171,15 +194,6 @@ def registry_option(f: Any) -> Any:
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         callback=_registry,
         help="Registry JSON file (default: DOCBUS_REGISTRY, else the one shipped).",
-    )(f)
-
-
-def data_dir_option(f: Any) -> Any:
-    return click.option(
-        "--data-dir",
-        required=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="The archiver's data folder.",
     )(f)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bus.cli.options import DocbusGroup
+from bus.cli.options import DocbusGroup, choice_option
 from bus.trust.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
 
 
@@ -28,19 +28,11 @@ def pki_init(folder: Path) -> None:
 @click.option("--dir", "folder", required=True, type=click.Path(path_type=Path))
 @click.option("--agency", required=True, help="Agency code, e.g. 000.00.00.G22.")
 @click.option("--role", required=True, type=click.Choice([r.value for r in CertRole]))
-@click.option(
-    "--alg",
-    default=KeyAlgorithm.ED25519.value,
-    show_default=True,
-    type=click.Choice([a.value for a in KeyAlgorithm]),
-    help="Signing key type (signer, agency, service).",
+@choice_option(
+    "--alg", choices=KeyAlgorithm, default=KeyAlgorithm.ED25519, help="Signing key type."
 )
-@click.option(
-    "--kem",
-    default=KemAlgorithm.X25519.value,
-    show_default=True,
-    type=click.Choice([k.value for k in KemAlgorithm]),
-    help="Encryption key type (encryption).",
+@choice_option(
+    "--kem", choices=KemAlgorithm, default=KemAlgorithm.X25519, help="Encryption key type."
 )
 @click.option("--days", default=365, show_default=True, type=click.IntRange(min=1))
 def pki_issue(folder: Path, agency: str, role: str, alg: str, kem: str, days: int) -> None:

@@ -47,22 +47,17 @@ class Scenario:
 
 def _publish(stack: Stack, *args: str | Path) -> dict[str, object]:
     """``docbus publish --wait --json``, as an agency system would run it."""
-    done = subprocess.run(
-        docbus(
-            "publish",
-            "--wait",
-            "--json",
-            "--trust",
-            stack.trust,
-            "--outbox",
-            stack.folder / "outbox.sqlite",
-            "--timeout",
-            "60",
-            *args,
-        ),
-        env=stack.env,
-        capture_output=True,
-        text=True,
+    done = stack.run(
+        "publish",
+        "--wait",
+        "--json",
+        "--trust",
+        stack.trust,
+        "--outbox",
+        stack.folder / "outbox.sqlite",
+        "--timeout",
+        "60",
+        *args,
         timeout=120,
     )
     if not done.stdout.strip():
@@ -261,24 +256,18 @@ def _send_secret(stack: Stack, states: dict[str, str]) -> Scenario:
 
 def _send_legacy(stack: Stack) -> Scenario:
     legacy = Scenario("edXML in through the bridge", "ARCHIVED, edXML out at H41")
-    done = subprocess.run(
-        docbus(
-            "edxml",
-            "import",
-            str(files("bus") / "data" / "legacy-message.edxml"),
-            "--signer",
-            pair(stack.pki, BRIDGE, CertRole.SERVICE),
-            "--seal",
-            pair(stack.pki, MINISTRY, CertRole.AGENCY),
-            "--outbox",
-            stack.folder / "bridge-outbox.sqlite",
-            "--trust",
-            stack.trust,
-        ),
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = stack.run(
+        "edxml",
+        "import",
+        str(files("bus") / "data" / "legacy-message.edxml"),
+        "--signer",
+        pair(stack.pki, BRIDGE, CertRole.SERVICE),
+        "--seal",
+        pair(stack.pki, MINISTRY, CertRole.AGENCY),
+        "--outbox",
+        stack.folder / "bridge-outbox.sqlite",
+        "--trust",
+        stack.trust,
     )
     legacy.document_id = done.stdout.split(" ")[0] if done.returncode == 0 else ""
     return legacy
@@ -287,21 +276,15 @@ def _send_legacy(stack: Stack) -> Scenario:
 def _send_tampered(stack: Stack, ministry: list[str]) -> Scenario:
     tampered = Scenario("tampered in transit", "REJECTED bad_signature")
     event = stack.folder / "tampered.avro"
-    done = subprocess.run(
-        docbus(
-            "publish",
-            *ministry,
-            "--to",
-            NGHE_AN,
-            "--subject",
-            "Quyết định bổ nhiệm",
-            "--output",
-            event,
-        ),
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = stack.run(
+        "publish",
+        *ministry,
+        "--to",
+        NGHE_AN,
+        "--subject",
+        "Quyết định bổ nhiệm",
+        "--output",
+        event,
         check=True,
     )
     tampered.document_id = done.stdout.split()[0]
@@ -370,40 +353,28 @@ def _check_secret(stack: Stack, scenario: Scenario, state: str) -> None:
         )
         if p.exists() and (subject.encode() in p.read_bytes() or body.encode() in p.read_bytes())
     ]
-    done = subprocess.run(
-        docbus(
-            "archive",
-            "export",
-            scenario.document_id,
-            "--data-dir",
-            folder / "archive",
-            "--out",
-            folder / "secret-export",
-        ),
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = stack.run(
+        "archive",
+        "export",
+        scenario.document_id,
+        "--data-dir",
+        folder / "archive",
+        "--out",
+        folder / "secret-export",
     )
     exported = folder / "secret-export" / "r0" / "event.avro"
     if done.returncode == 0 and exported.exists():
         event.write_bytes(exported.read_bytes())
     refused = (
-        subprocess.run(
-            docbus(
-                "open",
-                event,
-                "--key",
-                stack.pki / "agencies" / SO_NOI_VU_NGHE_AN / "encryption.key.pem",
-                "--trust",
-                stack.trust,
-                "--out",
-                folder / "outsider-open",
-            ),
-            env=stack.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+        stack.run(
+            "open",
+            event,
+            "--key",
+            stack.pki / "agencies" / SO_NOI_VU_NGHE_AN / "encryption.key.pem",
+            "--trust",
+            stack.trust,
+            "--out",
+            folder / "outsider-open",
         ).returncode
         == 1
         and event.exists()

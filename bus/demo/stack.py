@@ -63,6 +63,19 @@ class Stack:
     def settings(self) -> KafkaSettings:
         return self.broker.settings()
 
+    def run(
+        self, *args: str | Path, timeout: float = 60, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """One ``docbus`` command against this stack, as an operator would run it."""
+        return subprocess.run(
+            docbus(*args),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
     def make_pki(self) -> None:
         dev = DevPki(self.pki)
         if not (self.pki / "ca").exists():

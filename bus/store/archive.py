@@ -9,6 +9,7 @@ than per document.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -22,6 +23,7 @@ from bus.store.sqlite import open_database
 from bus.tlog.checkpoint import Checkpoint
 from bus.tlog.merkle import completed_nodes, inclusion_proof, leaf_hash, root_hash
 from bus.wire.codec import default_codec
+from bus.wire.model import Document
 
 ARCHIVE_FILE = "archive.sqlite"
 
@@ -80,6 +82,22 @@ class NewEntry:
     topic: str
     received_at: datetime
     event: bytes
+
+    @classmethod
+    def of(cls, doc: Document, event: bytes, topic: str, received_at: datetime) -> NewEntry:
+        """The entry for ``event`` (whose payload is ``doc``); a sealed subject stays out."""
+        return cls(
+            document_id=doc.document_id,
+            revision=doc.revision,
+            digest=hashlib.sha256(event).hexdigest(),
+            sender=doc.sender,
+            recipients=doc.recipients,
+            subject="" if doc.sealed else doc.subject,
+            confidentiality=doc.confidentiality.value,
+            topic=topic,
+            received_at=received_at,
+            event=event,
+        )
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from bus.trust.chain import ChainBuilder
 from bus.trust.sealing import RecipientKey, recipient_key
 from bus.trust.signing import agency_code, load_certificates
-from bus.trust.truststore import TrustStore
+from bus.trust.truststore import TrustStore, is_ca
 from bus.wire.errors import DocbusError, Reason
 
 
@@ -51,8 +50,8 @@ class AddressBook:
         """The checked encryption key of ``agency`` at ``at``; DocbusError says why not."""
         path = self._file(agency)
         certs = load_certificates(path.read_bytes())
-        leaves = [c for c in certs if not _is_ca(c)]
-        issuers = [c for c in certs if _is_ca(c)]
+        leaves = [c for c in certs if not is_ca(c)]
+        issuers = [c for c in certs if is_ca(c)]
         if not leaves:
             raise DocbusError(Reason.POLICY, f"{path} holds no encryption certificate")
         for leaf in leaves:
@@ -64,10 +63,3 @@ class AddressBook:
             ders = [c.public_bytes(serialization.Encoding.DER) for c in (leaf, *issuers)]
             self._chains.chain(ders).check_at(at, f"{agency}'s encryption certificate: ")
         return recipient_key(agency, leaves)
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False

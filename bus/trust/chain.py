@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, VerificationError
 
 from bus.trust.signing import agency_code, key_id
-from bus.trust.truststore import TrustStore
+from bus.trust.truststore import TrustStore, is_ca
 from bus.wire.errors import DocbusError, Reason
 
 _CACHE_SIZE = 4096
@@ -171,7 +171,7 @@ class ChainBuilder:
             return None
         for issuer in (*self.trust.anchors, *pool):
             anchor = issuer in self.trust.anchors
-            if issuer.subject != cert.issuer or issuer == cert or not (anchor or _is_ca(issuer)):
+            if issuer.subject != cert.issuer or issuer == cert or not (anchor or is_ca(issuer)):
                 continue
             try:
                 cert.verify_directly_issued_by(issuer)
@@ -181,18 +181,6 @@ class ChainBuilder:
             if rest is not None:
                 return [cert, *rest]
         return None
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return False
-    except x509.ExtensionNotFound:
-        return False
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
-    except x509.ExtensionNotFound:
-        return True
 
 
 def _moments(leaf: x509.Certificate, others: list[x509.Certificate]) -> list[datetime]:

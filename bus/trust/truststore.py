@@ -26,6 +26,20 @@ def _self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
+def is_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` may issue certificates: basicConstraints CA, and keyCertSign when
+    it has a KeyUsage extension (RFC 5280 §4.2.1.9)."""
+    try:
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True
+
+
 def _load_crl(data: bytes) -> x509.CertificateRevocationList:
     if b"-----BEGIN" in data:
         return x509.load_pem_x509_crl(data)

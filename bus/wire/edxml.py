@@ -17,6 +17,8 @@ from bus.wire.model import Action, Priority, StatusCode
 log = structlog.get_logger(__name__)
 
 NS_2016 = "http://www.mic.gov.vn/TBT/QCVN_102_2016"
+HEADER = "edXMLEnvelope/edXMLHeader/MessageHeader"
+TRACE = "edXMLEnvelope/edXMLHeader/TraceHeaderList"
 NAMESPACES = (NS_2016, "http://www.mic.gov.vn/TBT/QCVN_102_2012")
 MAX_BYTES = 64 * 1024 * 1024
 ORIGINAL = "original.edxml"
