@@ -25,8 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiokafka.structs import ConsumerRecord
-
 from bus.audit.replay import read_topics, replay
 from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.records import document_record
@@ -40,6 +38,7 @@ from bus.trust.verifier import Policy, Verifier
 from bus.wire.model import Role, now_ms
 from consumers.archiver import Archiver
 from producers.document import attachment, new_document
+from tests.records import delivered
 
 
 def append(folder: Path, n: int) -> None:
@@ -92,10 +91,6 @@ def append(folder: Path, n: int) -> None:
     )
 
 
-def _record(topic: str, value: bytes, offset: int) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(topic, 0, offset, 0, 0, None, value, None, 0, len(value), ())
-
-
 def replay_rate(folder: Path, m: int) -> None:
     pki = DevPki(folder / "pki")
     pki.init()
@@ -114,11 +109,18 @@ def replay_rate(folder: Path, m: int) -> None:
         records.append(document_record(doc, keys))
     archive = Archive(folder / "archive.sqlite")
     topic = Topics().deliver("nghe-an")
-    archiver = Archiver(archive, archiver_key, Topics())
+    gateway = SigningKey.load(
+        Role.SERVICE, *pki.issue("docbus.gateway", CertRole.SERVICE, KeyAlgorithm.ED25519)
+    )
+    trusted = Verifier(TrustStore.load(pki.trust_dir), Policy(), load_registry())
+    archiver = Archiver(archive, archiver_key, Topics(), trusted)
     for start in range(0, m, 500):
         asyncio.run(
             archiver.handle(
-                [_record(topic, v, start + i) for i, v in enumerate(records[start : start + 500])]
+                [
+                    delivered(v, gateway, start + i, topic)
+                    for i, v in enumerate(records[start : start + 500])
+                ]
             )
         )
     verifier = Verifier(

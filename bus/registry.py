@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
 from importlib.resources import files
 from pathlib import Path
@@ -77,6 +77,17 @@ class Resolution:
     def rerouted(self) -> bool:
         """Whether the code was replaced by a successor agency."""
         return self.agency.code != self.asked
+
+
+#: Asia/Ho_Chi_Minh: UTC+7 all year (no daylight saving since 1975), so a fixed offset
+#: needs no time-zone database on the machine.
+VIETNAM = timezone(timedelta(hours=7), "Asia/Ho_Chi_Minh")
+
+
+def vietnam_date(moment: datetime) -> date:
+    """The calendar date in Vietnam at ``moment``: the reorganisation took effect at local
+    midnight, so dates meet the registry in Vietnam's time (DESIGN §8)."""
+    return moment.astimezone(VIETNAM).date()
 
 
 def _date(value: Any) -> date | None:

@@ -13,10 +13,10 @@ from bus.kafka.topics import Topics
 from bus.store.archive import Archive, NewEntry, Stored, StoredCheckpoint
 from bus.tlog.checkpoint import Checkpoint
 from bus.trust.signing import SigningKey, sign_checkpoint
-from bus.wire.codec import Codec, default_codec
-from bus.wire.errors import DocbusError, Reason
-from bus.wire.headers import received_at
-from bus.wire.model import Document, LogProof, Status, StatusCode, now_ms
+from bus.trust.verifier import Rejected, Verifier
+from bus.wire.errors import Reason
+from bus.wire.headers import RECEIPT, header
+from bus.wire.model import Document, LogProof, Status, StatusCode, event_digest, now_ms
 
 log = structlog.get_logger(__name__)
 
@@ -24,14 +24,18 @@ log = structlog.get_logger(__name__)
 class Archiver:
     """Reads every delivery topic; one SQLite transaction per batch, then the receipts.
 
-    The delivery topics are written by the gateway alone (broker ACLs in production),
-    so the archiver does not verify signatures again; the auditor does (issue 5).
+    Every record is verified again, at the receipt time the gateway signed (DESIGN §4):
+    a record written straight onto a delivery topic is rejected, never archived.
     """
 
     stage = "archiver"
 
     def __init__(
-        self, archive: Archive, key: SigningKey, topics: Topics, codec: Codec | None = None
+        self,
+        archive: Archive,
+        key: SigningKey,
+        topics: Topics,
+        verifier: Verifier,
     ) -> None:
         if key.agency is None:
             raise ValueError("the archiver's certificate carries no organizationIdentifier")
@@ -39,7 +43,7 @@ class Archiver:
         self.key = key
         self.by = key.agency
         self.topics = topics
-        self.codec = codec or default_codec()
+        self.verifier = verifier
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
         return await asyncio.to_thread(self._process, records)
@@ -49,16 +53,16 @@ class Archiver:
         batch: list[tuple[Record, NewEntry]] = []
         for record in records:
             value = record.value or b""
-            try:
-                doc = self.codec.decode_payload(self.codec.decode_event(value))
-            except DocbusError as exc:
-                results.append(Reject(record, exc.reason, exc.message))
+            verdict = self.verifier.verify_delivered(value, header(record.headers, RECEIPT))
+            if isinstance(verdict, Rejected):
+                log.warning("refused", reason=verdict.reason.value, message=verdict.message)
+                results.append(Reject(record, verdict.reason, verdict.message))
                 continue
+            doc = verdict.payload
             if not isinstance(doc, Document):
                 results.append(Reject(record, Reason.POLICY, "a delivery topic carries documents"))
                 continue
-            received = received_at(record.headers, record.timestamp)
-            entry = NewEntry.of(doc, value, record.topic, received)
+            entry = NewEntry.of(doc, value, record.topic, verdict.at)
             batch.append((record, entry))
         if not batch:
             return results
@@ -105,6 +109,7 @@ class Archiver:
                 reason=Reason.DUPLICATE_CONFLICT.value,
                 message=message,
                 log=proof,
+                event_digest=event_digest(entry.event),
             )
             return [
                 Reject(record, Reason.DUPLICATE_CONFLICT, message),
@@ -112,6 +117,12 @@ class Archiver:
             ]
         # A re-delivery is answered again: the publisher may have missed the first receipt.
         status = Status(
-            entry.document_id, StatusCode.ARCHIVED, self.by, now_ms(), entry.revision, log=proof
+            entry.document_id,
+            StatusCode.ARCHIVED,
+            self.by,
+            now_ms(),
+            entry.revision,
+            log=proof,
+            event_digest=event_digest(entry.event),
         )
         return [status_output(status, self.key, self.topics)]

@@ -59,14 +59,19 @@ def serve_gateway(bootstrap: str | None, trust: Path, key: SigningKey, registry:
 @serve.command("archiver")
 @bootstrap_option
 @data_dir_option
+@trust_option
 @click.option(
     "--key", required=True, type=KeyPair(Role.SERVICE), help="The archiver's SERVICE key."
 )
-def serve_archiver(bootstrap: str | None, data_dir: Path, key: SigningKey) -> None:
-    """Archive every delivery topic into DATA_DIR/archive.sqlite."""
+@registry_option
+def serve_archiver(
+    bootstrap: str | None, data_dir: Path, trust: Path, key: SigningKey, registry: Registry
+) -> None:
+    """Verify and archive every delivery topic into DATA_DIR/archive.sqlite."""
     settings = kafka(bootstrap)
+    verifier = Verifier(TrustStore.load(trust), Policy(), registry)
     archive = open_archive(data_dir, create=True)
-    archiver = Archiver(archive, key, settings.topics)
+    archiver = Archiver(archive, key, settings.topics, verifier)
     runtime = ConsumerRuntime(
         settings, archiver, "docbus.archiver", pattern=settings.topics.deliver_pattern
     )

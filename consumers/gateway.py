@@ -10,12 +10,12 @@ import structlog
 from bus.kafka.records import status_output
 from bus.kafka.runtime import Output, Record, Reject, Result
 from bus.kafka.topics import Topics
-from bus.registry import Registry
+from bus.registry import Registry, vietnam_date
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import DocbusError, Reason
-from bus.wire.headers import RECEIVED_AT, cloudevent, header
-from bus.wire.model import Document, Status, StatusCode, now_ms
+from bus.wire.headers import RECEIPT, cloudevent, header
+from bus.wire.model import Document, Status, StatusCode, event_digest, now_ms
 
 log = structlog.get_logger(__name__)
 
@@ -59,21 +59,12 @@ class Gateway:
             return self._reject(record, Reason.POLICY, "only documents are submitted", None)
         try:
             resolutions = [
-                self.registry.resolve(code, doc.issued_at.date())
+                self.registry.resolve(code, vietnam_date(doc.issued_at))
                 for code in (*doc.recipients, *doc.cc)
             ]
         except DocbusError as exc:
             return self._reject(record, exc.reason, exc.message, doc)
         jurisdictions = list(dict.fromkeys(r.jurisdiction.id for r in resolutions))
-        headers = cloudevent(doc, doc.sender, doc.issued_at)
-        trace = header(record.headers, "traceparent")
-        if trace is not None:
-            headers = [(k, trace if k == "traceparent" else v) for k, v in headers]
-        headers.append((RECEIVED_AT, received.isoformat().encode()))
-        results: list[Result] = [
-            Output(self.topics.deliver(j), doc.document_id.encode(), record.value or b"", headers)
-            for j in jurisdictions
-        ]
         rerouted = {r.asked: r.agency.code for r in resolutions if r.rerouted}
         status = Status(
             document_id=doc.document_id,
@@ -83,11 +74,23 @@ class Gateway:
             at=received,
             message=f"delivered to {', '.join(jurisdictions)}",
             rerouted=rerouted,
+            event_digest=event_digest(record.value or b""),
         )
+        receipt = status_output(status, self.key, self.topics)
+        headers = cloudevent(doc, doc.sender, doc.issued_at)
+        trace = header(record.headers, "traceparent")
+        if trace is not None:
+            headers = [(k, trace if k == "traceparent" else v) for k, v in headers]
+        # The signed receipt travels with the record: its readers verify at this time.
+        headers.append((RECEIPT, receipt.value))
+        results: list[Result] = [
+            Output(self.topics.deliver(j), doc.document_id.encode(), record.value or b"", headers)
+            for j in jurisdictions
+        ]
         log.info(
             "delivered", document_id=doc.document_id, jurisdictions=jurisdictions, rerouted=rerouted
         )
-        results.append(status_output(status, self.key, self.topics))
+        results.append(receipt)
         return results
 
     def _reject(
@@ -109,6 +112,7 @@ class Gateway:
                 at=now_ms(),
                 reason=reason.value,
                 message=message,
+                event_digest=event_digest(record.value or b""),
             )
             results.append(status_output(status, self.key, self.topics))
         return results

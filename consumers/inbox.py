@@ -20,7 +20,8 @@ from bus.trust.sealing import EncryptionKey, open_sealed
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import DocbusError
-from bus.wire.model import Document, Status, StatusCode, now_ms
+from bus.wire.headers import RECEIPT, header
+from bus.wire.model import Document, Status, StatusCode, event_digest, now_ms
 from bus.wire.names import safe_file_name
 from consumers.edxml import document_to_edxml
 
@@ -30,9 +31,11 @@ log = structlog.get_logger(__name__)
 FEEDBACK = (StatusCode.ACCEPTED, StatusCode.ASSIGNED, StatusCode.PROCESSING, StatusCode.COMPLETED)
 
 
-def document_folder(root: Path, document_id: str, revision: int) -> Path:
-    """Where an inbox keeps one revision of a document (ids may hold '/', so they are quoted)."""
-    return root / quote(document_id, safe="") / str(revision)
+def document_folder(root: Path, sender: str, document_id: str, revision: int) -> Path:
+    """Where an inbox keeps one revision of a document: identity is (sender, document_id,
+    revision), so another agency reusing an id never lands in the same folder (ids may
+    hold '/', so they are quoted)."""
+    return root / quote(sender, safe="") / quote(document_id, safe="") / str(revision)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -94,7 +97,9 @@ class Inbox:
     def _process(self, records: Sequence[Record]) -> list[Result]:
         results: list[Result] = []
         for record in records:
-            verdict = self.verifier.verify(record.value or b"", now_ms())
+            verdict = self.verifier.verify_delivered(
+                record.value or b"", header(record.headers, RECEIPT)
+            )
             if isinstance(verdict, Rejected):
                 results.append(Reject(record, verdict.reason, verdict.message))
                 continue
@@ -104,7 +109,15 @@ class Inbox:
             doc, note = self._open(doc)
             self._store(doc, record.value or b"", note)
             log.info("received", document_id=doc.document_id, agency=self.agency, sealed=note)
-            results.append(self.status(doc.document_id, doc.revision, StatusCode.RECEIVED, note))
+            results.append(
+                self.status(
+                    doc.document_id,
+                    doc.revision,
+                    StatusCode.RECEIVED,
+                    note,
+                    event_digest(record.value or b""),
+                )
+            )
         return results
 
     def _open(self, doc: Document) -> tuple[Document, str | None]:
@@ -121,7 +134,7 @@ class Inbox:
         return doc, "sealed; it does not open with this inbox's key"
 
     def _store(self, doc: Document, event: bytes, note: str | None) -> None:
-        target = document_folder(self.folder, doc.document_id, doc.revision)
+        target = document_folder(self.folder, doc.sender, doc.document_id, doc.revision)
         if (target / "event.avro").exists():
             return  # re-delivery: already kept
         (target / "attachments").mkdir(parents=True, exist_ok=True)
@@ -152,10 +165,17 @@ class Inbox:
         _write_atomically(target / "event.avro", event)  # last: its presence means complete
 
     def status(
-        self, document_id: str, revision: int, code: StatusCode, message: str | None = None
+        self,
+        document_id: str,
+        revision: int,
+        code: StatusCode,
+        message: str | None = None,
+        digest: bytes | None = None,
     ) -> Output:
-        """A status about a received document, signed by this agency."""
-        status = Status(document_id, code, self.agency, now_ms(), revision, message=message)
+        """A status about a received document (the record of ``digest``), signed by this agency."""
+        status = Status(
+            document_id, code, self.agency, now_ms(), revision, message=message, event_digest=digest
+        )
         return status_output(status, self.key, self.topics)
 
 
@@ -165,12 +185,22 @@ async def send_status(
     document_id: str,
     revision: int,
     code: StatusCode,
+    record: bytes,
     message: str | None = None,
 ) -> None:
-    """Send ACCEPTED, ASSIGNED, PROCESSING or COMPLETED for a received document."""
+    """Send ACCEPTED, ASSIGNED, PROCESSING or COMPLETED for a received document: the
+    status answers ``record``, the exact event received (its ``event.avro``)."""
     if code not in FEEDBACK:
         raise ValueError(f"{code.value} is not agency feedback ({', '.join(FEEDBACK)})")
     if key.agency is None:
         raise ValueError("the key's certificate carries no agency code")
-    status = Status(document_id, code, key.agency, now_ms(), revision, message=message)
+    status = Status(
+        document_id,
+        code,
+        key.agency,
+        now_ms(),
+        revision,
+        message=message,
+        event_digest=event_digest(record),
+    )
     await send_once(settings, status_output(status, key, settings.topics))

@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bus.store.sqlite import open_database
-from bus.wire.model import Status, StatusCode
+from bus.wire.model import Status, StatusCode, event_digest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,6 +57,8 @@ class State(StrEnum):
 
 
 FINAL = {StatusCode.ARCHIVED: State.ARCHIVED, StatusCode.REJECTED: State.REJECTED}
+#: What the bus's services say (the verifier pinned who); the rest is agencies' feedback.
+SERVICE_CODES = {StatusCode.DELIVERED, StatusCode.ARCHIVED, StatusCode.REJECTED}
 
 
 @dataclass(frozen=True)
@@ -131,13 +133,24 @@ class Outbox:
             )
 
     def apply(self, status: Status) -> OutboxEntry | None:
-        """Record a verified status; returns the entry if it concerns this outbox."""
+        """Record a verified status; returns the entry if it answers a record of this outbox.
+
+        A status applies only to the exact bytes it names (``event_digest``), so a status
+        about another record that reuses a document id changes nothing here. Feedback
+        (RECEIVED … COMPLETED) counts only from a recipient or the successor the gateway
+        delivered to.
+        """
         with self._lock:
             row = self._db.execute(
-                "SELECT state FROM entries WHERE document_id = ? AND revision = ?",
+                "SELECT state, record, recipients FROM entries"
+                " WHERE document_id = ? AND revision = ?",
                 (status.document_id, status.revision),
             ).fetchone()
-            if row is None:
+            if row is None or status.event_digest != event_digest(bytes(row["record"])):
+                return None
+            if status.code not in SERVICE_CODES and status.by not in self._addressed(
+                status.document_id, status.revision, json.loads(row["recipients"])
+            ):
                 return None
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
@@ -168,6 +181,14 @@ class Outbox:
                 )
             self._db.execute("COMMIT")
         return self.get(status.document_id, status.revision)
+
+    def _addressed(self, document_id: str, revision: int, recipients: list[str]) -> set[str]:
+        """The recipients and the successors the gateway rerouted them to (lock held)."""
+        rows = self._db.execute(
+            "SELECT rerouted FROM statuses WHERE document_id = ? AND revision = ? AND code = ?",
+            (document_id, revision, StatusCode.DELIVERED.value),
+        ).fetchall()
+        return {*recipients, *(a for r in rows for a in json.loads(r["rerouted"]).values())}
 
     def get(self, document_id: str, revision: int = 0) -> OutboxEntry | None:
         with self._lock:

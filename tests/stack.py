@@ -94,7 +94,7 @@ def start_services(stack: Stack) -> None:
         "archiver",
         ConsumerRuntime(
             s,
-            Archiver(stack.archive, archiver_key, topics),
+            Archiver(stack.archive, archiver_key, topics, stack.verifier()),
             "docbus.archiver",
             pattern=topics.deliver_pattern,
         ),

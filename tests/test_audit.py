@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka.structs import ConsumerRecord
 
 from bus.audit.rebuild import rebuild
 from bus.audit.replay import replay
@@ -20,7 +19,7 @@ from bus.audit.verify import verify_archive
 from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.records import document_record
 from bus.kafka.topics import Topics
-from bus.registry import Registry
+from bus.registry import Registry, load_registry
 from bus.store.archive import Archive
 from bus.tlog.checkpoint import Checkpoint
 from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
@@ -31,13 +30,8 @@ from consumers.archiver import Archiver
 from producers.document import new_document
 from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
+from tests.records import delivered
 from tests.stack import BAC_NINH, NGHE_AN, running_stack
-
-
-def _record(value: bytes, offset: int) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        "docbus.deliver.nghe-an", 0, offset, 0, 0, None, value, None, 0, len(value), ()
-    )
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +39,19 @@ def archive_file(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An archive of 7 documents written by the real archiver in three batches."""
     folder = tmp_path_factory.mktemp("archive")
     archive = Archive(folder / "archive.sqlite")
-    archiver = Archiver(archive, pki.key("docbus.archiver", Role.SERVICE), Topics())
+    archiver = Archiver(
+        archive,
+        pki.key("docbus.archiver", Role.SERVICE),
+        Topics(),
+        Verifier(pki.trust, Policy(), load_registry()),
+    )
+    gateway = pki.key("docbus.gateway", Role.SERVICE)
     keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
     records = [
         document_record(new_document(MINISTRY, [NGHE_AN], f"Văn bản {i}"), keys) for i in range(7)
     ]
     for batch in (records[:3], records[3:5], records[5:]):
-        asyncio.run(archiver.handle([_record(v, i) for i, v in enumerate(batch)]))
+        asyncio.run(archiver.handle([delivered(v, gateway, i) for i, v in enumerate(batch)]))
     archive.close()
     return folder / "archive.sqlite"
 

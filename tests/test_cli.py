@@ -84,20 +84,25 @@ def test_publish_then_verify_json(world: Path) -> None:
     assert all(len(s["key_id"]) == 64 and MINISTRY in s["subject"] for s in verdict["signatures"])
 
 
+def _second_key(world: Path, role: str, name: str, *alg: str) -> tuple[str, str]:
+    """Another certificate of the ministry in ``role``, kept apart from the shared one."""
+    base = world / "pki" / "agencies" / MINISTRY
+    shared = [base / f"{role}.{kind}.pem" for kind in ("key", "cert")]
+    kept = [p.read_bytes() for p in shared]
+    out = run("pki", "issue", "--dir", world / "pki", "--agency", MINISTRY, "--role", role, *alg)
+    assert out.returncode == 0, out.stderr
+    moved = [
+        str(Path(p).rename(base / f"{name}.{kind}.pem"))
+        for p, kind in zip(out.stdout.split(), ("key", "cert"), strict=True)
+    ]
+    for path, data in zip(shared, kept, strict=True):
+        path.write_bytes(data)
+    return moved[0], moved[1]
+
+
 def test_publish_with_an_ml_dsa_cosignature(world: Path) -> None:
-    out = run(
-        "pki",
-        "issue",
-        "--dir",
-        world / "pki",
-        "--agency",
-        MINISTRY,
-        "--role",
-        "service",
-        "--alg",
-        "ml-dsa-65",
-    )
-    key, cert = out.stdout.split()
+    # A second AGENCY certificate (ML-DSA-65) beside the ECDSA seal: a distinct key, same role.
+    key, cert = _second_key(world, "agency", "pq", "--alg", "ml-dsa-65")
     assert _publish(world, world / "pq.avro", "--cosign", f"{key},{cert}").returncode == 0
     verdict = json.loads(
         run("verify", world / "pq.avro", "--trust", world / "pki" / "trust", "--json").stdout
@@ -117,9 +122,8 @@ def test_a_tampered_file_is_rejected_with_exit_1(world: Path) -> None:
 
 
 def test_revoked_then_verified_at_a_time_before_and_after(world: Path) -> None:
-    # A service certificate of its own, used as the signer: the shared signer stays valid.
-    out = run("pki", "issue", "--dir", world / "pki", "--agency", MINISTRY, "--role", "service")
-    key, cert = out.stdout.split()
+    # A signer certificate of its own: the shared signer stays valid.
+    key, cert = _second_key(world, "signer", "revoked-signer")
     ev = world / "rev.avro"
     assert (
         run(

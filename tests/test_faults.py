@@ -20,12 +20,15 @@ from bus.wire.model import Role
 from producers.document import new_document
 from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
+from tests.records import receipt_headers
 from tests.stack import NGHE_AN, running_stack
 
 pytestmark = pytest.mark.integration
 
 
-def _start_archiver(broker: EmbeddedBroker, key: str, folder: Path) -> subprocess.Popen[bytes]:
+def _start_archiver(
+    broker: EmbeddedBroker, key: str, folder: Path, trust: Path
+) -> subprocess.Popen[bytes]:
     with open(folder / "archiver.log", "ab") as log:
         return subprocess.Popen(
             [
@@ -36,6 +39,8 @@ def _start_archiver(broker: EmbeddedBroker, key: str, folder: Path) -> subproces
                 "archiver",
                 "--data-dir",
                 str(folder),
+                "--trust",
+                str(trust),
                 "--key",
                 key,
             ],
@@ -73,9 +78,13 @@ async def test_an_archiver_killed_mid_batch_archives_each_document_exactly_once(
     docs = [new_document(MINISTRY, [NGHE_AN], f"Văn bản số {i}") for i in range(3000)]
     producer = settings.producer()
     await producer.start()
+    gateway = pki.key("docbus.gateway", Role.SERVICE)
+    records = [document_record(d, keys) for d in docs]
     sent = [
-        await producer.send(topic, document_record(d, keys), key=d.document_id.encode())
-        for d in docs
+        await producer.send(
+            topic, r, key=d.document_id.encode(), headers=receipt_headers(r, gateway)
+        )
+        for d, r in zip(docs, records, strict=True)
     ]
     await asyncio.gather(*sent)
     await producer.stop()
@@ -83,13 +92,13 @@ async def test_an_archiver_killed_mid_batch_archives_each_document_exactly_once(
     key_path, cert_path = pki.dev.issue("docbus.archiver", CertRole.SERVICE, KeyAlgorithm.ED25519)
     key = f"{key_path},{cert_path}"
     db = tmp_path / "archive.sqlite"
-    first = _start_archiver(broker, key, tmp_path)
+    first = _start_archiver(broker, key, tmp_path, pki.dev.trust_dir)
     await _until(lambda: _count(db) > 0, 30)
     first.kill()  # SIGKILL: no commit, no goodbye, possibly inside a batch
     first.wait()
     stored_before = _count(db)
     assert 0 < stored_before < len(docs), "the kill should land mid-stream"
-    second = _start_archiver(broker, key, tmp_path)
+    second = _start_archiver(broker, key, tmp_path, pki.dev.trust_dir)
     try:
         await _until(lambda: _count(db) >= len(docs), 60)
         await asyncio.sleep(1)  # anything re-delivered after that must be a no-op

@@ -66,7 +66,7 @@ async def test_a_plain_document_is_delivered_archived_and_received(
         assert await _final(stack, doc.document_id) is State.ARCHIVED
         [entry] = stack.archive.find(doc.document_id)
         assert entry.event == record and entry.topic == "docbus.deliver.nghe-an"
-        folder = document_folder(stack.inbox_folder(NGHE_AN), doc.document_id, 0)
+        folder = document_folder(stack.inbox_folder(NGHE_AN), MINISTRY, doc.document_id, 0)
         await file_appears(folder / "event.avro")
         assert (folder / "attachments" / "qd.txt").read_text(encoding="utf-8") == "Nội dung"
         statuses = _statuses(await read_topic(stack.settings, "docbus.status", 3), doc.document_id)
@@ -99,7 +99,7 @@ async def test_multi_jurisdiction_and_merged_province(
         ]
         assert delivered[0].rerouted == {BAC_GIANG: BAC_NINH}
         # Bắc Ninh's inbox keeps what was addressed to its predecessor Bắc Giang.
-        folder = document_folder(stack.inbox_folder(BAC_NINH), doc.document_id, 0)
+        folder = document_folder(stack.inbox_folder(BAC_NINH), MINISTRY, doc.document_id, 0)
         await file_appears(folder / "event.avro")
         await asyncio.sleep(1)  # let the second and third delivery reach the archiver
         assert len(stack.archive.find(doc.document_id)) == 1
@@ -210,10 +210,15 @@ async def test_an_agency_sends_feedback_after_receipt(
         await stack.publisher.publish(doc)
         assert await _final(stack, doc.document_id) is State.ARCHIVED
         key = pki.key(NGHE_AN, Role.AGENCY)
+        folder = document_folder(stack.inbox_folder(NGHE_AN), MINISTRY, doc.document_id, 0)
+        await file_appears(folder / "event.avro")
+        received = (folder / "event.avro").read_bytes()
         for code in (StatusCode.ACCEPTED, StatusCode.COMPLETED):
-            await send_status(stack.settings, key, doc.document_id, 0, code, "Đã xử lý")
+            await send_status(stack.settings, key, doc.document_id, 0, code, received, "Đã xử lý")
         with pytest.raises(ValueError, match="not agency feedback"):
-            await send_status(stack.settings, key, doc.document_id, 0, StatusCode.ARCHIVED)
+            await send_status(
+                stack.settings, key, doc.document_id, 0, StatusCode.ARCHIVED, received
+            )
         wanted = {StatusCode.ACCEPTED, StatusCode.COMPLETED}
         for _ in range(400):
             if wanted <= {s.code for s in stack.publisher.outbox.statuses(doc.document_id)}:
@@ -252,7 +257,7 @@ async def test_a_sealed_document_is_routed_and_archived_but_read_only_by_its_rec
         record = await stack.publisher.publish(sealed)
         assert await _final(stack, doc.document_id) is State.ARCHIVED
         for agency in (NGHE_AN, BAC_NINH):
-            folder = document_folder(stack.inbox_folder(agency), doc.document_id, 0)
+            folder = document_folder(stack.inbox_folder(agency), MINISTRY, doc.document_id, 0)
             await file_appears(folder / "event.avro")
             assert (folder / "attachments" / "mat.txt").read_bytes() == body
             assert subject in (folder / "document.json").read_text(encoding="utf-8")

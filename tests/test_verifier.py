@@ -398,7 +398,7 @@ def test_keys_and_certificates_made_by_openssl_sign_and_verify(
             "-out",
             f"{role}.csr",
             "-subj",
-            f"/CN=Van phong Chinh phu {role}/organizationIdentifier={MINISTRY}",
+            f"/CN=Van phong Chinh phu {role}/OU={role}/organizationIdentifier={MINISTRY}",
             cwd=tmp_path,
         )
         _openssl(
@@ -424,6 +424,12 @@ def test_keys_and_certificates_made_by_openssl_sign_and_verify(
     trust = tmp_path / "trust"
     trust.mkdir()
     (trust / "ca.pem").write_bytes((tmp_path / "ca.pem").read_bytes())
+    # This PKI issues no docbus role EKU: policy.toml maps its certificates to roles.
+    (trust / "policy.toml").write_text(
+        '[[role]]\nrole = "SIGNER"\nsubject_ou = "signer"\n'
+        '[[role]]\nrole = "AGENCY"\nsubject_ou = "seal"\n',
+        "utf-8",
+    )
     signer = SigningKey.load(Role.SIGNER, tmp_path / "signer.key", tmp_path / "signer-chain.pem")
     seal = SigningKey.load(Role.AGENCY, tmp_path / "seal.key", tmp_path / "seal.pem")
     verifier = Verifier(TrustStore.load(trust), registry=registry)

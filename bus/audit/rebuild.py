@@ -3,6 +3,7 @@ receipts prove; its checkpoints must equal the original's."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from bus.audit.replay import delivery_topics, read_topics
@@ -15,7 +16,7 @@ from bus.tlog.merkle import leaf_hash, verify_inclusion
 from bus.trust.signing import SigningKey, sign_checkpoint
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import DocbusError, Reason
-from bus.wire.headers import received_at
+from bus.wire.headers import RECEIPT, header, record_time
 from bus.wire.model import Document, Status, StatusCode
 
 
@@ -49,9 +50,7 @@ async def _receipts(
     receipts: dict[tuple[str, int], list[Status]] = {}
     originals: dict[int, Checkpoint] = {}
     async for record in read_topics(settings, [settings.topics.status], None, None):
-        verdict = verifier.verify(
-            record.value or b"", received_at(record.headers, record.timestamp)
-        )
+        verdict = verifier.verify(record.value or b"", record_time(record.timestamp))
         status = verdict.payload
         if isinstance(verdict, Rejected) or not isinstance(status, Status) or status.log is None:
             continue
@@ -68,13 +67,14 @@ async def _receipts(
 
 async def _placed(
     settings: KafkaSettings, verifier: Verifier, receipts: dict[tuple[str, int], list[Status]]
-) -> dict[int, tuple[Record, Document]]:
+) -> dict[int, tuple[Record, Document, datetime]]:
     """Each delivered event at the log index a receipt's inclusion proof gives its bytes."""
-    placed: dict[int, tuple[Record, Document]] = {}
+    placed: dict[int, tuple[Record, Document, datetime]] = {}
     async for record in read_topics(settings, await delivery_topics(settings), None, None):
         value = record.value or b""
-        doc = verifier.verify(value, received_at(record.headers, record.timestamp)).payload
-        if not isinstance(doc, Document):
+        verdict = verifier.verify_delivered(value, header(record.headers, RECEIPT))
+        doc = verdict.payload
+        if isinstance(verdict, Rejected) or not isinstance(doc, Document):
             continue
         for status in receipts.get((doc.document_id, doc.revision), []):
             proof = status.log
@@ -86,13 +86,13 @@ async def _placed(
                 proof.inclusion_proof,
                 proof.root_hash,
             ):
-                placed.setdefault(proof.index, (record, doc))
+                placed.setdefault(proof.index, (record, doc, verdict.at))
                 break
     return placed
 
 
 def _store_in_log_order(
-    archive: Archive, placed: dict[int, tuple[Record, Document]], report: Report
+    archive: Archive, placed: dict[int, tuple[Record, Document, datetime]], report: Report
 ) -> None:
     for index in range(max(placed, default=-1) + 1):
         if index not in placed:
@@ -104,17 +104,8 @@ def _store_in_log_order(
                 )
             )
             break
-        record, doc = placed[index]
-        archive.store(
-            [
-                NewEntry.of(
-                    doc,
-                    record.value or b"",
-                    record.topic,
-                    received_at(record.headers, record.timestamp),
-                )
-            ]
-        )
+        record, doc, received = placed[index]
+        archive.store([NewEntry.of(doc, record.value or b"", record.topic, received)])
     report.counts["entries rebuilt"] = archive.log_size()
 
 

@@ -17,7 +17,7 @@ from bus.tlog.checkpoint import Checkpoint
 from bus.tlog.merkle import leaf_hash, verify_inclusion
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import DocbusError, Reason
-from bus.wire.headers import header, received_at
+from bus.wire.headers import RECEIPT, header, record_time
 from bus.wire.model import Document, Status
 
 
@@ -115,8 +115,12 @@ class Replay:
                 }
             )
             return
-        verdict = self.verifier.verify(value, received_at(record.headers, record.timestamp))
         delivered = ".deliver." in record.topic
+        verdict = (
+            self.verifier.verify_delivered(value, header(record.headers, RECEIPT))
+            if delivered
+            else self.verifier.verify(value, record_time(record.timestamp))
+        )
         if isinstance(verdict, Rejected):
             if delivered:
                 self.report.findings.append(

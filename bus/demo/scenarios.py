@@ -337,11 +337,16 @@ def _check_secret(stack: Stack, scenario: Scenario, state: str) -> None:
     opened = [
         a[-3:]
         for a in (NGHE_AN, BAC_NINH)
-        if subject in _read(folder / "inbox" / a / scenario.document_id / "0" / "document.json")
-        and _read(folder / "inbox" / a / scenario.document_id / "0" / "attachments" / "mat.txt")
+        if subject
+        in _read(folder / "inbox" / a / MINISTRY / scenario.document_id / "0" / "document.json")
+        and _read(
+            folder / "inbox" / a / MINISTRY / scenario.document_id / "0" / "attachments" / "mat.txt"
+        )
         == body
     ]
-    outsider_kept = (folder / "inbox" / SO_NOI_VU_NGHE_AN / scenario.document_id).exists()
+    outsider_kept = (
+        folder / "inbox" / SO_NOI_VU_NGHE_AN / MINISTRY / scenario.document_id
+    ).exists()
     event = folder / "secret.avro"
     archive = folder / "archive" / "archive.sqlite"
     leaks = [

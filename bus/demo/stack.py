@@ -105,6 +105,8 @@ class Stack:
                 "archiver",
                 "--data-dir",
                 self.folder / "archive",
+                "--trust",
+                self.trust,
                 "--key",
                 pair(self.pki, ARCHIVER, CertRole.SERVICE),
             ),

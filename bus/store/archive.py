@@ -43,9 +43,9 @@ CREATE TABLE IF NOT EXISTS entries (
     conflict INTEGER NOT NULL DEFAULT 0,
     event BLOB NOT NULL,
     log_index INTEGER NOT NULL UNIQUE,
-    UNIQUE (document_id, revision, digest)
+    UNIQUE (sender, document_id, revision, digest)
 );
-CREATE INDEX IF NOT EXISTS entries_document ON entries (document_id, revision);
+CREATE INDEX IF NOT EXISTS entries_document ON entries (sender, document_id, revision);
 CREATE INDEX IF NOT EXISTS entries_digest ON entries (digest);
 CREATE TABLE IF NOT EXISTS log_nodes (
     level INTEGER NOT NULL,
@@ -175,8 +175,8 @@ class Archive:
                         r[0]: (r[1], r[2])
                         for r in self._db.execute(
                             "SELECT digest, conflict, log_index FROM entries"
-                            " WHERE document_id = ? AND revision = ?",
-                            (e.document_id, e.revision),
+                            " WHERE sender = ? AND document_id = ? AND revision = ?",
+                            (e.sender, e.document_id, e.revision),
                         )
                     }
                     if e.digest in digests:

@@ -23,6 +23,7 @@ from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Verif
 from bus.trust.signing import agency_code, key_id
 from bus.trust.truststore import TrustStore, is_ca
 from bus.wire.errors import DocbusError, Reason
+from bus.wire.model import Role
 
 _CACHE_SIZE = 4096
 _ONE_SECOND = timedelta(seconds=1)
@@ -42,6 +43,8 @@ class Chain:
     not_before: datetime
     not_after: datetime
     revoked_at: datetime | None
+    role: Role | None
+    path: tuple[x509.Certificate, ...]
 
     def check_at(self, at: datetime, context: str = "") -> None:
         """Raise certificate_expired or certificate_revoked unless valid at ``at``."""
@@ -141,6 +144,8 @@ class ChainBuilder:
             not_before=max(c.not_valid_before_utc for c in built),
             not_after=min(c.not_valid_after_utc for c in built),
             revoked_at=min(revoked) if revoked else None,
+            role=self.trust.policy.role_of(leaf),
+            path=tuple(built),
         )
 
     def _path(

@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa, x25519
 from cryptography.x509.oid import NameOID
 
+from bus.trust.policy import ENCRYPTION_EKU, POLICY_FILE, role_eku
 from bus.trust.signing import PrivateKey, load_certificates, load_private_key
+from bus.wire.model import Role
 
 
 class KeyAlgorithm(StrEnum):
@@ -127,6 +129,24 @@ def _leaf_usage(role: CertRole) -> x509.KeyUsage:
     )
 
 
+def _role_eku(role: CertRole) -> x509.ObjectIdentifier:
+    if role is CertRole.ENCRYPTION:
+        return x509.ObjectIdentifier(ENCRYPTION_EKU)
+    return role_eku(Role(role.value.upper()))
+
+
+DEFAULT_POLICY = """# Who may do what on this bus (DESIGN §4). Roles come from the docbus role EKUs
+# that `docbus pki issue` writes; [[role]] rules map certificates of other PKIs.
+[services]
+gateway = ["docbus.gateway"]
+archiver = ["docbus.archiver"]
+witness = ["docbus.witness"]
+
+[bridges]
+"bridge.vpcp" = ["000.00.00.G22"]
+"""
+
+
 def _issued(
     issuer: Issuer,
     subject: x509.Name,
@@ -192,6 +212,7 @@ def make_leaf(
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_usage(role), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([_role_eku(role)]), critical=False)
         .sign(issuer.key, hashes.SHA256())
     )
 
@@ -254,6 +275,7 @@ class DevPki:
         (self.trust_dir / "root-ca.cert.pem").write_bytes(pem_cert(root.cert))
         (self.trust_dir / "issuing-ca.cert.pem").write_bytes(pem_cert(inter.cert))
         self.crl_path.write_bytes(make_crl(inter, []).public_bytes(serialization.Encoding.PEM))
+        (self.trust_dir / POLICY_FILE).write_text(DEFAULT_POLICY, "utf-8")
 
     def issuer(self) -> Issuer:
         """The intermediate CA that issues agency and service certificates."""

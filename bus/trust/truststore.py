@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.verification import Store
 
+from bus.trust.policy import TrustPolicy
 from bus.trust.signing import load_certificates
 from bus.wire.errors import DocbusError, Reason
 
@@ -60,6 +61,7 @@ class TrustStore:
     anchors: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...]
     crls: tuple[x509.CertificateRevocationList, ...]
+    policy: TrustPolicy = field(default_factory=TrustPolicy)
 
     @classmethod
     def load(cls, folder: Path) -> TrustStore:
@@ -87,7 +89,12 @@ class TrustStore:
                 ) from exc
         if not anchors:
             raise DocbusError(Reason.UNTRUSTED_CERTIFICATE, f"no trust anchor in {folder}")
-        return cls(anchors=tuple(anchors), intermediates=tuple(intermediates), crls=tuple(crls))
+        return cls(
+            anchors=tuple(anchors),
+            intermediates=tuple(intermediates),
+            crls=tuple(crls),
+            policy=TrustPolicy.load(folder),
+        )
 
     def store(self) -> Store:
         """The anchors as a store for cryptography's chain builder."""
@@ -102,3 +109,13 @@ class TrustStore:
             if entry is not None:
                 return entry.revocation_date_utc
         return None
+
+    def stale_crl(self, cert: x509.Certificate, issuer: x509.Certificate, at: datetime) -> bool:
+        """Whether ``issuer``'s CRL says nothing about ``at`` (its nextUpdate lies before)."""
+        for crl in self.crls:
+            if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
+                continue
+            upcoming = crl.next_update_utc
+            if upcoming is not None and upcoming < at:
+                return True
+        return False

@@ -8,13 +8,15 @@ validation once per signer rather than once per event.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from bus.registry import Registry
+from bus.registry import Registry, vietnam_date
 from bus.tlog.checkpoint import CHECKPOINT_TYPE, Checkpoint
 from bus.tlog.merkle import leaf_hash, verify_inclusion
-from bus.trust.chain import ChainBuilder
+from bus.trust.chain import Chain, ChainBuilder
+from bus.trust.policy import Service
 from bus.trust.signing import algorithm_of, pae, signature_valid
 from bus.trust.truststore import TrustStore
 from bus.wire.codec import Codec, default_codec
@@ -27,6 +29,8 @@ from bus.wire.model import (
     SealSuite,
     SignedEvent,
     Status,
+    StatusCode,
+    event_digest,
 )
 
 
@@ -113,6 +117,26 @@ class Verifier:
             return Rejected(exc.reason, exc.message)
         return self.verify_event(event, at)
 
+    def verify_delivered(self, record: bytes, receipt: bytes | None) -> Verified | Rejected:
+        """A record read from a delivery topic, verified at the receipt time the gateway
+        signed (its DELIVERED status for these exact bytes, carried beside the record).
+
+        A record without a valid receipt did not pass the gateway: it is rejected however
+        well it is signed, so writing straight onto a delivery topic proves nothing.
+        """
+        if receipt is None:
+            return Rejected(Reason.POLICY, "no gateway receipt: the record bypassed the gateway")
+        try:
+            status = self.codec.decode_status(self.codec.decode_event(receipt).payload)
+        except DocbusError as exc:
+            return Rejected(exc.reason, f"gateway receipt: {exc.message}")
+        checked = self.verify(receipt, status.at)
+        if isinstance(checked, Rejected):
+            return Rejected(checked.reason, f"gateway receipt: {checked.message}")
+        if status.code is not StatusCode.DELIVERED or status.event_digest != event_digest(record):
+            return Rejected(Reason.POLICY, "the gateway receipt is for other bytes")
+        return self.verify(record, status.at)
+
     def verify_event(self, event: SignedEvent, at: datetime) -> Verified | Rejected:
         """Verify an already decoded event as received at ``at``."""
         payload: Document | Status | None = None
@@ -136,6 +160,7 @@ class Verifier:
             raise DocbusError(Reason.MISSING_SIGNATURE_ROLE, "the event carries no signature")
         signed = pae(event.payload_type, event.payload)
         signers = []
+        keys: set[str] = set()
         for n, sig in enumerate(event.signatures):
             if sig.alg is Algorithm.UNKNOWN:
                 raise DocbusError(Reason.WEAK_ALGORITHM, f"signature {n}: unknown algorithm")
@@ -146,13 +171,36 @@ class Verifier:
                     Reason.BAD_SIGNATURE,
                     f"signature {n}: says {sig.alg.value}, its key is {alg.value}",
                 )
+            if chain.role is not sig.role:
+                raise DocbusError(
+                    Reason.ROLE_MISMATCH,
+                    f"signature {n} says {sig.role.value}; its certificate is for "
+                    f"{chain.role.value if chain.role else 'no docbus role'}",
+                )
+            if chain.key_id in keys:
+                raise DocbusError(
+                    Reason.ROLE_MISMATCH, f"signature {n}: one certificate signs an event once"
+                )
+            keys.add(chain.key_id)
             chain.check_at(at, f"signature {n}: ")
+            self._check_revocation_known(chain, at, n)
             if not signature_valid(chain.key, sig.sig, signed):
                 raise DocbusError(
                     Reason.BAD_SIGNATURE, f"signature {n} ({sig.role.value}) does not verify"
                 )
             signers.append(SignerInfo(sig.role, alg, chain.key_id, chain.subject, chain.agency))
         return tuple(signers)
+
+    def _check_revocation_known(self, chain: Chain, at: datetime, n: int) -> None:
+        if self.trust.policy.allow_stale_crl:
+            return
+        for cert, issuer in itertools.pairwise(chain.path):
+            if self.trust.stale_crl(cert, issuer, at):
+                raise DocbusError(
+                    Reason.REVOCATION_UNKNOWN,
+                    f"signature {n}: the CRL of {issuer.subject.rfc4514_string()} "
+                    f"is past its nextUpdate at {at:%Y-%m-%d %H:%M:%S}",
+                )
 
     def verify_checkpoint(self, signed: bytes) -> Checkpoint:
         """A signed checkpoint whose signature holds; DocbusError says why not.
@@ -209,6 +257,14 @@ class Verifier:
                     f"{s.role.value} certificate is for {s.agency or 'no agency'}, "
                     f"the event speaks for {speaker}",
                 )
+            bridged = isinstance(payload, Document) and s.role is Role.SERVICE
+            if bridged and not self.trust.policy.bridge_serves(s.agency, speaker):
+                raise DocbusError(
+                    Reason.SENDER_MISMATCH,
+                    f"SERVICE {s.agency} is no bridge for {speaker} (policy.toml [bridges])",
+                )
+        if isinstance(payload, Status):
+            self._check_status_issuer(payload, signers)
         roles = {s.role for s in signers}
         missing = required - roles
         if missing:
@@ -225,6 +281,22 @@ class Verifier:
         if isinstance(payload, Document):
             self._check_document(payload, at)
 
+    def _check_status_issuer(self, status: Status, signers: tuple[SignerInfo, ...]) -> None:
+        """Only the party entitled to a status may issue it (DESIGN §4)."""
+        policy = self.trust.policy
+        services = {s.agency for s in signers if s.role is Role.SERVICE}
+        allowed = _ISSUERS.get(status.code)
+        if allowed is None:
+            if not any(s.role is Role.AGENCY for s in signers):
+                raise DocbusError(Reason.POLICY, f"{status.code.value} comes from an agency")
+            return
+        if not any(policy.is_service(service, a) for service in allowed for a in services):
+            names = " or ".join(s.value for s in allowed)
+            raise DocbusError(
+                Reason.POLICY,
+                f"{status.code.value} comes only from a pinned {names}, not {status.by}",
+            )
+
     def _check_document(self, doc: Document, at: datetime) -> None:
         tolerance = self.policy.issued_at_tolerance
         if tolerance is not None and abs(doc.issued_at - at) > tolerance:
@@ -238,10 +310,17 @@ class Verifier:
         if doc.due_date and doc.promulgated_at and doc.due_date < doc.promulgated_at:
             raise DocbusError(Reason.MALFORMED, "due_date lies before promulgated_at")
         _check_sealing(doc)
-        if self.registry is not None and self.policy.check_recipients:
-            on = doc.issued_at.date()
-            for code in (*doc.recipients, *doc.cc):
-                self.registry.resolve(code, on)
+        if self.registry is not None:
+            on = vietnam_date(doc.issued_at)
+            try:
+                self.registry.resolve(doc.sender, on)
+            except DocbusError as exc:
+                raise DocbusError(
+                    Reason.SENDER_MISMATCH, f"the sender is not in the registry: {exc.message}"
+                ) from exc
+            if self.policy.check_recipients:
+                for code in (*doc.recipients, *doc.cc):
+                    self.registry.resolve(code, on)
         for a in doc.attachments:
             if a.content is None:
                 if a.location is None:
@@ -269,6 +348,14 @@ def _check_sealing(doc: Document) -> None:
     missing = sorted({*doc.recipients, *doc.cc} - sealed_to)
     if missing:
         raise DocbusError(Reason.POLICY, f"no sealed key for {', '.join(missing)}")
+
+
+#: Statuses only services issue, and which; the rest come from agencies.
+_ISSUERS = {
+    StatusCode.DELIVERED: (Service.GATEWAY,),
+    StatusCode.REJECTED: (Service.GATEWAY, Service.ARCHIVER),
+    StatusCode.ARCHIVED: (Service.ARCHIVER,),
+}
 
 
 def _signing_key(key: object) -> None:

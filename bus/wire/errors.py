@@ -22,6 +22,9 @@ class Reason(StrEnum):
     TOO_LARGE = "too_large"
     DUPLICATE_CONFLICT = "duplicate_conflict"
     POLICY = "policy"
+    ROLE_MISMATCH = "role_mismatch"
+    REVOCATION_UNKNOWN = "revocation_unknown"
+    UNSAFE_NAME = "unsafe_name"
 
 
 class DocbusError(Exception):

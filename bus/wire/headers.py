@@ -13,7 +13,8 @@ from bus.wire.model import Document, Status
 Headers = list[tuple[str, bytes]]
 
 ERROR_PREFIX = "docbus.error."
-RECEIVED_AT = "docbus.received_at"
+#: The gateway's signed DELIVERED status for a delivered record: its signed receipt time.
+RECEIPT = "docbus.receipt"
 
 
 def traceparent() -> bytes:
@@ -44,14 +45,8 @@ def header(headers: Headers | tuple[tuple[str, bytes], ...], name: str) -> bytes
     return found
 
 
-def received_at(headers: Headers | tuple[tuple[str, bytes], ...], timestamp_ms: int) -> datetime:
-    """When the gateway received an event (its header), else the record's own timestamp."""
-    raw = header(headers, RECEIVED_AT)
-    if raw is not None:
-        try:
-            return datetime.fromisoformat(raw.decode())
-        except ValueError:
-            pass
+def record_time(timestamp_ms: int) -> datetime:
+    """A Kafka record's own timestamp (set by its producer: a hint, never proof)."""
     return datetime.fromtimestamp(timestamp_ms / 1000).astimezone()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -76,6 +77,11 @@ class StatusCode(StrEnum):
     WITHDRAW_REQUESTED = "WITHDRAW_REQUESTED"
     CHANGE_ACCEPTED = "CHANGE_ACCEPTED"
     CHANGE_REFUSED = "CHANGE_REFUSED"
+
+
+def event_digest(record: bytes) -> bytes:
+    """SHA-256 of the exact record bytes: what a status answers (Status.event_digest)."""
+    return hashlib.sha256(record).digest()
 
 
 def now_ms() -> datetime:
@@ -306,6 +312,7 @@ class Status:
     rerouted: dict[str, str] = field(default_factory=dict)
     log: LogProof | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    event_digest: bytes | None = None
 
     def to_avro(self) -> dict[str, Any]:
         log = self.log
@@ -319,6 +326,7 @@ class Status:
             "at": _utc(self.at),
             "extra": dict(self.extra),
             "rerouted": dict(self.rerouted),
+            "event_digest": self.event_digest,
             "log": None
             if log is None
             else {
@@ -343,6 +351,7 @@ class Status:
             at=_utc(d["at"]),
             rerouted=dict(d["rerouted"]),
             extra=dict(d["extra"]),
+            event_digest=d["event_digest"],
             log=None
             if log is None
             else LogProof(
