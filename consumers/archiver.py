@@ -62,13 +62,17 @@ class Archiver:
             if not isinstance(doc, Document):
                 results.append(Reject(record, Reason.POLICY, "a delivery topic carries documents"))
                 continue
-            entry = NewEntry.of(doc, value, record.topic, verdict.at)
+            revisers = (doc.sender, *sorted(self._predecessors(doc.sender)))
+            entry = NewEntry.of(doc, value, record.topic, verdict.at, revisers)
             batch.append((record, entry))
         if not batch:
             return results
         outcomes = self.archive.store([entry for _, entry in batch])
         checkpoint = self._checkpoint()
         for (record, entry), (outcome, index) in zip(batch, outcomes, strict=True):
+            if outcome is Stored.REFUSED:
+                results.extend(self._refuse(record, entry))
+                continue
             proof = LogProof(
                 index=index,
                 tree_size=checkpoint.checkpoint.size,
@@ -80,6 +84,31 @@ class Archiver:
             )
             results.extend(self._answer(record, entry, outcome, proof))
         return results
+
+    def _predecessors(self, sender: str) -> set[str]:
+        registry = self.verifier.registry
+        return registry.predecessors(sender) if registry is not None else set()
+
+    def _refuse(self, record: Record, entry: NewEntry) -> list[Result]:
+        message = (
+            f"revision {entry.revision} of {entry.document_id} follows no earlier revision "
+            f"archived from {entry.sender} or its predecessors"
+        )
+        log.warning("refused", document_id=entry.document_id, sender=entry.sender, message=message)
+        status = Status(
+            entry.document_id,
+            StatusCode.REJECTED,
+            self.by,
+            now_ms(),
+            entry.revision,
+            reason=Reason.POLICY.value,
+            message=message,
+            event_digest=event_digest(entry.event),
+        )
+        return [
+            Reject(record, Reason.POLICY, message),
+            status_output(status, self.key, self.topics),
+        ]
 
     def _checkpoint(self) -> StoredCheckpoint:
         """The signed checkpoint covering the whole log, signing a new one if it grew."""

@@ -68,6 +68,7 @@ class Stored(StrEnum):
     NEW = "new"
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
+    REFUSED = "refused"  # a revision that follows no earlier one of its sender
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,18 @@ class NewEntry:
     topic: str
     received_at: datetime
     event: bytes
+    #: Who may have sent the earlier revisions: the sender and its registry predecessors.
+    originators: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, doc: Document, event: bytes, topic: str, received_at: datetime) -> NewEntry:
+    def of(
+        cls,
+        doc: Document,
+        event: bytes,
+        topic: str,
+        received_at: datetime,
+        originators: tuple[str, ...] = (),
+    ) -> NewEntry:
         """The entry for ``event`` (whose payload is ``doc``); a sealed subject stays out."""
         return cls(
             document_id=doc.document_id,
@@ -97,6 +107,7 @@ class NewEntry:
             topic=topic,
             received_at=received_at,
             event=event,
+            originators=originators,
         )
 
 
@@ -104,10 +115,10 @@ class NewEntry:
 class Entry(NewEntry):
     """A stored entry: what was stored, its place in the archive and whether it conflicts."""
 
-    seq: int
-    archived_at: datetime
-    conflict: bool
-    log_index: int
+    seq: int = 0
+    archived_at: datetime = datetime.min
+    conflict: bool = False
+    log_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,6 +196,9 @@ class Archive:
                             (Stored.CONFLICT if was_conflict else Stored.DUPLICATE, index)
                         )
                         continue
+                    if not digests and not self._follows(e):
+                        results.append((Stored.REFUSED, -1))
+                        continue
                     conflict = bool(digests)
                     index = self._size()
                     self._db.executemany(
@@ -216,6 +230,20 @@ class Archive:
                 self._db.execute("ROLLBACK")
                 raise
         return results
+
+    def _follows(self, e: NewEntry) -> bool:
+        """Revision 0, or a higher revision than any archived one of its sender (or the
+        sender's predecessors): nobody revises or revokes another agency's document."""
+        if e.revision == 0:
+            return True
+        senders = sorted({e.sender, *e.originators})
+        marks = ", ".join("?" * len(senders))
+        row = self._db.execute(
+            "SELECT MAX(revision) FROM entries WHERE document_id = ? AND conflict = 0"
+            f" AND sender IN ({marks})",
+            (e.document_id, *senders),
+        ).fetchone()
+        return row[0] is not None and int(row[0]) < e.revision
 
     def entries(self, limit: int | None = None) -> list[Entry]:
         """Entries in archive order (oldest first)."""
