@@ -6,13 +6,14 @@ import asyncio
 from collections.abc import Sequence
 
 import structlog
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bus.kafka.records import status_output
-from bus.kafka.runtime import Record, Reject, Result
+from bus.kafka.runtime import Output, Record, Reject, Result
 from bus.kafka.topics import Topics
 from bus.store.archive import Archive, NewEntry, Stored, StoredCheckpoint
 from bus.tlog.checkpoint import Checkpoint
-from bus.trust.signing import SigningKey, sign_checkpoint
+from bus.trust.signing import SigningKey, note_signer, sign_checkpoint
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import Reason
 from bus.wire.headers import RECEIPT, header
@@ -44,6 +45,9 @@ class Archiver:
         self.by = key.agency
         self.topics = topics
         self.verifier = verifier
+        self.signer = note_signer(key)  # fails early for a key that cannot sign notes
+        # Auditors find the key that signs this log's checkpoints beside them.
+        archive.set_log_key(self.by, [c.public_bytes(Encoding.DER) for c in key.chain])
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
         return await asyncio.to_thread(self._process, records)
@@ -63,12 +67,15 @@ class Archiver:
                 results.append(Reject(record, Reason.POLICY, "a delivery topic carries documents"))
                 continue
             revisers = (doc.sender, *sorted(self._predecessors(doc.sender)))
-            entry = NewEntry.of(doc, value, record.topic, verdict.at, revisers)
+            receipt = header(record.headers, RECEIPT) or b""
+            entry = NewEntry.of(doc, value, record.topic, verdict.at, receipt, revisers)
             batch.append((record, entry))
         if not batch:
             return results
         outcomes = self.archive.store([entry for _, entry in batch])
-        checkpoint = self._checkpoint()
+        checkpoint, fresh = self._checkpoint()
+        if fresh:
+            results.append(Output(self.topics.checkpoints, self.by.encode(), checkpoint.signed))
         for (record, entry), (outcome, index) in zip(batch, outcomes, strict=True):
             if outcome is Stored.REFUSED:
                 results.extend(self._refuse(record, entry))
@@ -110,16 +117,18 @@ class Archiver:
             status_output(status, self.key, self.topics),
         ]
 
-    def _checkpoint(self) -> StoredCheckpoint:
-        """The signed checkpoint covering the whole log, signing a new one if it grew."""
+    def _checkpoint(self) -> tuple[StoredCheckpoint, bool]:
+        """The signed checkpoint covering the whole log (signing a new one if it grew), and
+        whether it is new (then it is published on the checkpoint topic)."""
         latest = self.archive.latest_checkpoint()
         size = self.archive.log_size()
         if latest is not None and latest.checkpoint.size == size:
-            return latest
-        checkpoint = Checkpoint(self.by, size, self.archive.root(size), now_ms())
+            return latest, False
+        checkpoint = Checkpoint(self.by, size, self.archive.root(size))
         signed = sign_checkpoint(checkpoint, self.key)
-        self.archive.add_checkpoint(checkpoint, signed)
-        return StoredCheckpoint(checkpoint, signed)
+        at = now_ms()
+        self.archive.add_checkpoint(checkpoint, signed, at)
+        return StoredCheckpoint(checkpoint, signed, at), True
 
     def _answer(
         self, record: Record, entry: NewEntry, outcome: Stored, proof: LogProof

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 
@@ -197,7 +198,7 @@ def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
         raise click.ClickException(f"{document_id} is not in the archive")
     codec = default_codec()
     for e in entries:
-        target = out / f"r{e.revision}"
+        target = out / quote(e.sender, safe="") / f"r{e.revision}"
         target.mkdir(parents=True, exist_ok=True)
         (target / "event.avro").write_bytes(e.event)
         doc = codec.decode_document(codec.decode_event(e.event).payload)

@@ -31,6 +31,12 @@ _ACTION = {v: k for k, v in ACTIONS.items()}
 
 register_namespace("edXML", NS_2016)
 
+#: Elements the signed fields fill: an ``extra`` may not add one (a third recipient, say).
+_MAPPED = re.compile(
+    re.escape(HEADER) + r"/(?:(?:From|To)(?:\[\d+\])?/OrganId|DocumentId|Code/.*)$"
+    "|" + re.escape(TRACE) + r"/Bussiness/BussinessDocType$"
+)
+
 
 class _Tree:
     """An edXML tree under construction, addressed by element paths."""
@@ -58,8 +64,10 @@ class _Tree:
             self.at(path).text = value
 
     def extras(self, extra: dict[str, str]) -> None:
+        """Fields without a docbus home, back at their paths; never over a mapped field
+        (the sender, recipients, ids and the rest come from the signed fields alone)."""
         for key, value in sorted(extra.items()):
-            if "/" in key:
+            if "/" in key and not _MAPPED.match(key) and not self.at(key).text:
                 self.put(key, value)
 
     def bytes(self) -> bytes:

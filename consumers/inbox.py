@@ -160,7 +160,8 @@ class Inbox:
             target / "document.json", json.dumps(meta, ensure_ascii=False, indent=2).encode()
         )
         if self.edxml_dir is not None:
-            name = f"{quote(doc.document_id, safe='')}-r{doc.revision}.edxml"
+            identity = f"{quote(doc.sender, safe='')}-{quote(doc.document_id, safe='')}"
+            name = f"{identity}-r{doc.revision}.edxml"
             _write_atomically(self.edxml_dir / name, document_to_edxml(doc))
         _write_atomically(target / "event.avro", event)  # last: its presence means complete
 

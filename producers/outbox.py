@@ -152,6 +152,12 @@ class Outbox:
                 status.document_id, status.revision, json.loads(row["recipients"])
             ):
                 return None
+            if status.code is StatusCode.REJECTED and status.by in self._delivered_by(
+                status.document_id, status.revision
+            ):
+                # The gateway delivered these bytes already: a later REJECTED from it is
+                # about a replay of them (too old now), not about what was delivered.
+                return None
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT OR IGNORE INTO statuses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -189,6 +195,13 @@ class Outbox:
             (document_id, revision, StatusCode.DELIVERED.value),
         ).fetchall()
         return {*recipients, *(a for r in rows for a in json.loads(r["rerouted"]).values())}
+
+    def _delivered_by(self, document_id: str, revision: int) -> set[str]:
+        rows = self._db.execute(
+            "SELECT by FROM statuses WHERE document_id = ? AND revision = ? AND code = ?",
+            (document_id, revision, StatusCode.DELIVERED.value),
+        ).fetchall()
+        return {r["by"] for r in rows}
 
     def get(self, document_id: str, revision: int = 0) -> OutboxEntry | None:
         with self._lock:

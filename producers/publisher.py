@@ -14,7 +14,7 @@ from bus.kafka.clients import KafkaSettings
 from bus.kafka.records import document_record
 from bus.kafka.runtime import ConsumerRuntime, Record, Reject, Result
 from bus.trust.signing import SigningKey
-from bus.trust.verifier import Rejected, Verifier
+from bus.trust.verifier import Rejected, Verified, Verifier
 from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError
 from bus.wire.headers import cloudevent
@@ -55,7 +55,7 @@ class StatusListener:
                 out.append(Reject(record, verdict.reason, verdict.message))
                 continue
             if isinstance(verdict.payload, Status):
-                if not self._proven(verdict.payload):
+                if not self._proven(verdict):
                     continue
                 entry = self.outbox.apply(verdict.payload)
                 if entry is not None:
@@ -68,15 +68,17 @@ class StatusListener:
                     out.append(entry)
         return out
 
-    def _proven(self, status: Status) -> bool:
+    def _proven(self, verdict: Verified) -> bool:
         """An ARCHIVED receipt counts only if it proves our exact record is in the log."""
+        status = verdict.payload
+        assert isinstance(status, Status)
         if status.code is not StatusCode.ARCHIVED:
             return True
         mine = self.outbox.get(status.document_id, status.revision)
         if mine is None:
             return True  # not ours: apply() ignores it
         try:
-            self.verifier.check_receipt(status, mine.record)
+            self.verifier.check_receipt(verdict, mine.record)
         except DocbusError as exc:
             log.error(
                 "ARCHIVED receipt does not prove the archive holds the document",

@@ -131,7 +131,13 @@ async def running_stack(
     today = {registry.resolve(a.code, on).jurisdiction.id for a in registry.in_force(on)}
     await ensure_topics(
         settings,
-        [topics.submitted, topics.status, topics.rejected, *map(topics.deliver, today)],
+        [
+            topics.submitted,
+            topics.status,
+            topics.rejected,
+            topics.checkpoints,
+            *map(topics.deliver, today),
+        ],
         partitions=2,
     )
     ministry = [

@@ -149,7 +149,7 @@ async def test_forged_final_statuses_from_an_agency_or_an_unpinned_service_are_i
         for forger in (pki.key(NGHE_AN, Role.AGENCY), pki.key(BRIDGE, Role.SERVICE)):
             assert forger.agency is not None
             # A one-leaf "log" holding the victim's exact record, signed by the forger.
-            cp = Checkpoint(forger.agency, 1, leaf_hash(record), now_ms())
+            cp = Checkpoint(forger.agency, 1, leaf_hash(record))
             proof = LogProof(0, 1, cp.root, (), sign_checkpoint(cp, forger))
             forged = Status(
                 doc.document_id,

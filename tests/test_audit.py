@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import sqlite3
 import subprocess
@@ -20,12 +21,13 @@ from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.records import document_record
 from bus.kafka.topics import Topics
 from bus.registry import Registry, load_registry
-from bus.store.archive import Archive
+from bus.store.archive import Archive, NewEntry
 from bus.tlog.checkpoint import Checkpoint
 from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey, sign_checkpoint
 from bus.trust.verifier import Policy, Verifier
-from bus.wire.model import Role, now_ms
+from bus.wire.codec import default_codec
+from bus.wire.model import Document, Role, now_ms
 from consumers.archiver import Archiver
 from producers.document import new_document
 from producers.outbox import State
@@ -35,13 +37,20 @@ from tests.stack import BAC_NINH, NGHE_AN, running_stack
 
 
 @pytest.fixture(scope="module")
-def archive_file(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def archiver_key(pki: Pki) -> SigningKey:
+    return pki.key("docbus.archiver", Role.SERVICE)
+
+
+@pytest.fixture(scope="module")
+def archive_file(
+    pki: Pki, archiver_key: SigningKey, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """An archive of 7 documents written by the real archiver in three batches."""
     folder = tmp_path_factory.mktemp("archive")
     archive = Archive(folder / "archive.sqlite")
     archiver = Archiver(
         archive,
-        pki.key("docbus.archiver", Role.SERVICE),
+        archiver_key,
         Topics(),
         Verifier(pki.trust, Policy(), load_registry()),
     )
@@ -150,7 +159,7 @@ def test_a_forged_checkpoint_is_found(archive_file: Path, pki: Pki, tmp_path: Pa
     impostor = SigningKey.load(
         Role.SERVICE, *rogue.issue("docbus.archiver", CertRole.SERVICE, KeyAlgorithm.ED25519)
     )
-    forged = Checkpoint("docbus.archiver", 5, b"\x00" * 32, now_ms())
+    forged = Checkpoint("docbus.archiver", 5, b"\x00" * 32)
     with sqlite3.connect(path) as db:
         db.execute(
             "UPDATE checkpoints SET signed = ? WHERE size = 5", (sign_checkpoint(forged, impostor),)
@@ -256,7 +265,11 @@ async def test_replay_finds_what_is_missing_and_rebuild_gives_equal_checkpoints(
             copy.close()
 
 
-def test_a_receipt_proves_inclusion_and_a_bent_one_does_not(archive_file: Path, pki: Pki) -> None:
+def test_a_receipt_proves_inclusion_and_a_bent_one_does_not(
+    archive_file: Path, pki: Pki, archiver_key: SigningKey
+) -> None:
+    from bus.kafka.records import status_record
+    from bus.trust.verifier import Verified
     from bus.wire.errors import DocbusError
     from bus.wire.model import LogProof, Status, StatusCode
 
@@ -273,24 +286,84 @@ def test_a_receipt_proves_inclusion_and_a_bent_one_does_not(archive_file: Path, 
             latest.signed,
         )
     verifier = Verifier(pki.trust)
-    receipt = Status(entry.document_id, StatusCode.ARCHIVED, "docbus.archiver", now_ms(), log=proof)
-    assert verifier.check_receipt(receipt, entry.event).size == size
-    with pytest.raises(DocbusError, match="does not hold"):
-        verifier.check_receipt(receipt, entry.event + b"\x00")  # other bytes
-    bent = LogProof(
-        proof.index + 1,
-        *((proof.tree_size, proof.root_hash, proof.inclusion_proof, proof.checkpoint)),
-    )
-    with pytest.raises(DocbusError, match="does not hold"):
-        verifier.check_receipt(
-            Status(entry.document_id, StatusCode.ARCHIVED, "docbus.archiver", now_ms(), log=bent),
-            entry.event,
+
+    def receipt(log: LogProof) -> Verified:
+        status = Status(
+            entry.document_id, StatusCode.ARCHIVED, "docbus.archiver", now_ms(), log=log
         )
-    moved = LogProof(
-        proof.index, proof.tree_size, b"\x11" * 32, proof.inclusion_proof, proof.checkpoint
-    )
+        verdict = verifier.verify(status_record(status, [archiver_key]), now_ms())
+        assert isinstance(verdict, Verified), verdict
+        return verdict
+
+    assert verifier.check_receipt(receipt(proof), entry.event).size == size
+    with pytest.raises(DocbusError, match="does not hold"):
+        verifier.check_receipt(receipt(proof), entry.event + b"\x00")  # other bytes
+    bent = dataclasses.replace(proof, index=proof.index + 1)
+    with pytest.raises(DocbusError, match="does not hold"):
+        verifier.check_receipt(receipt(bent), entry.event)
+    moved = dataclasses.replace(proof, root_hash=b"\x11" * 32)
     with pytest.raises(DocbusError, match="not against the checkpoint"):
-        verifier.check_receipt(
-            Status(entry.document_id, StatusCode.ARCHIVED, "docbus.archiver", now_ms(), log=moved),
-            entry.event,
+        verifier.check_receipt(receipt(moved), entry.event)
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("subject", "Văn bản đã bị sửa"),
+        ("sender", "000.00.00.H41"),
+        ("recipients", '["000.00.00.H06"]'),
+        ("received_at", "2020-01-01T00:00:00+00:00"),
+    ],
+)
+def test_an_edited_column_is_found_though_the_bytes_are_intact(
+    archive_file: Path, pki: Pki, tmp_path: Path, column: str, value: str
+) -> None:
+    path = _copy(archive_file, tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute(f"UPDATE entries SET {column} = ? WHERE seq = 3", (value,))
+    report = _audit(path, pki)
+    assert ("column edited", "row 3") in _kinds(report)
+    assert any(column in f.detail for f in report.findings)
+
+
+def test_a_swapped_conflict_flag_is_found(archive_file: Path, pki: Pki, tmp_path: Path) -> None:
+    path = _copy(archive_file, tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE entries SET conflict = 1 WHERE seq = 2")
+    assert ("conflict flag edited", "row 2") in _kinds(_audit(path, pki))
+
+
+def test_an_appended_row_is_not_covered_by_any_checkpoint(
+    archive_file: Path, pki: Pki, tmp_path: Path
+) -> None:
+    # The attacker appends a validly signed document with its log nodes: no signed
+    # checkpoint covers it, so the archive is not clean.
+    path = _copy(archive_file, tmp_path)
+    gateway = pki.key("docbus.gateway", Role.SERVICE)
+    keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
+    value = document_record(new_document(MINISTRY, [NGHE_AN], "Văn bản chèn thêm"), keys)
+    with Archive(path) as archive:
+        archive.store([NewEntry.of(_doc_of(value), value, "docbus.deliver.nghe-an", now_ms())])
+        assert archive.log_size() == 8
+    kinds = _kinds(_audit(path, pki))
+    assert ("not covered by a checkpoint", "log indexes 7–7") in kinds
+    assert gateway.agency == "docbus.gateway"
+
+
+def test_a_checkpoint_signed_with_a_pinned_archivers_other_key_is_forged(
+    archive_file: Path, pki: Pki, tmp_path: Path
+) -> None:
+    # A genuine archiver certificate, but not the one this log's key is bound to.
+    path = _copy(archive_file, tmp_path)
+    other = pki.key("docbus.archiver", Role.SERVICE)
+    forged = Checkpoint("docbus.archiver", 7, b"\x07" * 32)
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE checkpoints SET signed = ? WHERE size = 7", (sign_checkpoint(forged, other),)
         )
+    assert ("forged checkpoint", "checkpoint of size 7") in _kinds(_audit(path, pki))
+
+
+def _doc_of(value: bytes) -> Document:
+    codec = default_codec()
+    return codec.decode_document(codec.decode_event(value).payload)

@@ -37,6 +37,6 @@ def test_the_demo_meets_every_expected_outcome(tmp_path: Path) -> None:
     received = list((tmp_path / "inbox").glob("*/*/*/0/event.avro"))
     # H41: plain, two-jurisdiction, secret, edXML; H06: two-jurisdiction, merged, secret
     assert len(received) == 7
-    [legacy] = (tmp_path / "edxml-out" / "000.00.00.H41").glob("000.00.00.G22*.edxml")
+    [legacy] = (tmp_path / "edxml-out" / "000.00.00.H41").glob("000.00.00.G22-000.00.00.G22*.edxml")
     assert "<edXML:Subject>V/v gửi nhận văn bản điện tử" in legacy.read_text("utf-8")
     assert not list((tmp_path / "inbox" / "000.00.01.H41").glob("*/*/0/event.avro"))

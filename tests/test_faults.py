@@ -73,7 +73,9 @@ async def test_an_archiver_killed_mid_batch_archives_each_document_exactly_once(
 ) -> None:
     settings = broker.settings()
     topic = settings.topics.deliver("nghe-an")
-    await ensure_topics(settings, [topic, settings.topics.status], partitions=2)
+    await ensure_topics(
+        settings, [topic, settings.topics.status, settings.topics.checkpoints], partitions=2
+    )
     keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
     docs = [new_document(MINISTRY, [NGHE_AN], f"Văn bản số {i}") for i in range(3000)]
     producer = settings.producer()

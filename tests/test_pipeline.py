@@ -292,8 +292,8 @@ async def test_operator_commands_on_a_running_bus(
             "topics", "ensure", "--bootstrap", broker.bootstrap, "--partitions", "1"
         )
         assert (
-            done.returncode == 0 and "38 topics, 0 created" in done.stdout
-        )  # 3 + 35 jurisdictions
+            done.returncode == 0 and "39 topics, 0 created" in done.stdout
+        )  # 4 + 35 jurisdictions
         rows = json.loads(
             (await docbus("archive", "list", "--data-dir", tmp_path, "--json")).stdout
         )
@@ -308,8 +308,8 @@ async def test_operator_commands_on_a_running_bus(
             "archive", "export", doc.document_id, "--data-dir", tmp_path, "--out", tmp_path / "x"
         )
         assert done.returncode == 0
-        assert (tmp_path / "x" / "r0" / "event.avro").read_bytes() == record
-        assert (tmp_path / "x" / "r0" / "qd.txt").read_text(encoding="utf-8") == "Quyết định"
+        assert (tmp_path / "x" / MINISTRY / "r0" / "event.avro").read_bytes() == record
+        assert (tmp_path / "x" / MINISTRY / "r0" / "qd.txt").read_text(encoding="utf-8") == "Quyết định"
         assert (
             await docbus("archive", "show", "no-such-id", "--data-dir", tmp_path)
         ).returncode == 1

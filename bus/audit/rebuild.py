@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from bus.audit.replay import delivery_topics, read_topics
 from bus.audit.report import Finding, Report, checkpoint_seen
 from bus.kafka.clients import KafkaSettings
@@ -17,7 +19,7 @@ from bus.trust.signing import SigningKey, sign_checkpoint
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.headers import RECEIPT, header, record_time
-from bus.wire.model import Document, Status, StatusCode
+from bus.wire.model import Document, Role, Status, StatusCode, now_ms
 
 
 async def rebuild(
@@ -36,6 +38,8 @@ async def rebuild(
     try:
         if archive.log_size():
             raise DocbusError(Reason.POLICY, f"{into} already holds an archive")
+        assert key.agency is not None
+        archive.set_log_key(key.agency, [c.public_bytes(Encoding.DER) for c in key.chain])
         _store_in_log_order(archive, placed, report)
         _sign_original_sizes(archive, originals, key, report)
     finally:
@@ -56,8 +60,9 @@ async def _receipts(
             continue
         if status.code not in (StatusCode.ARCHIVED, StatusCode.REJECTED):
             continue
+        chains = [sig.cert_chain for sig in verdict.event.signatures if sig.role is Role.SERVICE]
         try:
-            cp = verifier.verify_checkpoint(status.log.checkpoint)
+            cp = verifier.verify_checkpoint(status.log.checkpoint, chains[0] if chains else [])
         except DocbusError:
             continue
         originals[cp.size] = cp
@@ -105,7 +110,8 @@ def _store_in_log_order(
             )
             break
         record, doc, received = placed[index]
-        archive.store([NewEntry.of(doc, record.value or b"", record.topic, received)])
+        receipt = header(record.headers, RECEIPT) or b""
+        archive.store([NewEntry.of(doc, record.value or b"", record.topic, received, receipt)])
     report.counts["entries rebuilt"] = archive.log_size()
 
 
@@ -119,9 +125,9 @@ def _sign_original_sizes(
             )
             continue
         root = archive.root(size)
-        rebuilt = Checkpoint(key.agency or "docbus.auditor", size, root, original.at)
-        archive.add_checkpoint(rebuilt, sign_checkpoint(rebuilt, key))
-        report.checkpoints.append(checkpoint_seen(rebuilt, root == original.root))
+        rebuilt = Checkpoint(key.agency or "docbus.auditor", size, root)
+        archive.add_checkpoint(rebuilt, sign_checkpoint(rebuilt, key), now_ms())
+        report.checkpoints.append(checkpoint_seen(rebuilt, None, root == original.root))
         if root != original.root:
             report.findings.append(
                 Finding(

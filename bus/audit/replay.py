@@ -92,11 +92,14 @@ class Replay:
         if archive is not None:
             stored = archive.latest_checkpoint()
             if stored is not None:
+                origin = stored.checkpoint.origin
                 try:
-                    self.latest = verifier.verify_checkpoint(stored.signed)
-                    self.report.checkpoints.append(checkpoint_seen(self.latest, True))
+                    self.latest = verifier.verify_checkpoint(stored.signed, archive.log_key(origin))
+                    self.report.checkpoints.append(checkpoint_seen(self.latest, stored.at, True))
                 except DocbusError as exc:
-                    self.report.checkpoints.append(checkpoint_seen(stored.checkpoint, False))
+                    self.report.checkpoints.append(
+                        checkpoint_seen(stored.checkpoint, stored.at, False)
+                    )
                     self.report.findings.append(
                         Finding("forged checkpoint", "latest checkpoint", exc.message)
                     )

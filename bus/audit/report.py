@@ -7,6 +7,7 @@ import html
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -57,8 +58,8 @@ class Report:
         }
 
 
-def checkpoint_seen(cp: Checkpoint, ok: bool) -> CheckpointSeen:
-    return CheckpointSeen(cp.size, cp.root.hex(), cp.at.isoformat(), ok)
+def checkpoint_seen(cp: Checkpoint, at: datetime | None, ok: bool) -> CheckpointSeen:
+    return CheckpointSeen(cp.size, cp.root.hex(), at.isoformat() if at else "-", ok)
 
 
 def print_report(report: Report, console: Console) -> None:

@@ -321,7 +321,12 @@ def _judge_routing(
 
 
 def _judge_legacy(stack: Stack, legacy: Scenario, seen: dict[str, list[Status]]) -> None:
-    out = stack.folder / "edxml-out" / NGHE_AN / f"{quote(legacy.document_id, safe='')}-r0.edxml"
+    out = (
+        stack.folder
+        / "edxml-out"
+        / NGHE_AN
+        / f"{MINISTRY}-{quote(legacy.document_id, safe='')}-r0.edxml"
+    )
     exported = out.read_text("utf-8") if out.exists() else ""
     archived = ("ARCHIVED", ARCHIVER) in _codes(seen, legacy.document_id)
     legacy.ok = archived and "qua trục liên thông" in exported and "<edXML:Subject>" in exported
@@ -367,7 +372,7 @@ def _check_secret(stack: Stack, scenario: Scenario, state: str) -> None:
         "--out",
         folder / "secret-export",
     )
-    exported = folder / "secret-export" / "r0" / "event.avro"
+    exported = folder / "secret-export" / MINISTRY / "r0" / "event.avro"
     if done.returncode == 0 and exported.exists():
         event.write_bytes(exported.read_bytes())
     refused = (
@@ -436,10 +441,10 @@ def audit(stack: Stack) -> Scenario:
         latest = store.latest_checkpoint()
     final = latest.checkpoint if latest else None
     scenario.document_id = f"{final.size} entries" if final else "-"
-    if final is not None:
+    if latest is not None and final is not None:
         scenario.note = (
             f"final checkpoint: {final.origin}, {final.size} entries, root {final.root.hex()}, "
-            f"signed {final.at.isoformat()}"
+            f"signed {latest.at.isoformat()}"
         )
     scenario.outcome = ("clean" if scenario.ok else f"exit codes {codes}") + (
         f"; checkpoint {final.size} {final.root.hex()[:16]}…" if final else ""

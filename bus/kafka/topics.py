@@ -38,6 +38,10 @@ class Topics:
     def rejected(self) -> str:
         return f"{self.prefix}.rejected"
 
+    @property
+    def checkpoints(self) -> str:
+        return f"{self.prefix}.checkpoints"
+
     def deliver(self, jurisdiction: str) -> str:
         return f"{self.prefix}.deliver.{jurisdiction}"
 
@@ -52,7 +56,8 @@ def all_topics(topics: Topics, registry: Registry, on: date | None = None) -> li
     jurisdictions = sorted(
         {registry.resolve(a.code, day).jurisdiction.id for a in registry.in_force(day)}
     )
-    return [topics.submitted, topics.status, topics.rejected, *map(topics.deliver, jurisdictions)]
+    fixed = [topics.submitted, topics.status, topics.rejected, topics.checkpoints]
+    return [*fixed, *map(topics.deliver, jurisdictions)]
 
 
 async def ensure_topics(

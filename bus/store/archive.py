@@ -13,15 +13,21 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
 from bus.store.sqlite import open_database
-from bus.tlog.checkpoint import Checkpoint
-from bus.tlog.merkle import completed_nodes, inclusion_proof, leaf_hash, root_hash
+from bus.tlog.checkpoint import Checkpoint, note_text
+from bus.tlog.merkle import (
+    completed_nodes,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    root_hash,
+)
 from bus.wire.codec import default_codec
 from bus.wire.model import Document
 
@@ -33,6 +39,7 @@ CREATE TABLE IF NOT EXISTS entries (
     document_id TEXT NOT NULL,
     revision INTEGER NOT NULL,
     digest TEXT NOT NULL,
+    payload_digest TEXT NOT NULL DEFAULT '',
     sender TEXT NOT NULL,
     recipients TEXT NOT NULL,
     subject TEXT NOT NULL,
@@ -42,6 +49,7 @@ CREATE TABLE IF NOT EXISTS entries (
     archived_at TEXT NOT NULL,
     conflict INTEGER NOT NULL DEFAULT 0,
     event BLOB NOT NULL,
+    receipt BLOB NOT NULL DEFAULT x'',
     log_index INTEGER NOT NULL UNIQUE,
     UNIQUE (sender, document_id, revision, digest)
 );
@@ -58,6 +66,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     root BLOB NOT NULL,
     at TEXT NOT NULL,
     signed BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_keys (
+    origin TEXT PRIMARY KEY,
+    chain BLOB NOT NULL
 );
 """
 
@@ -76,6 +88,7 @@ class NewEntry:
     document_id: str
     revision: int
     digest: str
+    payload_digest: str
     sender: str
     recipients: tuple[str, ...]
     subject: str
@@ -83,6 +96,8 @@ class NewEntry:
     topic: str
     received_at: datetime
     event: bytes
+    #: The gateway's signed receipt (its DELIVERED status for these bytes).
+    receipt: bytes = b""
     #: Who may have sent the earlier revisions: the sender and its registry predecessors.
     originators: tuple[str, ...] = ()
 
@@ -93,6 +108,7 @@ class NewEntry:
         event: bytes,
         topic: str,
         received_at: datetime,
+        receipt: bytes = b"",
         originators: tuple[str, ...] = (),
     ) -> NewEntry:
         """The entry for ``event`` (whose payload is ``doc``); a sealed subject stays out."""
@@ -100,6 +116,7 @@ class NewEntry:
             document_id=doc.document_id,
             revision=doc.revision,
             digest=hashlib.sha256(event).hexdigest(),
+            payload_digest=hashlib.sha256(default_codec().decode_event(event).payload).hexdigest(),
             sender=doc.sender,
             recipients=doc.recipients,
             subject="" if doc.sealed else doc.subject,
@@ -107,6 +124,7 @@ class NewEntry:
             topic=topic,
             received_at=received_at,
             event=event,
+            receipt=receipt,
             originators=originators,
         )
 
@@ -123,13 +141,17 @@ class Entry(NewEntry):
 
 @dataclass(frozen=True)
 class StoredCheckpoint:
+    """A checkpoint as stored: the note exactly as signed and published, and when."""
+
     checkpoint: Checkpoint
     signed: bytes
+    at: datetime
 
 
 _COLUMNS = (
-    "seq, document_id, revision, digest, sender, recipients, subject, confidentiality, topic, "
-    "received_at, archived_at, conflict, event, log_index"
+    "seq, document_id, revision, digest, payload_digest, sender, recipients, subject, "
+    "confidentiality, topic, "
+    "received_at, archived_at, conflict, event, receipt, log_index"
 )
 
 
@@ -139,6 +161,7 @@ def _entry(row: sqlite3.Row) -> Entry:
         document_id=row["document_id"],
         revision=row["revision"],
         digest=row["digest"],
+        payload_digest=row["payload_digest"],
         sender=row["sender"],
         recipients=tuple(json.loads(row["recipients"])),
         subject=row["subject"],
@@ -148,6 +171,7 @@ def _entry(row: sqlite3.Row) -> Entry:
         archived_at=datetime.fromisoformat(row["archived_at"]),
         conflict=bool(row["conflict"]),
         event=bytes(row["event"]),
+        receipt=bytes(row["receipt"]),
         log_index=row["log_index"],
     )
 
@@ -199,7 +223,10 @@ class Archive:
                     if not digests and not self._follows(e):
                         results.append((Stored.REFUSED, -1))
                         continue
-                    conflict = bool(digests)
+                    # Another envelope of the same signed document (signatures reordered,
+                    # chains trimmed) is the same document, never a conflict.
+                    original = self._original_payload(e.sender, e.document_id, e.revision)
+                    conflict = original is not None and original != e.payload_digest
                     index = self._size()
                     self._db.executemany(
                         "INSERT INTO log_nodes VALUES (?, ?, ?)",
@@ -207,11 +234,12 @@ class Archive:
                     )
                     self._db.execute(
                         f"INSERT INTO entries ({_COLUMNS}) VALUES "
-                        "(NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "(NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             e.document_id,
                             e.revision,
                             e.digest,
+                            e.payload_digest,
                             e.sender,
                             json.dumps(list(e.recipients)),
                             e.subject,
@@ -221,6 +249,7 @@ class Archive:
                             now,
                             int(conflict),
                             e.event,
+                            e.receipt,
                             index,
                         ),
                     )
@@ -251,6 +280,63 @@ class Archive:
         with self._lock:
             rows = self._db.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
             return [_entry(r) for r in rows]
+
+    def stream(self, chunk: int = 1000) -> Iterator[Entry]:
+        """Every entry in log order, read ``chunk`` rows at a time (bounded memory)."""
+        after = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM entries WHERE log_index > ?"
+                    " ORDER BY log_index LIMIT ?",
+                    (after, chunk),
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _entry(row)
+            after = rows[-1]["log_index"]
+
+    def order(self, chunk: int = 10000) -> Iterator[tuple[int, int]]:
+        """(seq, log_index) of every row in archive order, ``chunk`` at a time."""
+        after = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT seq, log_index FROM entries WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, chunk),
+                ).fetchall()
+            if not rows:
+                return
+            yield from ((int(r[0]), int(r[1])) for r in rows)
+            after = rows[-1][0]
+
+    def original_payload(self, sender: str, document_id: str, revision: int) -> str | None:
+        """The payload digest of an identity's first row: what every later row must equal
+        to be no conflict."""
+        with self._lock:
+            return self._original_payload(sender, document_id, revision)
+
+    def _original_payload(self, sender: str, document_id: str, revision: int) -> str | None:
+        row = self._db.execute(
+            "SELECT payload_digest FROM entries WHERE sender = ? AND document_id = ?"
+            " AND revision = ? ORDER BY seq LIMIT 1",
+            (sender, document_id, revision),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def leaf(self, index: int) -> bytes | None:
+        """The stored leaf hash at ``index``, or None."""
+        with self._lock:
+            try:
+                return self._node(0, index)
+            except KeyError:
+                return None
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """A consistency proof between two sizes, from the stored log nodes."""
+        with self._lock:
+            return consistency_proof(self._node, size1, size2)
 
     def find(self, document_id: str) -> list[Entry]:
         """Every stored entry of a document, all revisions, conflicts included."""
@@ -297,34 +383,46 @@ class Archive:
             rows = self._db.execute("SELECT hash FROM log_nodes WHERE level = 0 ORDER BY idx")
             return [bytes(r[0]) for r in rows]
 
-    def add_checkpoint(self, checkpoint: Checkpoint, signed: bytes) -> None:
+    def add_checkpoint(self, checkpoint: Checkpoint, signed: bytes, at: datetime) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?)",
-                (checkpoint.size, checkpoint.root, checkpoint.at.isoformat(), signed),
+                (checkpoint.size, checkpoint.root, at.isoformat(), signed),
             )
 
-    def checkpoints(self) -> list[StoredCheckpoint]:
+    def checkpoints(self) -> Iterator[StoredCheckpoint]:
         """Every stored signed checkpoint, smallest first (as stored: audits re-check them)."""
         with self._lock:
-            rows = self._db.execute("SELECT size, signed FROM checkpoints ORDER BY size").fetchall()
-        out = []
-        for row in rows:
-            event = default_codec().decode_event(bytes(row["signed"]))
-            out.append(StoredCheckpoint(Checkpoint.parse(event.payload), bytes(row["signed"])))
-        return out
+            sizes = [r[0] for r in self._db.execute("SELECT size FROM checkpoints ORDER BY size")]
+        for size in sizes:  # one row at a time: memory stays bounded
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT signed, at FROM checkpoints WHERE size = ?", (size,)
+                ).fetchone()
+            if row is not None:
+                yield _stored(row)
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT signed FROM checkpoints ORDER BY size DESC LIMIT 1"
+                "SELECT signed, at FROM checkpoints ORDER BY size DESC LIMIT 1"
             ).fetchone()
-        if row is None:
-            return None
-        signed = bytes(row["signed"])
-        return StoredCheckpoint(
-            Checkpoint.parse(default_codec().decode_event(signed).payload), signed
-        )
+        return None if row is None else _stored(row)
+
+    def set_log_key(self, origin: str, chain: Sequence[bytes]) -> None:
+        """Keep the certificate chain (DER, leaf first) whose key signs ``origin``'s notes."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO log_keys VALUES (?, ?)", (origin, _pack(chain))
+            )
+
+    def log_key(self, origin: str) -> list[bytes]:
+        """The certificate chain that signs ``origin``'s checkpoints (empty if unknown)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT chain FROM log_keys WHERE origin = ?", (origin,)
+            ).fetchone()
+        return [] if row is None else _unpack(bytes(row[0]))
 
     def by_digest(self, digest: str) -> Entry | None:
         with self._lock:
@@ -340,3 +438,23 @@ def open_archive(data_dir: Path, create: bool = False) -> Archive:
     if not create and not path.is_file():
         raise FileNotFoundError(f"no archive at {path}")
     return Archive(path)
+
+
+def _stored(row: sqlite3.Row) -> StoredCheckpoint:
+    signed = bytes(row["signed"])
+    return StoredCheckpoint(
+        Checkpoint.parse(note_text(signed)), signed, datetime.fromisoformat(row["at"])
+    )
+
+
+def _pack(chain: Sequence[bytes]) -> bytes:
+    return b"".join(len(c).to_bytes(4, "big") + c for c in chain)
+
+
+def _unpack(data: bytes) -> list[bytes]:
+    out, i = [], 0
+    while i + 4 <= len(data):
+        n = int.from_bytes(data[i : i + 4], "big")
+        out.append(data[i + 4 : i + 4 + n])
+        i += 4 + n
+    return out

@@ -171,3 +171,33 @@ class MemoryTree:
 
     def root(self, size: int | None = None) -> bytes:
         return root_hash(self.node, self.size if size is None else size)
+
+
+class CompactRange:
+    """The right edge of a growing tree: one perfect-subtree root per set bit of its size.
+
+    Appending and the root cost O(log n) and the memory stays O(log n), so a log of any
+    size can be re-hashed in one streaming pass (as transparency-dev's ``compact`` does).
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._peaks: list[bytes] = []  # largest subtree first
+
+    def append(self, leaf: bytes) -> None:
+        self._peaks.append(leaf)
+        size = self.size
+        while size & 1:
+            right = self._peaks.pop()
+            self._peaks[-1] = node_hash(self._peaks[-1], right)
+            size >>= 1
+        self.size += 1
+
+    def root(self) -> bytes:
+        """The RFC 6962 root hash of the leaves appended so far."""
+        if not self._peaks:
+            return hashlib.sha256(b"").digest()
+        acc = self._peaks[-1]
+        for peak in reversed(self._peaks[:-1]):
+            acc = node_hash(peak, acc)
+        return acc

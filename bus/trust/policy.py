@@ -82,6 +82,8 @@ class TrustPolicy:
     services: Mapping[Service, frozenset[str]] = field(default_factory=dict)
     bridges: Mapping[str, frozenset[str]] = field(default_factory=dict)
     allow_stale_crl: bool = False
+    witnesses: Mapping[str, str] = field(default_factory=dict)  # name → cosignature key
+    witness_quorum: int = 0
 
     @classmethod
     def load(cls, folder: Path) -> TrustPolicy:
@@ -97,7 +99,7 @@ class TrustPolicy:
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> TrustPolicy:
-        unknown = set(data) - {"role", "services", "bridges", "revocation"}
+        unknown = set(data) - {"role", "services", "bridges", "revocation", "witnesses"}
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}")
         rules = tuple(
@@ -112,7 +114,10 @@ class TrustPolicy:
         services = {Service(k): frozenset(v) for k, v in data.get("services", {}).items()}
         bridges = {k: frozenset(v) for k, v in data.get("bridges", {}).items()}
         stale = bool(data.get("revocation", {}).get("allow_stale_crl", False))
-        return cls(rules, services, bridges, stale)
+        witnessing = dict(data.get("witnesses", {}))
+        quorum = int(witnessing.pop("required", 0))
+        keys = {str(k): str(v) for k, v in witnessing.get("keys", {}).items()}
+        return cls(rules, services, bridges, stale, keys, quorum)
 
     def role_of(self, cert: x509.Certificate) -> Role | None:
         """The one role ``cert`` may sign in: its docbus EKU, else the first matching rule."""

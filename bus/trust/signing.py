@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from bus.tlog.checkpoint import CHECKPOINT_TYPE, Checkpoint
-from bus.wire.codec import default_codec
+from bus.tlog.checkpoint import Checkpoint
+from bus.tlog.note import NoteSigner
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.model import Algorithm, Role, Signature, SignedEvent
 
@@ -177,6 +177,15 @@ def sign_event(payload_type: str, payload: bytes, keys: Sequence[SigningKey]) ->
     )
 
 
+def note_signer(key: SigningKey) -> NoteSigner:
+    """The C2SP note signer of a SERVICE key: its agency code names it; Ed25519 only."""
+    if not isinstance(key.key, ed25519.Ed25519PrivateKey) or key.agency is None:
+        raise DocbusError(
+            Reason.WEAK_ALGORITHM, "a log's checkpoints are signed with an Ed25519 service key"
+        )
+    return NoteSigner(key.agency, key.key)
+
+
 def sign_checkpoint(checkpoint: Checkpoint, key: SigningKey) -> bytes:
-    """A checkpoint signed by ``key``, as record bytes."""
-    return default_codec().encode_event(sign_event(CHECKPOINT_TYPE, checkpoint.body(), [key]))
+    """A checkpoint as a C2SP signed note, signed by ``key`` (its origin)."""
+    return checkpoint.sign(note_signer(key))

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from bus.registry import Registry, vietnam_date
-from bus.tlog.checkpoint import CHECKPOINT_TYPE, Checkpoint
+from bus.tlog.checkpoint import Checkpoint, open_checkpoint
 from bus.tlog.merkle import leaf_hash, verify_inclusion
+from bus.tlog.note import ALG_ED25519, NoteVerifier
 from bus.trust.chain import Chain, ChainBuilder
 from bus.trust.policy import Service
 from bus.trust.signing import algorithm_of, pae, signature_valid
@@ -108,6 +112,7 @@ class Verifier:
         self.registry = registry
         self.codec = codec or default_codec()
         self._chains = ChainBuilder(trust, _signing_key, "digital_signature")
+        self._witnesses = tuple(NoteVerifier.parse(key) for key in trust.policy.witnesses.values())
 
     def verify(self, record: bytes, at: datetime) -> Verified | Rejected:
         """Verify one record value as received at ``at`` (the bus's receipt time)."""
@@ -165,6 +170,10 @@ class Verifier:
             if sig.alg is Algorithm.UNKNOWN:
                 raise DocbusError(Reason.WEAK_ALGORITHM, f"signature {n}: unknown algorithm")
             chain = self._chains.chain(sig.cert_chain)
+            if sig.key_id != chain.key_id:
+                raise DocbusError(
+                    Reason.BAD_SIGNATURE, f"signature {n}: its key id is not its certificate's"
+                )
             alg = algorithm_of(chain.key)
             if sig.alg is not alg:
                 raise DocbusError(
@@ -202,33 +211,61 @@ class Verifier:
                     f"is past its nextUpdate at {at:%Y-%m-%d %H:%M:%S}",
                 )
 
-    def verify_checkpoint(self, signed: bytes) -> Checkpoint:
-        """A signed checkpoint whose signature holds; DocbusError says why not.
+    def log_key(self, chain: Sequence[bytes]) -> NoteVerifier:
+        """The checkpoint-note key of a log: a pinned archiver's certificate (DER, leaf
+        first), chained to an anchor, SERVICE role, Ed25519; its agency code is the origin.
 
-        It is checked at its own time (when the archiver signed it) and must be signed
-        by a SERVICE certificate of the origin it names.
+        Raises DocbusError.
         """
-        event = self.codec.decode_event(signed)
-        if event.payload_type != CHECKPOINT_TYPE:
-            raise DocbusError(Reason.MALFORMED, f"not a checkpoint: {event.payload_type}")
-        checkpoint = Checkpoint.parse(event.payload)
-        signers = self._check_signatures(event, checkpoint.at)
-        if not any(s.role is Role.SERVICE and s.agency == checkpoint.origin for s in signers):
+        found = self._chains.chain(chain)
+        if found.role is not Role.SERVICE or not self.trust.policy.is_service(
+            Service.ARCHIVER, found.agency
+        ):
             raise DocbusError(
-                Reason.SENDER_MISMATCH, f"the checkpoint is not signed by {checkpoint.origin}"
+                Reason.POLICY, f"{found.subject} is no pinned archiver (policy.toml [services])"
+            )
+        if not isinstance(found.key, ed25519.Ed25519PublicKey) or found.agency is None:
+            raise DocbusError(Reason.WEAK_ALGORITHM, "a log key is an Ed25519 key")
+        return NoteVerifier(found.agency, ALG_ED25519, found.key)
+
+    def witness_keys(self) -> tuple[NoteVerifier, ...]:
+        """The pinned witnesses' cosignature keys (policy.toml [witnesses])."""
+        return tuple(self._witnesses)
+
+    def verify_checkpoint(
+        self, note: bytes, chain: Sequence[bytes], witnesses_required: int = 0
+    ) -> Checkpoint:
+        """A C2SP checkpoint note signed by the pinned archiver whose certificate is
+        ``chain``, with at least ``witnesses_required`` cosignatures of pinned witnesses.
+
+        Raises DocbusError.
+        """
+        checkpoint, opened = open_checkpoint(note, self.log_key(chain), self._witnesses)
+        if len(opened.cosigned_at) < witnesses_required:
+            raise DocbusError(
+                Reason.POLICY,
+                f"the checkpoint of size {checkpoint.size} has {len(opened.cosigned_at)} "
+                f"witness cosignatures, {witnesses_required} required",
             )
         return checkpoint
 
-    def check_receipt(self, status: Status, record: bytes) -> Checkpoint:
-        """That an ARCHIVED receipt proves ``record`` is in the archive's log.
+    def check_receipt(self, receipt: Verified, record: bytes) -> Checkpoint:
+        """That a verified ARCHIVED receipt proves ``record`` is in the archive's log.
 
-        Checks the checkpoint's signature, that the proof is against that checkpoint and
-        that the inclusion proof of the record's leaf holds. Raises DocbusError otherwise.
+        The checkpoint must be signed by the archiver that signed the receipt (the log of
+        the origin it names), the proof must be against that checkpoint, and the inclusion
+        proof of the record's leaf must hold. Raises DocbusError otherwise.
         """
-        proof = status.log
-        if proof is None:
+        status = receipt.payload
+        if not isinstance(status, Status) or status.log is None:
             raise DocbusError(Reason.POLICY, "the receipt carries no inclusion proof")
-        checkpoint = self.verify_checkpoint(proof.checkpoint)
+        proof = status.log
+        chains = [s.cert_chain for s in receipt.event.signatures if s.role is Role.SERVICE]
+        if not chains:
+            raise DocbusError(Reason.POLICY, "the receipt is not signed by a service")
+        checkpoint = self.verify_checkpoint(proof.checkpoint, chains[0])
+        if checkpoint.origin != status.by:
+            raise DocbusError(Reason.POLICY, f"{status.by} cites the log of {checkpoint.origin}")
         if (checkpoint.size, checkpoint.root) != (proof.tree_size, proof.root_hash):
             raise DocbusError(Reason.POLICY, "the proof is not against the checkpoint it names")
         if not verify_inclusion(
@@ -312,12 +349,13 @@ class Verifier:
         _check_sealing(doc)
         if self.registry is not None:
             on = vietnam_date(doc.issued_at)
-            try:
-                self.registry.resolve(doc.sender, on)
-            except DocbusError as exc:
+            sender = self.registry.agencies.get(doc.sender)
+            if sender is None or not sender.in_force(on):
                 raise DocbusError(
-                    Reason.SENDER_MISMATCH, f"the sender is not in the registry: {exc.message}"
-                ) from exc
+                    Reason.SENDER_MISMATCH,
+                    f"{doc.sender} is no agency in force on {on} (a merged agency's successor "
+                    "sends in its stead)",
+                )
             if self.policy.check_recipients:
                 for code in (*doc.recipients, *doc.cc):
                     self.registry.resolve(code, on)
