@@ -30,6 +30,7 @@ from producers.outbox import Outbox
 from producers.publisher import Publisher
 from tests.conftest import MINISTRY, Pki
 
+RELOAD = timedelta(seconds=1)
 NGHE_AN = "000.00.00.H41"
 BAC_NINH = "000.00.00.H06"
 BAC_GIANG = "000.00.00.H04"  # merged into Bắc Ninh on 2025-07-01
@@ -49,7 +50,9 @@ class Stack:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def verifier(self) -> Verifier:
-        return Verifier(self.pki.trust, Policy(), self.registry)
+        """A service's verifier; it reads the trust folder again every second (a real
+        service: every ten), so a revocation reaches the running services."""
+        return Verifier(self.pki.trust, Policy(), self.registry, reload_every=RELOAD)
 
     def inbox_folder(self, agency: str) -> Path:
         return self.folder / "inbox" / agency

@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bus.audit.verify import verify_archive
 from bus.kafka.broker import EmbeddedBroker
@@ -38,7 +39,7 @@ from consumers.inbox import document_folder
 from producers.document import new_document
 from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
-from tests.stack import NGHE_AN, Stack, file_appears, read_topic, running_stack
+from tests.stack import NGHE_AN, RELOAD, Stack, file_appears, read_topic, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -266,3 +267,23 @@ async def test_another_agency_cannot_touch_a_ministry_documents_identity(
     assert (entry.sender, entry.revision, entry.conflict) == (MINISTRY, 0, False)
     folder = document_folder(stack.inbox_folder(NGHE_AN), MINISTRY, doc.document_id, 0)
     await file_appears(folder / "event.avro")
+
+
+async def test_a_key_revoked_while_the_bus_runs_is_refused_within_the_reload_period(
+    broker_stack: Stack, tmp_path: Path
+) -> None:
+    stack = broker_stack
+    signer = stack.pki.key(MINISTRY, Role.SIGNER)
+    stack.publisher.keys = [signer, stack.ministry[1]]
+    before = new_document(MINISTRY, [NGHE_AN], "Trước khi thu hồi khóa")
+    await stack.publisher.publish(before)
+    assert await _final(stack, before.document_id) is State.ARCHIVED
+    cert = tmp_path / "stolen-signer.pem"
+    cert.write_bytes(signer.chain[0].public_bytes(Encoding.PEM))
+    stack.pki.dev.revoke(cert)  # the operator's `docbus pki revoke`; nothing restarts
+    await asyncio.sleep(RELOAD.total_seconds() * 1.5)
+    after = new_document(MINISTRY, [NGHE_AN], "Sau khi thu hồi khóa")
+    await stack.publisher.publish(after)
+    assert await _final(stack, after.document_id, seconds=45) is State.REJECTED
+    entry = stack.publisher.outbox.get(after.document_id)
+    assert entry is not None and entry.reason == "certificate_revoked"

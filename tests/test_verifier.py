@@ -441,3 +441,57 @@ def test_keys_and_certificates_made_by_openssl_sign_and_verify(
     assert _reason(verifier.verify(document_record(_doc(), [orphan, seal]), now_ms())) is (
         Reason.UNTRUSTED_CERTIFICATE
     )
+
+
+def test_a_crl_past_its_next_update_fails_closed_unless_the_policy_allows(
+    tmp_path: Path, registry: Registry
+) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    dev = DevPki(tmp_path / "pki")
+    dev.init()
+    keys = [
+        SigningKey.load(r, *dev.issue(MINISTRY, CertRole(r.value.lower()), KeyAlgorithm.ED25519))
+        for r in (Role.SIGNER, Role.AGENCY)
+    ]
+    record = document_record(_doc(), keys)
+    assert isinstance(
+        Verifier(TrustStore.load(dev.trust_dir), registry=registry).verify(record, now_ms()),
+        Verified,
+    )
+    issuer = dev.issuer()
+    long_ago = now_ms() - timedelta(days=40)
+    stale = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.cert.subject)
+        .last_update(long_ago)
+        .next_update(long_ago + timedelta(days=7))
+        .sign(issuer.key, hashes.SHA256())
+    )
+    dev.crl_path.write_bytes(stale.public_bytes(serialization.Encoding.PEM))
+    verdict = Verifier(TrustStore.load(dev.trust_dir), registry=registry).verify(record, now_ms())
+    assert _reason(verdict) is Reason.REVOCATION_UNKNOWN
+    policy = dev.trust_dir / "policy.toml"
+    policy.write_text(policy.read_text() + "\n[revocation]\nallow_stale_crl = true\n")
+    lenient = Verifier(TrustStore.load(dev.trust_dir), registry=registry)
+    assert isinstance(lenient.verify(record, now_ms()), Verified)
+
+
+def test_a_running_verifier_reads_a_new_crl_without_a_restart(
+    tmp_path: Path, registry: Registry
+) -> None:
+    dev = DevPki(tmp_path / "pki")
+    dev.init()
+    signer_files = dev.issue(MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519)
+    keys = [
+        SigningKey.load(Role.SIGNER, *signer_files),
+        SigningKey.load(Role.AGENCY, *dev.issue(MINISTRY, CertRole.AGENCY, KeyAlgorithm.ED25519)),
+    ]
+    running = Verifier(TrustStore.load(dev.trust_dir), registry=registry, reload_every=timedelta(0))
+    assert isinstance(running.verify(document_record(_doc(), keys), now_ms()), Verified)
+    dev.revoke(signer_files[1])
+    later = document_record(_doc(), keys)
+    assert _reason(running.verify(later, now_ms() + timedelta(seconds=1))) is (
+        Reason.CERTIFICATE_REVOKED
+    )

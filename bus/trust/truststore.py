@@ -27,6 +27,16 @@ def _self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
+def folder_stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a file of the trust folder is added, removed or rewritten."""
+    try:
+        return tuple(
+            (p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir())
+        )
+    except OSError:
+        return ()
+
+
 def is_ca(cert: x509.Certificate) -> bool:
     """Whether ``cert`` may issue certificates: basicConstraints CA, and keyCertSign when
     it has a KeyUsage extension (RFC 5280 §4.2.1.9)."""
@@ -62,6 +72,8 @@ class TrustStore:
     intermediates: tuple[x509.Certificate, ...]
     crls: tuple[x509.CertificateRevocationList, ...]
     policy: TrustPolicy = field(default_factory=TrustPolicy)
+    folder: Path | None = None
+    stamp: tuple[tuple[str, int, int], ...] = ()
 
     @classmethod
     def load(cls, folder: Path) -> TrustStore:
@@ -94,7 +106,19 @@ class TrustStore:
             intermediates=tuple(intermediates),
             crls=tuple(crls),
             policy=TrustPolicy.load(folder),
+            folder=folder,
+            stamp=folder_stamp(folder),
         )
+
+    def reloaded(self) -> TrustStore | None:
+        """The folder read again if anything in it changed since, else None.
+
+        A folder that no longer loads keeps the store as it was (DocbusError is raised
+        only by :meth:`load`): a half-written CRL must not stop a running service.
+        """
+        if self.folder is None or folder_stamp(self.folder) == self.stamp:
+            return None
+        return TrustStore.load(self.folder)
 
     def store(self) -> Store:
         """The anchors as a store for cryptography's chain builder."""

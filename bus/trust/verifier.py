@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bus.registry import Registry, vietnam_date
@@ -36,6 +38,8 @@ from bus.wire.model import (
     StatusCode,
     event_digest,
 )
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,16 +110,42 @@ class Verifier:
         policy: Policy | None = None,
         registry: Registry | None = None,
         codec: Codec | None = None,
+        reload_every: timedelta = timedelta(seconds=10),
     ) -> None:
-        self.trust = trust
         self.policy = policy or Policy()
         self.registry = registry
         self.codec = codec or default_codec()
+        self.reload_every = reload_every
+        self._use(trust)
+
+    def _use(self, trust: TrustStore) -> None:
+        self.trust = trust
+        # A new chain cache: every cached chain is built and checked again against the
+        # CRLs just read (DESIGN §4, revocation is live).
         self._chains = ChainBuilder(trust, _signing_key, "digital_signature")
         self._witnesses = tuple(NoteVerifier.parse(key) for key in trust.policy.witnesses.values())
+        self._checked = time.monotonic()
+
+    def refresh(self) -> bool:
+        """Read the trust folder again if it changed (at most every ``reload_every``);
+        whether it did. A folder that fails to load keeps the current trust, logged."""
+        if time.monotonic() - self._checked < self.reload_every.total_seconds():
+            return False
+        self._checked = time.monotonic()
+        try:
+            fresh = self.trust.reloaded()
+        except DocbusError as exc:
+            log.error("trust folder not reloaded", error=exc.message)
+            return False
+        if fresh is None:
+            return False
+        log.info("trust folder reloaded", crls=len(fresh.crls), anchors=len(fresh.anchors))
+        self._use(fresh)
+        return True
 
     def verify(self, record: bytes, at: datetime) -> Verified | Rejected:
         """Verify one record value as received at ``at`` (the bus's receipt time)."""
+        self.refresh()
         try:
             event = self.codec.decode_event(record)
         except DocbusError as exc:
