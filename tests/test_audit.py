@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -367,3 +369,43 @@ def test_a_checkpoint_signed_with_a_pinned_archivers_other_key_is_forged(
 def _doc_of(value: bytes) -> Document:
     codec = default_codec()
     return codec.decode_document(codec.decode_event(value).payload)
+
+
+def test_checkpoint_and_prove_print_what_a_tlog_client_checks(
+    archive_file: Path, tmp_path: Path, archiver_key: SigningKey
+) -> None:
+    from bus.tlog.checkpoint import open_checkpoint
+    from bus.tlog.merkle import leaf_hash, verify_inclusion
+    from bus.trust.signing import note_signer
+
+    path = _copy(archive_file, tmp_path)
+    run = [sys.executable, "-m", "bus", "audit"]
+    note = subprocess.run(
+        [*run, "checkpoint", "--data-dir", tmp_path], capture_output=True, check=True
+    ).stdout
+    with Archive(path) as archive:
+        latest = archive.latest_checkpoint()
+        entry = archive.entries()[2]
+    assert latest is not None and note == latest.signed
+    checkpoint, _ = open_checkpoint(note, note_signer(archiver_key).verifier())
+    assert note.startswith(b"docbus.archiver\n7\n") and checkpoint.size == 7
+    done = subprocess.run(
+        [*run, "prove", entry.document_id, "--data-dir", tmp_path, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    proof = json.loads(done.stdout)
+    assert set(proof) == {"index", "tree_size", "leaf_hash", "proof"}
+    assert base64.b64decode(proof["leaf_hash"]) == leaf_hash(entry.event)
+    assert verify_inclusion(
+        leaf_hash(entry.event),
+        proof["index"],
+        proof["tree_size"],
+        [base64.b64decode(h) for h in proof["proof"]],
+        checkpoint.root,
+    )
+    missing = subprocess.run(
+        [*run, "prove", "no-such-document", "--data-dir", tmp_path], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr

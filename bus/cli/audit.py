@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import sys
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from bus.cli.options import (
     trust_option,
 )
 from bus.registry import Registry
+from bus.tlog.merkle import leaf_hash
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Verifier
@@ -53,15 +56,84 @@ def audit() -> None:
 @audit.command("verify-archive")
 @data_dir_option
 @trust_option
+@click.option(
+    "--witnesses",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Cosignatures of pinned witnesses every checkpoint must carry.",
+)
 @_report_option
-def verify_archive_command(data_dir: Path, trust: Path, out: Path | None) -> None:
-    """Recompute the log from the archived entries and check every signed checkpoint."""
+def verify_archive_command(data_dir: Path, trust: Path, witnesses: int, out: Path | None) -> None:
+    """Re-verify every entry at its signed receipt time, every column against the event
+    bytes, every row against the signed checkpoints and those against each other."""
     archive = existing_archive(data_dir)
+    verifier = Verifier(TrustStore.load(trust))
     try:
-        report = verify_archive(archive, Verifier(TrustStore.load(trust)))
+        if sys.stdout.isatty():
+            with Progress(transient=True) as bar:
+                task = bar.add_task("verifying the archive", total=None)
+                report = verify_archive(
+                    archive,
+                    verifier,
+                    lambda n, total: bar.update(task, completed=n, total=total),
+                    witnesses,
+                )
+        else:
+            report = verify_archive(archive, verifier, witnesses_required=witnesses)
     finally:
         archive.close()
     _finish(report, out)
+
+
+@audit.command("checkpoint")
+@data_dir_option
+def checkpoint_command(data_dir: Path) -> None:
+    """Print the latest checkpoint note exactly as it was signed and published."""
+    with existing_archive(data_dir) as archive:
+        latest = archive.latest_checkpoint()
+    if latest is None:
+        raise click.ClickException(f"the archive in {data_dir} has no checkpoint yet")
+    click.echo(latest.signed.decode("utf-8"), nl=False)
+
+
+@audit.command("prove")
+@click.argument("document_id")
+@data_dir_option
+@click.option("--sender", help="The sender, when several agencies used this id.")
+@click.option("--revision", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def prove_command(
+    document_id: str, data_dir: Path, sender: str | None, revision: int, as_json: bool
+) -> None:
+    """The inclusion proof of a document against the latest checkpoint."""
+    with existing_archive(data_dir) as archive:
+        found = [
+            e
+            for e in archive.find(document_id)
+            if e.revision == revision and not e.conflict and sender in (None, e.sender)
+        ]
+        senders = sorted({e.sender for e in found})
+        if not found:
+            raise click.ClickException(f"{document_id} revision {revision} is not archived")
+        if len(senders) > 1:
+            raise click.ClickException(f"several senders used this id: {', '.join(senders)}")
+        latest = archive.latest_checkpoint()
+        entry = found[0]
+        if latest is None or entry.log_index >= latest.checkpoint.size:
+            raise click.ClickException("no checkpoint covers this document yet")
+        size = latest.checkpoint.size
+        proof = archive.inclusion_proof(entry.log_index, size)
+    hashes = [base64.b64encode(h).decode() for h in proof]
+    leaf = base64.b64encode(leaf_hash(entry.event)).decode()
+    if as_json:
+        answer = {"index": entry.log_index, "tree_size": size, "leaf_hash": leaf, "proof": hashes}
+        click.echo(json.dumps(answer))
+        return
+    click.echo(f"{entry.sender} {document_id} r{revision}: leaf {entry.log_index} of {size}")
+    click.echo(f"  leaf hash {leaf}")
+    for h in hashes:
+        click.echo(f"  {h}")
 
 
 @audit.command("replay")

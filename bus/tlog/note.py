@@ -64,7 +64,7 @@ class NoteVerifier:
     @classmethod
     def parse(cls, text: str) -> NoteVerifier:
         """A verifier key string; NoteError if anything in it is off."""
-        parts = text.split("+")
+        parts = text.split("+", 2)  # base64 may hold "+" too
         if len(parts) != 3 or not _valid_name(parts[0]) or len(parts[1]) != 8:
             raise NoteError(f"malformed verifier key {text!r}")
         try:
