@@ -16,7 +16,7 @@ from bus.tlog.checkpoint import Checkpoint
 from bus.trust.signing import SigningKey, note_signer, sign_checkpoint
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import Reason
-from bus.wire.headers import RECEIPT, header
+from bus.wire.headers import RECEIPT, header, log_headers
 from bus.wire.model import Document, LogProof, Status, StatusCode, event_digest, now_ms
 
 log = structlog.get_logger(__name__)
@@ -47,7 +47,8 @@ class Archiver:
         self.verifier = verifier
         self.signer = note_signer(key)  # fails early for a key that cannot sign notes
         # Auditors find the key that signs this log's checkpoints beside them.
-        archive.set_log_key(self.by, [c.public_bytes(Encoding.DER) for c in key.chain])
+        self.chain = [c.public_bytes(Encoding.DER) for c in key.chain]
+        archive.set_log_key(self.by, self.chain)
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
         return await asyncio.to_thread(self._process, records)
@@ -73,9 +74,10 @@ class Archiver:
         if not batch:
             return results
         outcomes = self.archive.store([entry for _, entry in batch])
+        previous = self.archive.latest_checkpoint()
         checkpoint, fresh = self._checkpoint()
         if fresh:
-            results.append(Output(self.topics.checkpoints, self.by.encode(), checkpoint.signed))
+            results.append(self._publish(checkpoint, previous))
         for (record, entry), (outcome, index) in zip(batch, outcomes, strict=True):
             if outcome is Stored.REFUSED:
                 results.extend(self._refuse(record, entry))
@@ -91,6 +93,18 @@ class Archiver:
             )
             results.extend(self._answer(record, entry, outcome, proof))
         return results
+
+    def _publish(self, new: StoredCheckpoint, previous: StoredCheckpoint | None) -> Output:
+        """The checkpoint for the checkpoint topic, with what a witness needs to check it:
+        the log key's certificate and a consistency proof from the checkpoint before."""
+        since = previous.checkpoint.size if previous is not None else 0
+        proof = self.archive.consistency_proof(since, new.checkpoint.size) if since else []
+        return Output(
+            self.topics.checkpoints,
+            self.by.encode(),
+            new.signed,
+            log_headers(self.chain, since, proof),
+        )
 
     def _predecessors(self, sender: str) -> set[str]:
         registry = self.verifier.registry

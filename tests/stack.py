@@ -47,6 +47,7 @@ class Stack:
     publisher: Publisher
     ministry: list[SigningKey]
     runtimes: dict[str, ConsumerRuntime] = field(default_factory=dict)
+    archiver_key: SigningKey | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def verifier(self) -> Verifier:
@@ -92,6 +93,7 @@ def start_gateway(stack: Stack) -> None:
 def start_services(stack: Stack) -> None:
     s, pki, topics = stack.settings, stack.pki, stack.settings.topics
     archiver_key = pki.key("docbus.archiver", Role.SERVICE)
+    stack.archiver_key = archiver_key
     start_gateway(stack)
     stack.start_service(
         "archiver",

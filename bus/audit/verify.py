@@ -5,12 +5,13 @@ checkpoints proven consistent, in one streaming pass with bounded memory."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from bus.audit.report import Finding, Report, checkpoint_seen
 from bus.store.archive import Archive, Entry
 from bus.tlog.checkpoint import Checkpoint
 from bus.tlog.merkle import CompactRange, leaf_hash, verify_consistency
+from bus.tlog.note import NoteVerifier, add_lines
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import DocbusError
 from bus.wire.model import Document
@@ -24,6 +25,7 @@ def verify_archive(
     verifier: Verifier,
     progress: Callable[[int, int], None] | None = None,
     witnesses_required: int = 0,
+    cosigned: tuple[Mapping[str, list[str]], Sequence[NoteVerifier]] = ({}, ()),
 ) -> Report:
     """Check the archive against its signed checkpoints and its entries against their bytes.
 
@@ -32,7 +34,7 @@ def verify_archive(
     every forged or inconsistent checkpoint and every checkpoint the rows do not reproduce.
     """
     report = Report(f"verify-archive {archive.path}")
-    roots = _check_checkpoints(archive, verifier, report, witnesses_required)
+    roots = _check_checkpoints(archive, verifier, report, witnesses_required, cosigned)
     total = archive.count()
     report.counts["entries"] = total
     compact = CompactRange()
@@ -167,7 +169,11 @@ def _check_entry(
 
 
 def _check_checkpoints(
-    archive: Archive, verifier: Verifier, report: Report, witnesses_required: int
+    archive: Archive,
+    verifier: Verifier,
+    report: Report,
+    witnesses_required: int,
+    cosigned: tuple[Mapping[str, list[str]], Sequence[NoteVerifier]],
 ) -> dict[int, bytes]:
     """Every stored checkpoint: its signature by the log's pinned key, and a consistency
     proof (from the stored log nodes) from the one before. Returns the verified roots."""
@@ -177,7 +183,9 @@ def _check_checkpoints(
         cp = stored.checkpoint
         try:
             chain = archive.log_key(cp.origin)
-            verified = verifier.verify_checkpoint(stored.signed, chain, witnesses_required)
+            lines, witnesses = cosigned
+            note = add_lines(stored.signed, lines.get(cp.text(), []))
+            verified = verifier.verify_checkpoint(note, chain, witnesses_required, witnesses)
         except DocbusError as exc:
             report.checkpoints.append(checkpoint_seen(cp, stored.at, False))
             report.findings.append(

@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from bus.audit.rebuild import rebuild
-from bus.audit.replay import replay
+from bus.audit.replay import read_topics, replay
 from bus.audit.report import Report, print_report, write_report
 from bus.audit.verify import verify_archive
+from bus.audit.witness import Witness, WitnessState, cosignatures, witness_once
 from bus.cli.options import (
     DocbusGroup,
     KeyPair,
@@ -28,8 +29,10 @@ from bus.cli.options import (
     registry_option,
     trust_option,
 )
+from bus.kafka.runtime import ConsumerRuntime, run_until_signalled
 from bus.registry import Registry
 from bus.tlog.merkle import leaf_hash
+from bus.tlog.note import NoteVerifier
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Verifier
@@ -61,14 +64,23 @@ def audit() -> None:
     default=0,
     show_default=True,
     type=click.IntRange(min=0),
-    help="Cosignatures of pinned witnesses every checkpoint must carry.",
+    help="Cosignatures of pinned witnesses every checkpoint must carry (read from the "
+    "checkpoint topic: needs a broker).",
 )
+@bootstrap_option
 @_report_option
-def verify_archive_command(data_dir: Path, trust: Path, witnesses: int, out: Path | None) -> None:
+def verify_archive_command(
+    data_dir: Path, trust: Path, witnesses: int, bootstrap: str | None, out: Path | None
+) -> None:
     """Re-verify every entry at its signed receipt time, every column against the event
     bytes, every row against the signed checkpoints and those against each other."""
     archive = existing_archive(data_dir)
     verifier = Verifier(TrustStore.load(trust))
+    cosigned: tuple[dict[str, list[str]], list[NoteVerifier]] = ({}, [])
+    if witnesses:
+        client = kafka(bootstrap)
+        records = read_topics(client, [client.topics.checkpoints], None, None)
+        cosigned = asyncio.run(cosignatures(records, verifier))
     try:
         if sys.stdout.isatty():
             with Progress(transient=True) as bar:
@@ -78,12 +90,58 @@ def verify_archive_command(data_dir: Path, trust: Path, witnesses: int, out: Pat
                     verifier,
                     lambda n, total: bar.update(task, completed=n, total=total),
                     witnesses,
+                    cosigned,
                 )
         else:
-            report = verify_archive(archive, verifier, witnesses_required=witnesses)
+            report = verify_archive(archive, verifier, None, witnesses, cosigned)
     finally:
         archive.close()
     _finish(report, out)
+
+
+@audit.command("witness")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the witness keeps the last checkpoint it accepted per log.",
+)
+@trust_option
+@click.option(
+    "--key", required=True, type=KeyPair(Role.SERVICE), help="The witness's SERVICE key (Ed25519)."
+)
+@click.option("--once", is_flag=True, help="Check what the topic holds now, then exit.")
+@bootstrap_option
+def witness_command(
+    data_dir: Path, trust: Path, key: SigningKey, once: bool, bootstrap: str | None
+) -> None:
+    """Follow the checkpoint topic; cosign every checkpoint that extends the last one seen.
+
+    A rollback or a split view is refused and reported with both checkpoints; with --once
+    the exit code is 1 if any was ever seen.
+    """
+    client = kafka(bootstrap)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    state = WitnessState(data_dir)
+    witness = Witness(Verifier(TrustStore.load(trust)), key, state, client.topics)
+    try:
+        if once:
+            asyncio.run(witness_once(client, witness))
+        else:
+            runtime = ConsumerRuntime(
+                client, witness, f"docbus.witness.{key.agency}", topics=[client.topics.checkpoints]
+            )
+            asyncio.run(run_until_signalled([runtime]))
+        alarms = state.alarms()
+    finally:
+        state.close()
+    click.echo(f"{witness.cosigned} checkpoints cosigned, {len(alarms)} alarms")
+    for alarm in alarms:
+        click.echo(f"ALARM {alarm.kind} of {alarm.origin}:", err=True)
+        click.echo(alarm.known.decode("utf-8", "replace"), err=True)
+        click.echo(alarm.seen.decode("utf-8", "replace"), err=True)
+    if alarms:
+        sys.exit(1)
 
 
 @audit.command("checkpoint")

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from bus.registry import Registry, vietnam_date
 from bus.tlog.checkpoint import Checkpoint, open_checkpoint
 from bus.tlog.merkle import leaf_hash, verify_inclusion
-from bus.tlog.note import ALG_ED25519, NoteVerifier
+from bus.tlog.note import ALG_COSIGNATURE_V1, ALG_ED25519, NoteVerifier
 from bus.trust.chain import Chain, ChainBuilder
 from bus.trust.policy import Service
 from bus.trust.signing import algorithm_of, pae, signature_valid
@@ -258,19 +258,34 @@ class Verifier:
             raise DocbusError(Reason.WEAK_ALGORITHM, "a log key is an Ed25519 key")
         return NoteVerifier(found.agency, ALG_ED25519, found.key)
 
-    def witness_keys(self) -> tuple[NoteVerifier, ...]:
-        """The pinned witnesses' cosignature keys (policy.toml [witnesses])."""
-        return tuple(self._witnesses)
+    def witness_key(self, chain: Sequence[bytes]) -> NoteVerifier:
+        """The cosignature key of a pinned witness's certificate (DER, leaf first)."""
+        found = self._chains.chain(chain)
+        if found.role is not Role.SERVICE or not self.trust.policy.is_service(
+            Service.WITNESS, found.agency
+        ):
+            raise DocbusError(
+                Reason.POLICY, f"{found.subject} is no pinned witness (policy.toml [services])"
+            )
+        if not isinstance(found.key, ed25519.Ed25519PublicKey) or found.agency is None:
+            raise DocbusError(Reason.WEAK_ALGORITHM, "a witness key is an Ed25519 key")
+        return NoteVerifier(found.agency, ALG_COSIGNATURE_V1, found.key)
 
     def verify_checkpoint(
-        self, note: bytes, chain: Sequence[bytes], witnesses_required: int = 0
+        self,
+        note: bytes,
+        chain: Sequence[bytes],
+        witnesses_required: int = 0,
+        witnesses: Sequence[NoteVerifier] = (),
     ) -> Checkpoint:
         """A C2SP checkpoint note signed by the pinned archiver whose certificate is
-        ``chain``, with at least ``witnesses_required`` cosignatures of pinned witnesses.
+        ``chain``, with at least ``witnesses_required`` cosignatures of pinned witnesses
+        (keys from policy.toml or ``witnesses``, from :meth:`witness_key`).
 
         Raises DocbusError.
         """
-        checkpoint, opened = open_checkpoint(note, self.log_key(chain), self._witnesses)
+        known = {(w.name, w.hash): w for w in (*self._witnesses, *witnesses)}
+        checkpoint, opened = open_checkpoint(note, self.log_key(chain), tuple(known.values()))
         if len(opened.cosigned_at) < witnesses_required:
             raise DocbusError(
                 Reason.POLICY,

@@ -6,6 +6,7 @@ Headers are for tooling and tracing only: nothing is decided on an unsigned head
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime
 
 from bus.wire.model import Document, Status
@@ -15,6 +16,30 @@ Headers = list[tuple[str, bytes]]
 ERROR_PREFIX = "docbus.error."
 #: The gateway's signed DELIVERED status for a delivered record: its signed receipt time.
 RECEIPT = "docbus.receipt"
+
+
+#: Beside a checkpoint on the checkpoint topic: its log key's certificates (DER, leaf first)
+#: and a consistency proof from the log's previous checkpoint, for witnesses to check.
+LOG_CERT = "docbus.log_cert"
+CONSISTENCY_FROM = "docbus.consistency_from"
+CONSISTENCY = "docbus.consistency"
+#: Beside a cosigned checkpoint: the witness and its certificates (DER, leaf first).
+COSIGNED_BY = "docbus.cosigned_by"
+WITNESS_CERT = "docbus.witness_cert"
+
+
+def log_headers(chain: Sequence[bytes], since: int, proof: Sequence[bytes]) -> Headers:
+    """What a witness needs beside a checkpoint note (nothing here is trusted unchecked)."""
+    return [
+        *((LOG_CERT, der) for der in chain),
+        (CONSISTENCY_FROM, str(since).encode()),
+        (CONSISTENCY, b"".join(proof)),
+    ]
+
+
+def headers_all(headers: Headers | tuple[tuple[str, bytes], ...], name: str) -> list[bytes]:
+    """Every value of header ``name``, in order."""
+    return [value for key, value in headers if key == name]
 
 
 def traceparent() -> bytes:

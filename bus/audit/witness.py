@@ -1,0 +1,269 @@
+"""The witness (DESIGN §6): follows the checkpoint topic, keeps the last checkpoint it
+accepted per log, checks a consistency proof to each new one, and cosigns it
+(C2SP tlog-cosignature/v1). A rollback or a split view (two checkpoints that are not
+consistent) is refused, kept with both checkpoints, and reported.
+
+With witnesses, no single key can fork the log unseen: the archiver's key signs
+checkpoints, but a reader that demands k cosignatures trusts only a history that k
+independent witnesses saw grow consistently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from bus.audit.replay import read_topics
+from bus.kafka.clients import KafkaSettings
+from bus.kafka.runtime import Output, Record, Reject, Result
+from bus.kafka.topics import Topics
+from bus.store.sqlite import open_database
+from bus.tlog.checkpoint import HASH_SIZE, Checkpoint, open_checkpoint
+from bus.tlog.merkle import verify_consistency
+from bus.tlog.note import NoteError, NoteVerifier, add_lines, split_note
+from bus.trust.signing import SigningKey, note_signer
+from bus.trust.verifier import Verifier
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.headers import (
+    CONSISTENCY,
+    CONSISTENCY_FROM,
+    COSIGNED_BY,
+    LOG_CERT,
+    WITNESS_CERT,
+    header,
+    headers_all,
+)
+
+log = structlog.get_logger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accepted (
+    origin TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    note BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    origin TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    PRIMARY KEY (origin, size)
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    seq INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    known BLOB NOT NULL,
+    seen BLOB NOT NULL,
+    at TEXT NOT NULL
+);
+"""
+STATE_FILE = "witness.sqlite"
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """A log that showed this witness two histories: both checkpoints, as signed."""
+
+    origin: str
+    kind: str  # "rollback" or "split view"
+    known: bytes
+    seen: bytes
+
+
+class WitnessState:
+    """The last checkpoint accepted per log, and every alarm raised (one SQLite file)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = open_database(folder / STATE_FILE, SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def last(self, origin: str) -> tuple[Checkpoint, bytes] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT size, root, note FROM accepted WHERE origin = ?", (origin,)
+            ).fetchone()
+        if row is None:
+            return None
+        return Checkpoint(origin, int(row["size"]), bytes(row["root"])), bytes(row["note"])
+
+    def accept(self, checkpoint: Checkpoint, note: bytes) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO accepted VALUES (?, ?, ?, ?)",
+                (checkpoint.origin, checkpoint.size, checkpoint.root, note),
+            )
+            self._db.execute(
+                "INSERT OR IGNORE INTO history VALUES (?, ?, ?)",
+                (checkpoint.origin, checkpoint.size, checkpoint.root),
+            )
+            self._db.execute("COMMIT")
+
+    def root_at(self, origin: str, size: int) -> bytes | None:
+        """The root this witness accepted for ``origin`` at ``size``, if it saw that size."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT root FROM history WHERE origin = ? AND size = ?", (origin, size)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def alarm(self, alarm: Alarm) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO alarms (origin, kind, known, seen, at) VALUES (?, ?, ?, ?, ?)",
+                (alarm.origin, alarm.kind, alarm.known, alarm.seen, datetime.now(UTC).isoformat()),
+            )
+
+    def alarms(self) -> list[Alarm]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT origin, kind, known, seen FROM alarms ORDER BY seq"
+            ).fetchall()
+        return [Alarm(r[0], r[1], bytes(r[2]), bytes(r[3])) for r in rows]
+
+
+class Witness:
+    """The witness's handler: one checkpoint record in, its cosignature (or a refusal) out.
+
+    :param verifier: checks the log key (a pinned archiver's certificate).
+    :param key: the witness's SERVICE key (Ed25519); its agency code names its cosignatures.
+    """
+
+    stage = "witness"
+
+    def __init__(
+        self, verifier: Verifier, key: SigningKey, state: WitnessState, topics: Topics
+    ) -> None:
+        self.verifier = verifier
+        self.signer = note_signer(key)
+        self.chain = [c.public_bytes(Encoding.DER) for c in key.chain]
+        self.state = state
+        self.topics = topics
+        self.cosigned = 0
+
+    async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
+        return await asyncio.to_thread(self.process, records)
+
+    def process(self, records: Sequence[Record]) -> list[Result]:
+        results: list[Result] = []
+        for record in records:
+            if header(record.headers, COSIGNED_BY) is not None:
+                continue  # another witness's cosignature (or ours): not a new checkpoint
+            try:
+                results.extend(self.check(record))
+            except DocbusError as exc:
+                results.append(Reject(record, exc.reason, exc.message))
+        return results
+
+    def check(self, record: Record) -> list[Result]:
+        """Accept and cosign a checkpoint that extends the last one accepted; DocbusError
+        (rejected with both checkpoints in the message) for a rollback or a split view."""
+        note = record.value or b""
+        key = self.verifier.log_key(headers_all(record.headers, LOG_CERT))
+        checkpoint, _ = open_checkpoint(note, key)
+        known = self.state.last(checkpoint.origin)
+        if known is not None:
+            seen = self.state.root_at(checkpoint.origin, checkpoint.size)
+            if seen == checkpoint.root:
+                return []  # a checkpoint this witness accepted (and cosigned) before
+            self._check_extends(known, checkpoint, note, record, seen)
+        self.state.accept(checkpoint, note)
+        cosigned = add_lines(
+            note, [self.signer.cosign(checkpoint.text(), int(datetime.now(UTC).timestamp()))]
+        )
+        self.cosigned += 1
+        log.info("cosigned", origin=checkpoint.origin, size=checkpoint.size)
+        headers = [
+            (COSIGNED_BY, self.signer.name.encode()),
+            *((LOG_CERT, der) for der in headers_all(record.headers, LOG_CERT)),
+            *((WITNESS_CERT, der) for der in self.chain),
+        ]
+        return [Output(self.topics.checkpoints, checkpoint.origin.encode(), cosigned, headers)]
+
+    def _check_extends(
+        self,
+        known: tuple[Checkpoint, bytes],
+        new: Checkpoint,
+        note: bytes,
+        record: Record,
+        seen: bytes | None,
+    ) -> None:
+        last, last_note = known
+        if seen is not None:  # that size had another root: two histories
+            self._raise(Alarm(new.origin, "split view", last_note, note))
+        if new.size < last.size:
+            self._raise(Alarm(new.origin, "rollback", last_note, note))
+        since = int(header(record.headers, CONSISTENCY_FROM) or b"0")
+        blob = header(record.headers, CONSISTENCY) or b""
+        proof = [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
+        if since != last.size or not verify_consistency(
+            last.size, new.size, last.root, new.root, proof
+        ):
+            self._raise(Alarm(new.origin, "split view", last_note, note))
+
+    def _raise(self, alarm: Alarm) -> None:
+        self.state.alarm(alarm)
+        log.error(
+            f"ALARM: {alarm.kind}",
+            origin=alarm.origin,
+            known=alarm.known.decode("utf-8", "replace"),
+            seen=alarm.seen.decode("utf-8", "replace"),
+        )
+        raise DocbusError(
+            Reason.POLICY,
+            f"{alarm.kind} of {alarm.origin}: accepted\n{alarm.known.decode('utf-8', 'replace')}"
+            f"then saw\n{alarm.seen.decode('utf-8', 'replace')}",
+        )
+
+
+async def cosignatures(
+    records: AsyncIterator[Record], verifier: Verifier
+) -> tuple[dict[str, list[str]], list[NoteVerifier]]:
+    """The cosignature lines of pinned witnesses found on the checkpoint topic, by the
+    checkpoint text they cosign, and the witnesses' keys (from their certificates)."""
+    lines: dict[str, list[str]] = {}
+    keys: dict[str, NoteVerifier] = {}
+    async for record in records:
+        if header(record.headers, COSIGNED_BY) is None:
+            continue
+        try:
+            key = verifier.witness_key(headers_all(record.headers, WITNESS_CERT))
+            text, signatures = split_note(record.value or b"")
+        except (DocbusError, NoteError) as exc:
+            log.warning("cosignature ignored", error=str(exc))
+            continue
+        keys[key.name] = key
+        for line in signatures:
+            if (line.name, line.hash) == (key.name, key.hash):
+                blob = base64.b64encode(line.hash + line.blob).decode()
+                lines.setdefault(text, []).append(f"— {line.name} {blob}\n")
+    return lines, list(keys.values())
+
+
+async def witness_once(settings: KafkaSettings, witness: Witness) -> None:
+    """Check every record the checkpoint topic holds now (no group), publish the
+    cosignatures, and return: for scripts and scheduled runs."""
+    producer = settings.producer()
+    await producer.start()
+    try:
+        async for record in read_topics(settings, [settings.topics.checkpoints], None, None):
+            for result in witness.process([record]):
+                if isinstance(result, Output):
+                    await producer.send_and_wait(
+                        result.topic, result.value, key=result.key, headers=result.headers
+                    )
+    finally:
+        await producer.stop()

@@ -1,0 +1,126 @@
+"""Witnesses (DESIGN §6) on the real broker: cosigning a growing log, readers demanding
+cosignatures, and a forked log caught with both of its checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from bus.audit.replay import read_topics
+from bus.audit.verify import verify_archive
+from bus.audit.witness import Witness, WitnessState, cosignatures, witness_once
+from bus.kafka.broker import EmbeddedBroker
+from bus.registry import Registry
+from bus.tlog.checkpoint import Checkpoint
+from bus.trust.signing import sign_checkpoint
+from bus.trust.verifier import Verifier
+from bus.wire.headers import COSIGNED_BY, header, log_headers
+from bus.wire.model import Role
+from producers.document import new_document
+from producers.outbox import State
+from tests.conftest import MINISTRY, Pki
+from tests.stack import NGHE_AN, Stack, running_stack
+
+pytestmark = pytest.mark.integration
+
+
+async def _archive(stack: Stack, n: int) -> None:
+    for i in range(n):
+        doc = new_document(MINISTRY, [NGHE_AN], f"Văn bản chứng kiến {i}")
+        await stack.publisher.publish(doc)
+        async with asyncio.timeout(30):
+            assert (await stack.publisher.wait(doc.document_id)).state is State.ARCHIVED
+
+
+async def _verify(stack: Stack, required: int) -> set[str]:
+    verifier = Verifier(stack.pki.trust)
+    records = read_topics(stack.settings, [stack.settings.topics.checkpoints], None, None)
+    cosigned = await cosignatures(records, verifier)
+    report = verify_archive(stack.archive, verifier, None, required, cosigned)
+    return {f.kind for f in report.findings}
+
+
+async def test_a_witness_cosigns_a_growing_log_and_readers_can_demand_it(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
+        await _archive(stack, 3)
+        assert "forged checkpoint" in await _verify(stack, 1)  # nobody has cosigned yet
+        state = WitnessState(tmp_path / "witness")
+        witness = Witness(
+            Verifier(pki.trust),
+            pki.key("docbus.witness", Role.SERVICE),
+            state,
+            stack.settings.topics,
+        )
+        await witness_once(stack.settings, witness)
+        assert witness.cosigned == 3 and not state.alarms()
+        assert await _verify(stack, 1) == set()
+        assert "forged checkpoint" in await _verify(stack, 2)  # one witness is not two
+        # A certificate that is no pinned witness cosigns in vain.
+        rogue = Witness(
+            Verifier(pki.trust), pki.key("bridge.vpcp", Role.SERVICE), WitnessState(tmp_path / "r"),
+            stack.settings.topics,
+        )  # fmt: skip
+        await witness_once(stack.settings, rogue)
+        assert "forged checkpoint" in await _verify(stack, 2)
+        state.close()
+
+
+async def test_a_forked_log_is_caught_with_both_checkpoints(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
+        await _archive(stack, 2)
+        state = WitnessState(tmp_path / "witness")
+        witness = Witness(
+            Verifier(pki.trust),
+            pki.key("docbus.witness", Role.SERVICE),
+            state,
+            stack.settings.topics,
+        )
+        await witness_once(stack.settings, witness)
+        latest = stack.archive.latest_checkpoint()
+        assert latest is not None and stack.archiver_key is not None
+        # The archiver's own key (stolen, or the archiver lying) shows another history:
+        # the same size with another root, then a shorter log than any it published.
+        chain = [c.public_bytes(Encoding.DER) for c in stack.archiver_key.chain]
+        producer = stack.settings.producer()
+        await producer.start()
+        for size, root in ((latest.checkpoint.size, b"\x66" * 32), (0, b"\x01" * 32)):
+            fork = sign_checkpoint(Checkpoint("docbus.archiver", size, root), stack.archiver_key)
+            await producer.send_and_wait(
+                stack.settings.topics.checkpoints,
+                fork,
+                key=b"docbus.archiver",
+                headers=log_headers(chain, 0, []),
+            )
+        await producer.stop()
+        fresh = Witness(
+            Verifier(pki.trust),
+            pki.key("docbus.witness", Role.SERVICE),
+            state,
+            stack.settings.topics,
+        )
+        await witness_once(stack.settings, fresh)
+        alarms = state.alarms()
+        assert [a.kind for a in alarms] == ["split view", "rollback"]
+        assert all(a.known == latest.signed for a in alarms)
+        assert b"\n0\n" in alarms[1].seen
+        cosigned = [
+            r
+            for r in await _all(stack)
+            if header(r.headers, COSIGNED_BY) is not None and b"ZmZm" in (r.value or b"")
+        ]
+        assert cosigned == []  # the fork was never cosigned
+        state.close()
+
+
+async def _all(stack: Stack) -> list:  # type: ignore[type-arg]
+    return [
+        r
+        async for r in read_topics(stack.settings, [stack.settings.topics.checkpoints], None, None)
+    ]
