@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="the lowest level logged"
     )
+    key_password_file: Path | None = Field(
+        None, description="file holding the password of encrypted private keys"
+    )
+    trust_reload_seconds: int = Field(
+        10, ge=1, le=60, description="how often services re-read the trust folder (CRLs)"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,6 +19,7 @@ from bus.cli.options import (
     kafka,
     path_option,
     registry_option,
+    settings,
     trust_option,
 )
 from bus.kafka.runtime import ConsumerRuntime, run_until_signalled
@@ -49,7 +51,7 @@ def serve() -> None:
 def serve_gateway(bootstrap: str | None, trust: Path, key: SigningKey, registry: Registry) -> None:
     """Verify docbus.submitted and route each document to its jurisdictions."""
     settings = kafka(bootstrap)
-    verifier = Verifier(TrustStore.load(trust), Policy(), registry)
+    verifier = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=_reload())
     gateway = Gateway(verifier, registry, key, settings.topics)
     runtime = ConsumerRuntime(
         settings, gateway, "docbus.gateway", topics=[settings.topics.submitted]
@@ -70,7 +72,7 @@ def serve_archiver(
 ) -> None:
     """Verify and archive every delivery topic into DATA_DIR/archive.sqlite."""
     settings = kafka(bootstrap)
-    verifier = Verifier(TrustStore.load(trust), Policy(), registry)
+    verifier = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=_reload())
     archive = open_archive(data_dir, create=True)
     archiver = Archiver(archive, key, settings.topics, verifier)
     runtime = ConsumerRuntime(
@@ -107,7 +109,12 @@ def serve_inbox(
 ) -> None:
     """Keep the documents addressed to AGENCY (or its predecessors) in DIR; say RECEIVED."""
     settings = kafka(bootstrap)
-    verifier = Verifier(TrustStore.load(trust), Policy(issued_at_tolerance=None), registry)
+    verifier = Verifier(
+        TrustStore.load(trust),
+        Policy(issued_at_tolerance=None),
+        registry,
+        reload_every=_reload(),
+    )
     opener = EncryptionKey.from_pem(decrypt_key.read_bytes()) if decrypt_key else None
     inbox = Inbox(agency, registry, verifier, key, folder, settings.topics, opener, edxml_dir)
     runtime = ConsumerRuntime(settings, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic])
@@ -219,3 +226,8 @@ def edxml_export(event_file: Path, out: Path) -> None:
         document_to_edxml(payload) if isinstance(payload, Document) else status_to_edxml(payload)
     )
     click.echo(f"{payload.document_id} -> {out}")
+
+
+def _reload() -> timedelta:
+    """How often a service re-reads its trust folder: a revocation reaches it that soon."""
+    return timedelta(seconds=settings().trust_reload_seconds)

@@ -26,7 +26,9 @@ class Pki:
 
     def key(self, agency: str, role: Role, alg: KeyAlgorithm = KeyAlgorithm.ED25519) -> SigningKey:
         """A freshly issued key for ``agency`` in ``role``."""
-        key_path, cert_path = self.dev.issue(agency, CertRole(role.value.lower()), alg)
+        key_path, cert_path = self.dev.issue(
+            agency, CertRole(role.value.lower()), alg, replace=True
+        )
         return SigningKey.load(role, key_path, cert_path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,14 @@ from tests.conftest import MINISTRY, PROVINCE
 DOCBUS = str(Path(sys.executable).with_name("docbus"))
 
 
-def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([DOCBUS, *map(str, args)], capture_output=True, text=True, timeout=120)
+def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [DOCBUS, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
     assert "Traceback" not in result.stderr + result.stdout
     return result
 
@@ -85,19 +92,14 @@ def test_publish_then_verify_json(world: Path) -> None:
 
 
 def _second_key(world: Path, role: str, name: str, *alg: str) -> tuple[str, str]:
-    """Another certificate of the ministry in ``role``, kept apart from the shared one."""
-    base = world / "pki" / "agencies" / MINISTRY
-    shared = [base / f"{role}.{kind}.pem" for kind in ("key", "cert")]
-    kept = [p.read_bytes() for p in shared]
-    out = run("pki", "issue", "--dir", world / "pki", "--agency", MINISTRY, "--role", role, *alg)
+    """Another certificate of the ministry in ``role``, beside the shared one (--name)."""
+    out = run(
+        "pki", "issue", "--dir", world / "pki", "--agency", MINISTRY, "--role", role,
+        "--name", name, *alg,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    moved = [
-        str(Path(p).rename(base / f"{name}.{kind}.pem"))
-        for p, kind in zip(out.stdout.split(), ("key", "cert"), strict=True)
-    ]
-    for path, data in zip(shared, kept, strict=True):
-        path.write_bytes(data)
-    return moved[0], moved[1]
+    key, cert = out.stdout.split()
+    return key, cert
 
 
 def test_publish_with_an_ml_dsa_cosignature(world: Path) -> None:
@@ -318,3 +320,36 @@ def test_publish_confidential_refuses_a_recipient_without_certificate(world: Pat
     )
     assert out.returncode == 1 and "no encryption certificate for 000.00.00.G10" in out.stderr
     assert not (world / "never.avro").exists()
+
+
+def test_pki_issue_never_overwrites_a_key_nor_takes_a_malformed_code(world: Path) -> None:
+    key = world / "pki" / "agencies" / MINISTRY / "signer.key.pem"
+    before = key.read_bytes()
+    again = run("pki", "issue", "--dir", world / "pki", "--agency", MINISTRY, "--role", "signer")
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+    assert key.read_bytes() == before and key.stat().st_mode & 0o777 == 0o600
+    for code in ("../../etc", "000.00.00.g22", "G22", "000.00.00.G22/x"):
+        bad = run("pki", "issue", "--dir", world / "pki", "--agency", code, "--role", "signer")
+        assert bad.returncode == 1 and "neither an agency code" in bad.stderr, code
+        assert "Traceback" not in bad.stderr
+
+
+def test_a_password_protected_key_needs_its_password(world: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("mật khẩu đủ dài\n", "utf-8")
+    out = run(
+        "pki", "issue", "--dir", world / "pki", "--agency", MINISTRY, "--role", "signer",
+        "--name", "protected", "--password-file", secret,
+    )  # fmt: skip
+    key, cert = out.stdout.split()
+    assert b"ENCRYPTED PRIVATE KEY" in Path(key).read_bytes()
+    args = [
+        "publish", "--from", MINISTRY, "--to", PROVINCE, "--subject", "x",
+        "--signer", f"{key},{cert}", "--seal", _keys(world, "agency"),
+        "--output", tmp_path / "e.avro",
+    ]  # fmt: skip
+    refused = run(*args)
+    assert refused.returncode == 2 and "DOCBUS_KEY_PASSWORD_FILE" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    opened = run(*args, env={"DOCBUS_KEY_PASSWORD_FILE": str(secret)})
+    assert opened.returncode == 0, opened.stderr

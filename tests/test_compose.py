@@ -71,3 +71,14 @@ def test_every_service_waits_for_its_topics_and_runs_a_real_command() -> None:
         for option in (w for w in words if w.startswith("--")):
             assert option in done.stdout, (name, option)
     assert services["topics"]["command"][:2] == ["topics", "ensure"]
+
+
+def test_the_ca_keys_stay_in_the_pki_job() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text("utf-8"))
+    for name, service in compose["services"].items():
+        mounts = [str(v) for v in service.get("volumes", [])]
+        if name == "pki":
+            assert "pki-ca:/pki/ca" in mounts
+        else:
+            assert not any(m.startswith("pki-ca:") for m in mounts), name
+            assert all(m.endswith(":ro") for m in mounts if m.startswith("pki:")), name

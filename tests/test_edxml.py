@@ -184,7 +184,7 @@ def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_bridge_commands_sign_as_the_registered_agency_only(pki: Pki, tmp_path: Path) -> None:
     pki.key(MINISTRY, Role.AGENCY)
     agencies = pki.dev.root / "agencies"
-    bridge = pki.dev.issue("bridge.vpcp", CertRole.SERVICE, KeyAlgorithm.ED25519)
+    bridge = pki.dev.issue("bridge.vpcp", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True)
     signer = f"{bridge[0]},{bridge[1]}"
     seal = f"{agencies / MINISTRY / 'agency.key.pem'},{agencies / MINISTRY / 'agency.cert.pem'}"
     # the new-document sample comes from 002.00.20.H13, not from this bridge's agency

@@ -91,7 +91,9 @@ async def test_an_archiver_killed_mid_batch_archives_each_document_exactly_once(
     await asyncio.gather(*sent)
     await producer.stop()
 
-    key_path, cert_path = pki.dev.issue("docbus.archiver", CertRole.SERVICE, KeyAlgorithm.ED25519)
+    key_path, cert_path = pki.dev.issue(
+        "docbus.archiver", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True
+    )
     key = f"{key_path},{cert_path}"
     db = tmp_path / "archive.sqlite"
     first = _start_archiver(broker, key, tmp_path, pki.dev.trust_dir)

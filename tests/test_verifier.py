@@ -165,7 +165,9 @@ def test_an_expired_certificate_is_rejected_even_with_a_back_dated_issued_at(
 def test_a_revoked_certificate_is_rejected_from_its_revocation_on(
     pki: Pki, registry: Registry, ministry_keys: tuple[SigningKey, SigningKey]
 ) -> None:
-    key_path, cert_path = pki.dev.issue(MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519)
+    key_path, cert_path = pki.dev.issue(
+        MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519, replace=True
+    )
     signer = SigningKey.load(Role.SIGNER, key_path, cert_path)
     before = now_ms()
     record = document_record(_doc(issued_at=before), [signer, ministry_keys[1]])

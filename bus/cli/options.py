@@ -140,9 +140,18 @@ class KeyPair(click.ParamType[SigningKey]):
             if not p.is_file():
                 self.fail(f"{p} does not exist", param, ctx)
         try:
-            return SigningKey.load(self.role, key_path, cert_path)
+            return SigningKey.load(self.role, key_path, cert_path, key_password())
         except (ValueError, DocbusError) as exc:
             self.fail(f"{value}: {exc}", param, ctx)
+
+
+def key_password(path: Path | None = None) -> bytes | None:
+    """The private-key password: ``path``, else DOCBUS_KEY_PASSWORD_FILE's file, else None.
+    One trailing newline is not part of it."""
+    chosen = path or settings().key_password_file
+    if chosen is None:
+        return None
+    return chosen.read_bytes().removesuffix(b"\n")
 
 
 def bootstrap_option(f: Any) -> Any:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from bus.cli.options import DocbusGroup, choice_option
-from bus.trust.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
+from bus.cli.options import DocbusGroup, choice_option, key_password, path_option
+from bus.trust.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm, check_code
 
 
 @click.group(cls=DocbusGroup)
@@ -35,13 +35,33 @@ def pki_init(folder: Path) -> None:
     "--kem", choices=KemAlgorithm, default=KemAlgorithm.X25519, help="Encryption key type."
 )
 @click.option("--days", default=365, show_default=True, type=click.IntRange(min=1))
-def pki_issue(folder: Path, agency: str, role: str, alg: str, kem: str, days: int) -> None:
-    """Issue a key and certificate to DIR/agencies/CODE/ROLE.{key,cert}.pem."""
+@click.option("--name", help="File name instead of the role's (a second key in one role).")
+@path_option(
+    "--password-file",
+    exists=True,
+    help="Encrypt the key with the password in this file (default: DOCBUS_KEY_PASSWORD_FILE).",
+)
+def pki_issue(
+    folder: Path,
+    agency: str,
+    role: str,
+    alg: str,
+    kem: str,
+    days: int,
+    name: str | None,
+    password_file: Path | None,
+) -> None:
+    """Issue a key and certificate to DIR/agencies/CODE/ROLE.{key,cert}.pem (never over an
+    existing key); the key file is readable by its owner only."""
     dev = DevPki(folder)
     if CertRole(role) is CertRole.ENCRYPTION:
+        check_code(agency)
         key_path, cert_path = dev.issue_encryption(agency, KemAlgorithm(kem), days)
     else:
-        key_path, cert_path = dev.issue(agency, CertRole(role), KeyAlgorithm(alg), days)
+        password = key_password(password_file)
+        key_path, cert_path = dev.issue(
+            agency, CertRole(role), KeyAlgorithm(alg), days, name=name, password=password
+        )
     click.echo(key_path)
     click.echo(cert_path)
 

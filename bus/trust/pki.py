@@ -7,6 +7,8 @@ store under ``trust/``).
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -233,11 +235,39 @@ def make_crl(issuer: Issuer, revoked: list[tuple[int, datetime]]) -> x509.Certif
     return builder.sign(issuer.key, hashes.SHA256())
 
 
-def pem_key(key: AnyPrivateKey) -> bytes:
-    """PKCS#8 PEM, unencrypted (a development PKI; production keys live in an HSM)."""
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+def pem_key(key: AnyPrivateKey, password: bytes | None = None) -> bytes:
+    """PKCS#8 PEM, encrypted with ``password`` if given (production keys live in an HSM)."""
+    protection: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
     )
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, protection
+    )
+
+
+#: Agency codes in the national format (000.00.00.G22), or service ids (docbus.gateway).
+AGENCY_CODE = re.compile(r"\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}|[a-z][a-z0-9-]*(\.[a-z0-9-]+)+")
+_STEM = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_code(agency: str) -> None:
+    """PkiError unless ``agency`` is a national agency code or a service id."""
+    if not AGENCY_CODE.fullmatch(agency):
+        raise PkiError(
+            f"{agency!r} is neither an agency code (000.00.00.G22) nor a service id "
+            "(docbus.gateway)"
+        )
+
+
+def _write_key(path: Path, data: bytes, replace: bool = False) -> None:
+    """Write a private key readable by its owner only, from its first byte on."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    path.chmod(0o600)
 
 
 def pem_cert(*certs: x509.Certificate) -> bytes:
@@ -270,8 +300,8 @@ class DevPki:
         inter = make_intermediate(root)
         (self.root / "ca").mkdir(parents=True)
         self.trust_dir.mkdir(parents=True, exist_ok=True)
-        (self.root / "ca" / "root-ca.key.pem").write_bytes(pem_key(root.key))
-        (self.root / "ca" / "issuing-ca.key.pem").write_bytes(pem_key(inter.key))
+        _write_key(self.root / "ca" / "root-ca.key.pem", pem_key(root.key))
+        _write_key(self.root / "ca" / "issuing-ca.key.pem", pem_key(inter.key))
         (self.trust_dir / "root-ca.cert.pem").write_bytes(pem_cert(root.cert))
         (self.trust_dir / "issuing-ca.cert.pem").write_bytes(pem_cert(inter.cert))
         self.crl_path.write_bytes(make_crl(inter, []).public_bytes(serialization.Encoding.PEM))
@@ -291,18 +321,35 @@ class DevPki:
         return Issuer(key, cert)
 
     def issue(
-        self, agency: str, role: CertRole, alg: KeyAlgorithm, days: int = 365
+        self,
+        agency: str,
+        role: CertRole,
+        alg: KeyAlgorithm,
+        days: int = 365,
+        *,
+        name: str | None = None,
+        password: bytes | None = None,
+        replace: bool = False,
     ) -> tuple[Path, Path]:
-        """Issue a key and certificate; returns (key path, certificate path)."""
+        """Issue a key and certificate to ``agencies/AGENCY/NAME.{key,cert}.pem`` (NAME is
+        the role by default); returns (key path, certificate path).
+
+        Refuses a malformed agency code, and an existing key unless ``replace``.
+        """
+        check_code(agency)
+        stem = name or role.value
+        if not _STEM.fullmatch(stem):
+            raise PkiError(f"{stem!r} is no file name (letters, digits, '-', '_')")
+        folder = self.root / "agencies" / agency
+        key_path, cert_path = folder / f"{stem}.key.pem", folder / f"{stem}.cert.pem"
+        if key_path.exists() and not replace:
+            raise PkiError(f"{key_path} exists: a key is never overwritten (choose --name)")
         issuer = self.issuer()
         key = generate_key(alg)
         start = datetime.now(UTC) - timedelta(minutes=5)
         cert = make_leaf(issuer, agency, role, key, start, start + timedelta(days=days))
-        folder = self.root / "agencies" / agency
         folder.mkdir(parents=True, exist_ok=True)
-        key_path, cert_path = folder / f"{role.value}.key.pem", folder / f"{role.value}.cert.pem"
-        key_path.write_bytes(pem_key(key))
-        key_path.chmod(0o600)
+        _write_key(key_path, pem_key(key, password), replace=replace)
         cert_path.write_bytes(pem_cert(cert, issuer.cert))
         return key_path, cert_path
 
@@ -326,8 +373,7 @@ class DevPki:
         folder = self.root / "agencies" / agency
         folder.mkdir(parents=True, exist_ok=True)
         key_path, cert_path = folder / "encryption.key.pem", folder / "encryption.cert.pem"
-        key_path.write_bytes(b"".join(pem_key(k) for k in keys))
-        key_path.chmod(0o600)
+        _write_key(key_path, b"".join(pem_key(k) for k in keys), replace=True)
         cert_path.write_bytes(pem_cert(*certs, issuer.cert))
         return key_path, cert_path
 

@@ -107,13 +107,33 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(data)]
 
 
-def load_private_key(data: bytes) -> PrivateKey:
-    """A PEM or DER (PKCS#8) private key of an accepted type."""
-    key = (
-        serialization.load_pem_private_key(data, password=None)
+def load_private_key(data: bytes, password: bytes | None = None) -> PrivateKey:
+    """A PEM or DER (PKCS#8) private key of an accepted type; ``password`` opens an
+    encrypted one (a key that is not encrypted needs none and ignores it).
+
+    Raises DocbusError(policy) for an encrypted key without its password, or with the
+    wrong one; DocbusError(weak_algorithm) for a key type the bus does not sign with.
+    """
+    load = (
+        serialization.load_pem_private_key
         if b"-----BEGIN" in data
-        else serialization.load_der_private_key(data, password=None)
+        else serialization.load_der_private_key
     )
+    try:
+        try:
+            key = load(data, password=password)
+        except TypeError:
+            if password is None:
+                raise
+            key = load(data, password=None)  # not encrypted: the password is not its
+    except TypeError as exc:
+        raise DocbusError(
+            Reason.POLICY, "the key is encrypted: give its password (DOCBUS_KEY_PASSWORD_FILE)"
+        ) from exc
+    except ValueError as exc:
+        if password is not None:
+            raise DocbusError(Reason.POLICY, "the key does not open with that password") from exc
+        raise
     if not isinstance(
         key,
         ed25519.Ed25519PrivateKey
@@ -147,9 +167,11 @@ class SigningKey:
             raise ValueError("the private key does not match the certificate")
 
     @classmethod
-    def load(cls, role: Role, key_path: Path, cert_path: Path) -> SigningKey:
+    def load(
+        cls, role: Role, key_path: Path, cert_path: Path, password: bytes | None = None
+    ) -> SigningKey:
         """Read a PKCS#8 key and a certificate file (a PEM file may carry the chain too)."""
-        key = load_private_key(key_path.read_bytes())
+        key = load_private_key(key_path.read_bytes(), password)
         chain = tuple(load_certificates(cert_path.read_bytes()))
         return cls(role=role, key=key, chain=chain)
 
