@@ -22,21 +22,24 @@ def test_the_demo_meets_every_expected_outcome(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all outcomes as expected" in done.stdout
-    assert done.stdout.count("✓") == 9
+    assert done.stdout.count("✓") == 13
     assert (
-        "final checkpoint: docbus.archiver, 5 entries, root " in done.stdout
+        "final checkpoint: docbus.archiver, 7 entries, root " in done.stdout
         and "✗" not in done.stdout
     )
     assert "Traceback" not in done.stdout + done.stderr
     archive = Archive(tmp_path / "archive" / "archive.sqlite")
     try:
-        # plain, two-jurisdiction, merged-province, secret and edXML documents; nothing rejected
-        assert archive.count() == 5
+        # plain, two-jurisdiction, merged-province, secret and edXML documents, the one
+        # forged statuses could not settle and the one signed before its key was revoked;
+        # no attack's document
+        assert archive.count() == 7
     finally:
         archive.close()
     received = list((tmp_path / "inbox").glob("*/*/*/0/event.avro"))
-    # H41: plain, two-jurisdiction, secret, edXML; H06: two-jurisdiction, merged, secret
-    assert len(received) == 7
+    # H41: plain, two-jurisdiction, secret, edXML, the two attacked ones that were genuine;
+    # H06: two-jurisdiction, merged, secret
+    assert len(received) == 9
     [legacy] = (tmp_path / "edxml-out" / "000.00.00.H41").glob("000.00.00.G22-000.00.00.G22*.edxml")
     assert "<edXML:Subject>V/v gửi nhận văn bản điện tử" in legacy.read_text("utf-8")
     assert not list((tmp_path / "inbox" / "000.00.01.H41").glob("*/*/0/event.avro"))

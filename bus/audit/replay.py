@@ -125,7 +125,10 @@ class Replay:
             else self.verifier.verify(value, record_time(record.timestamp))
         )
         if isinstance(verdict, Rejected):
-            if delivered:
+            archived = self.archive is not None and self.archive.by_digest(
+                hashlib.sha256(value).hexdigest()
+            )
+            if delivered and archived:
                 self.report.findings.append(
                     Finding(
                         "signature no longer valid",
@@ -133,7 +136,7 @@ class Replay:
                         f"{verdict.reason.value}: {verdict.message}",
                     )
                 )
-            else:
+            else:  # refused when it came (e.g. written past the gateway): nothing altered
                 self.report.counts[f"rejected: {verdict.reason.value}"] += 1
                 self.report.rejected.append(
                     {"where": where, "reason": verdict.reason.value, "stage": "replay"}

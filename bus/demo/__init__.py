@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bus.demo.attacks import run_attacks
 from bus.demo.scenarios import audit, run_scenarios
 from bus.demo.stack import INBOXES, running
 
@@ -33,6 +34,7 @@ def run_demo(data_dir: Path | None, broker_binary: Path | None = None) -> bool:
             f"{', '.join(INBOXES)} running"
         )
         scenarios = run_scenarios(stack)
+        scenarios.extend(run_attacks(stack))
         scenarios.append(audit(stack))
     table = Table(title="What happened")
     for column in ("scenario", "document", "expected", "outcome", ""):

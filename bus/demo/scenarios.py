@@ -45,7 +45,7 @@ class Scenario:
     note: str = ""
 
 
-def _publish(stack: Stack, *args: str | Path) -> dict[str, object]:
+def publish(stack: Stack, *args: str | Path) -> dict[str, object]:
     """``docbus publish --wait --json``, as an agency system would run it."""
     done = stack.run(
         "publish",
@@ -66,7 +66,7 @@ def _publish(stack: Stack, *args: str | Path) -> dict[str, object]:
     return result
 
 
-async def _statuses(
+async def statuses(
     stack: Stack, until: dict[str, set[tuple[str, str]]], seconds: float
 ) -> dict[str, list[Status]]:
     """Every verified status on the status topic, by document, until ``until`` is met."""
@@ -106,7 +106,7 @@ def run_scenarios(stack: Stack) -> list[Scenario]:
     plan = _routing_plan(stack, ministry)
     states: dict[str, str] = {}
     for scenario, args in plan:
-        result = _publish(stack, *args)
+        result = publish(stack, *args)
         scenario.document_id = str(result["document_id"])
         states[scenario.document_id] = " ".join(
             str(x) for x in (result["state"], result.get("reason")) if x
@@ -123,7 +123,7 @@ def run_scenarios(stack: Stack) -> list[Scenario]:
         secret.document_id: {("RECEIVED", NGHE_AN), ("RECEIVED", BAC_NINH)},
         legacy.document_id: {("ARCHIVED", ARCHIVER), ("RECEIVED", NGHE_AN)},
     }
-    seen = asyncio.run(_statuses(stack, until, seconds=30))
+    seen = asyncio.run(statuses(stack, until, seconds=30))
     _judge_routing(plain, multi, merged, states, seen)
     for s in (unknown, untrusted):
         s.outcome = states[s.document_id]
@@ -226,7 +226,7 @@ SECRET_SUBJECT, SECRET_BODY = "Phương án bảo vệ bí mật nhà nước", 
 def _send_secret(stack: Stack, states: dict[str, str]) -> Scenario:
     secret = Scenario("SECRET, sealed to H41 and H06", "opened by H41, H06 only")
     (stack.folder / "mat.txt").write_text(SECRET_BODY, "utf-8")
-    result = _publish(
+    result = publish(
         stack,
         "--from",
         MINISTRY,

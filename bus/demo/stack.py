@@ -46,6 +46,7 @@ class Stack:
     folder: Path
     broker: EmbeddedBroker = field(default_factory=EmbeddedBroker)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    started: dict[str, int] = field(default_factory=dict)
 
     @property
     def pki(self) -> Path:
@@ -57,7 +58,9 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        return self.broker.client_env()
+        # Services re-read the trust folder every second here (10 s by default), so the
+        # revocation scenario does not wait long.
+        return {**self.broker.client_env(), "DOCBUS_TRUST_RELOAD_SECONDS": "1"}
 
     @property
     def settings(self) -> KafkaSettings:
@@ -80,18 +83,43 @@ class Stack:
         dev = DevPki(self.pki)
         if not (self.pki / "ca").exists():
             dev.init()
+
+        def once(agency: str, role: CertRole, alg: KeyAlgorithm) -> None:
+            if not (self.pki / "agencies" / agency / f"{role.value}.key.pem").exists():
+                dev.issue(agency, role, alg)
+
         for service in (GATEWAY, ARCHIVER, BRIDGE):
-            dev.issue(service, CertRole.SERVICE, KeyAlgorithm.ED25519)
-        dev.issue(MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519)
-        dev.issue(MINISTRY, CertRole.AGENCY, KeyAlgorithm.ECDSA_P256)
+            once(service, CertRole.SERVICE, KeyAlgorithm.ED25519)
+        once(MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519)
+        once(MINISTRY, CertRole.AGENCY, KeyAlgorithm.ECDSA_P256)
+        once(NGHE_AN, CertRole.SIGNER, KeyAlgorithm.ED25519)
         for agency in INBOXES:
-            dev.issue(agency, CertRole.AGENCY, KeyAlgorithm.ED25519)
-            dev.issue_encryption(agency, KemAlgorithm.MLKEM768_X25519)
+            once(agency, CertRole.AGENCY, KeyAlgorithm.ED25519)
+            if not (self.pki / "agencies" / agency / "encryption.key.pem").exists():
+                dev.issue_encryption(agency, KemAlgorithm.MLKEM768_X25519)
 
     def start_services(self) -> None:
+        for name in self.commands():
+            self.start(name)
+
+    def start(self, name: str) -> None:
+        """Start one service, its output appended to logs/NAME.log."""
         logs = self.folder / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        commands = {
+        self.started[name] = _consuming(logs / f"{name}.log")
+        with open(logs / f"{name}.log", "ab") as log:
+            self.processes[name] = subprocess.Popen(
+                self.commands()[name], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def stop(self, name: str) -> None:
+        """Stop one service gracefully (SIGTERM), as an operator's restart would."""
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+    def commands(self) -> dict[str, list[str]]:
+        return {
             "gateway": docbus(
                 "serve",
                 "gateway",
@@ -130,23 +158,19 @@ class Stack:
                 for agency in INBOXES
             },
         }
-        for name, command in commands.items():
-            with open(logs / f"{name}.log", "wb") as log:
-                self.processes[name] = subprocess.Popen(
-                    command, env=self.env, stdout=log, stderr=subprocess.STDOUT
-                )
 
-    def wait_ready(self, seconds: float = 60.0) -> None:
-        """Until every service logs that it consumes; a service that dies is an error."""
+    def wait_ready(self, seconds: float = 60.0, only: str | None = None) -> None:
+        """Until every service (or ``only``) logs that it consumes; one that dies is an error."""
         deadline = time.monotonic() + seconds
-        waiting = set(self.processes)
+        waiting = {only} if only else set(self.processes)
         while waiting:
             for name in list(waiting):
                 process = self.processes[name]
-                log = (self.folder / "logs" / f"{name}.log").read_text(errors="replace")
+                path = self.folder / "logs" / f"{name}.log"
                 if process.poll() is not None:
+                    log = path.read_text(errors="replace")
                     raise RuntimeError(f"{name} exited ({process.returncode}): {log[-2000:]}")
-                if '"consuming"' in log:
+                if _consuming(path) > self.started.get(name, 0):
                     waiting.discard(name)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not ready after {seconds}s: {', '.join(sorted(waiting))}")
@@ -180,3 +204,8 @@ def running(folder: Path, broker_binary: Path | None = None) -> Iterator[Stack]:
             yield stack
         finally:
             stack.stop_services()
+
+
+def _consuming(log: Path) -> int:
+    """How often a service's log says it started consuming (once per start)."""
+    return log.read_text(errors="replace").count('"consuming"') if log.exists() else 0

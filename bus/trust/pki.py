@@ -386,7 +386,10 @@ class DevPki:
         crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
         revoked = [(r.serial_number, r.revocation_date_utc) for r in crl]
         if all(serial != cert.serial_number for serial, _ in revoked):
-            revoked.append((cert.serial_number, datetime.now(UTC)))
+            # A CRL keeps whole seconds: round up, so that the revocation never predates
+            # the moment it was made (what was received before it stays valid).
+            when = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
+            revoked.append((cert.serial_number, when))
         self.crl_path.write_bytes(
             make_crl(issuer, revoked).public_bytes(serialization.Encoding.PEM)
         )
