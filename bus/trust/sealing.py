@@ -1,12 +1,16 @@
 """Confidential documents (DESIGN §5): sealed to their recipients, readable by nobody else.
 
-The subject and every attachment's content are encrypted with AES-256-GCM under a fresh
-content key; the content key is sealed to each recipient with HPKE (RFC 9180; X25519 with
-HKDF-SHA256 by default, ML-KEM-768+X25519 on request). The associated data binds every
-sealed part to the document id, revision and recipient list, so no part can be moved
-into another document. Attachment hashes in the event cover the ciphertext (the bus
-checks them); the plaintext hashes travel inside the sealed manifest (the recipient
-checks them). Pure logic: keys come in as objects or bytes.
+Only what routing needs stays readable: sender, recipients, ids, revision, action,
+priority, confidentiality and dates. The subject, code number, document type, signer,
+place, ``extra``, and every attachment's name, media type and content are encrypted with
+AES-256-GCM under a fresh content key (the text in a sealed manifest); the content key is
+sealed to each recipient with HPKE (RFC 9180; X25519 with HKDF-SHA256 by default,
+ML-KEM-768+X25519 on request). The associated data binds every sealed part to the sender,
+document id, revision and recipient list, and each sealed key also to the manifest, so
+nothing can be re-sent under another sender, to other recipients or with another
+manifest. Attachment hashes in the event cover the ciphertext (the bus checks them); the
+plaintext hashes travel inside the manifest (the recipient checks them). Pure logic: keys
+come in as objects or bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bus.wire.errors import DocbusError, Reason
-from bus.wire.model import Confidentiality, Document, SealedKey, Sealing, SealSuite
+from bus.wire.model import (
+    Attachment,
+    Confidentiality,
+    Document,
+    SealedKey,
+    Sealing,
+    SealSuite,
+)
 
 NONCE = 12
 SUITES = {
@@ -105,10 +116,24 @@ def parties(doc: Document) -> list[str]:
 
 
 def _context(doc: Document) -> bytes:
-    return (
-        b"docbus-seal-v1\x00"
-        + json.dumps([doc.document_id, doc.revision, parties(doc)], ensure_ascii=False).encode()
-    )
+    identity = [doc.sender, doc.document_id, doc.revision, parties(doc)]
+    return b"docbus-seal-v2\x00" + json.dumps(identity, ensure_ascii=False).encode()
+
+
+def _key_info(context: bytes, agency: str, manifest: bytes) -> bytes:
+    """What a sealed key is bound to: the document, its recipient and the sealed manifest."""
+    return context + agency.encode() + b"\x00" + hashlib.sha256(manifest).digest()
+
+
+#: Text fields a sealed document carries only inside its manifest.
+_SEALED_TEXT = (
+    "subject",
+    "code_number",
+    "document_type",
+    "promulgation_place",
+    "signer_name",
+    "signer_title",
+)
 
 
 def _encrypt(aes: AESGCM, data: bytes, aad: bytes) -> bytes:
@@ -146,23 +171,42 @@ def seal(
         if a.content is None:
             raise DocbusError(Reason.POLICY, f"attachment {a.name!r} has no content to seal")
         ct = _encrypt(aes, a.content, context + b"attachment:%d" % i)
-        manifest.append({"sha256": a.sha256, "size": a.size})
-        sealed_parts.append(
-            dataclasses.replace(a, size=len(ct), sha256=hashlib.sha256(ct).hexdigest(), content=ct)
+        manifest.append(
+            {"sha256": a.sha256, "size": a.size, "name": a.name, "media_type": a.media_type}
         )
-    body = json.dumps({"subject": doc.subject, "attachments": manifest}, ensure_ascii=False)
+        sealed_parts.append(
+            Attachment(
+                name=f"sealed-{i}",
+                media_type="application/octet-stream",
+                size=len(ct),
+                sha256=hashlib.sha256(ct).hexdigest(),
+                content=ct,
+            )
+        )
+    text = {name: getattr(doc, name) for name in _SEALED_TEXT}
+    body = json.dumps(
+        {**text, "extra": doc.extra, "attachments": manifest}, ensure_ascii=False
+    ).encode()
+    sealed_manifest = _encrypt(aes, body, context + b"manifest")
     kem, hpke_suite = SUITES[suite]
     keys = []
     for agency in parties(doc):
         r = by_agency[agency]
-        blob = hpke_suite.encrypt(cek, r.public(suite), info=context + agency.encode())
+        info = _key_info(context, agency, sealed_manifest)
+        blob = hpke_suite.encrypt(cek, r.public(suite), info=info)
         n = kem.enc_length()
         keys.append(SealedKey(agency, r.key_id, blob[:n], blob[n:]))
     return dataclasses.replace(
         doc,
         subject="",
+        code_number=None,
+        document_type=None,
+        promulgation_place=None,
+        signer_name=None,
+        signer_title=None,
+        extra={},
         attachments=tuple(sealed_parts),
-        sealed=Sealing(suite, _encrypt(aes, body.encode(), context + b"manifest"), tuple(keys)),
+        sealed=Sealing(suite, sealed_manifest, tuple(keys)),
     )
 
 
@@ -190,7 +234,9 @@ def open_sealed(
     for entry in entries:
         try:
             cek = hpke_suite.decrypt(
-                entry.enc + entry.sealed_key, private, info=context + entry.agency.encode()
+                entry.enc + entry.sealed_key,
+                private,
+                info=_key_info(context, entry.agency, sealed.subject),
             )
         except Exception:  # wrong key or altered entry: try the next one
             continue
@@ -200,7 +246,7 @@ def open_sealed(
         raise DocbusError(
             Reason.POLICY,
             "this key opens none of the sealed keys: it is not a recipient's key, "
-            "or the document's id, revision or recipient list was altered",
+            "or the document's sender, id, revision, recipients or manifest were altered",
         )
     aes = AESGCM(cek)
     manifest = json.loads(
@@ -216,8 +262,22 @@ def open_sealed(
                 Reason.ATTACHMENT_HASH_MISMATCH, f"attachment {a.name!r} does not match"
             )
         plain.append(
-            dataclasses.replace(a, size=len(content), sha256=meta["sha256"], content=content)
+            Attachment(
+                name=str(meta["name"]),
+                media_type=str(meta["media_type"]),
+                size=len(content),
+                sha256=meta["sha256"],
+                content=content,
+            )
         )
     return opened_for, dataclasses.replace(
-        doc, subject=manifest["subject"], attachments=tuple(plain)
+        doc,
+        subject=str(manifest.get("subject", "")),
+        code_number=manifest.get("code_number"),
+        document_type=manifest.get("document_type"),
+        promulgation_place=manifest.get("promulgation_place"),
+        signer_name=manifest.get("signer_name"),
+        signer_title=manifest.get("signer_title"),
+        extra=dict(manifest.get("extra", {})),
+        attachments=tuple(plain),
     )
