@@ -45,6 +45,8 @@ class Chain:
     revoked_at: datetime | None
     role: Role | None
     path: tuple[x509.Certificate, ...]
+    #: Until when the CRLs of the chain's issuers speak (None: no CRL covers it).
+    revocation_known_until: datetime | None = None
 
     def check_at(self, at: datetime, context: str = "") -> None:
         """Raise certificate_expired or certificate_revoked unless valid at ``at``."""
@@ -135,6 +137,11 @@ class ChainBuilder:
             for cert, issuer in itertools.pairwise(built)
             if (r := self.trust.revoked_at(cert, issuer)) is not None
         ]
+        known = [
+            t
+            for _, issuer in itertools.pairwise(built)
+            if (t := self.trust.crl_next_update(issuer))
+        ]
         return Chain(
             leaf=leaf,
             key=key,
@@ -146,6 +153,7 @@ class ChainBuilder:
             revoked_at=min(revoked) if revoked else None,
             role=self.trust.policy.role_of(leaf),
             path=tuple(built),
+            revocation_known_until=min(known) if known else None,
         )
 
     def _path(

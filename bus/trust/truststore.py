@@ -134,12 +134,13 @@ class TrustStore:
                 return entry.revocation_date_utc
         return None
 
-    def stale_crl(self, cert: x509.Certificate, issuer: x509.Certificate, at: datetime) -> bool:
-        """Whether ``issuer``'s CRL says nothing about ``at`` (its nextUpdate lies before)."""
-        for crl in self.crls:
-            if crl.issuer != issuer.subject or not _crl_signed_by(crl, issuer):
-                continue
-            upcoming = crl.next_update_utc
-            if upcoming is not None and upcoming < at:
-                return True
-        return False
+    def crl_next_update(self, issuer: x509.Certificate) -> datetime | None:
+        """Until when ``issuer``'s CRLs say anything (the earliest nextUpdate), or None."""
+        found = [
+            crl.next_update_utc
+            for crl in self.crls
+            if crl.issuer == issuer.subject
+            and crl.next_update_utc is not None
+            and _crl_signed_by(crl, issuer)
+        ]
+        return min(found) if found else None
