@@ -6,7 +6,6 @@ import asyncio
 import json
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import click
 
@@ -31,7 +30,7 @@ from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Verifier
 from bus.wire.codec import default_codec
 from bus.wire.model import Document, Role
-from bus.wire.names import safe_file_name
+from bus.wire.names import path_segment, safe_file_name
 from consumers.archiver import Archiver
 from consumers.edxml import document_to_edxml, status_to_edxml
 from consumers.gateway import Gateway
@@ -205,7 +204,7 @@ def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
         raise click.ClickException(f"{document_id} is not in the archive")
     codec = default_codec()
     for e in entries:
-        target = out / quote(e.sender, safe="") / f"r{e.revision}"
+        target = out / path_segment(e.sender) / f"r{e.revision}"
         target.mkdir(parents=True, exist_ok=True)
         (target / "event.avro").write_bytes(e.event)
         doc = codec.decode_document(codec.decode_event(e.event).payload)

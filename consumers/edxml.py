@@ -33,9 +33,25 @@ register_namespace("edXML", NS_2016)
 
 #: Elements the signed fields fill: an ``extra`` may not add one (a third recipient, say).
 _MAPPED = re.compile(
-    re.escape(HEADER) + r"/(?:(?:From|To)(?:\[\d+\])?/OrganId|DocumentId|Code/.*)$"
-    "|" + re.escape(TRACE) + r"/Bussiness/BussinessDocType$"
+    re.escape(HEADER)
+    + r"/(?:(?:From|To)/OrganId|DocumentId|Code/.*)$|"
+    + re.escape(TRACE)
+    + r"/Bussiness/BussinessDocType$"
 )
+_INDEX = re.compile(r"\[(\d+)\]")
+#: Elements a document has once: an ``extra`` may not add a second one (From[2], …).
+_ONCE = {"edXMLEnvelope", "edXMLHeader", "MessageHeader", "From", "Code", "Bussiness"}
+
+
+def _forbidden(key: str, recipients: int) -> bool:
+    """Whether an ``extra`` key would add to or override what the signed fields say."""
+    for step in key.split("/"):
+        found = _INDEX.search(step)
+        index = int(found.group(1)) if found else 1
+        name = _INDEX.sub("", step)
+        if (name in _ONCE and index > 1) or (name == "To" and index > recipients):
+            return True
+    return bool(_MAPPED.match(_INDEX.sub("", key)))
 
 
 class _Tree:
@@ -63,11 +79,11 @@ class _Tree:
         if value:
             self.at(path).text = value
 
-    def extras(self, extra: dict[str, str]) -> None:
+    def extras(self, extra: dict[str, str], recipients: int = 1) -> None:
         """Fields without a docbus home, back at their paths; never over a mapped field
         (the sender, recipients, ids and the rest come from the signed fields alone)."""
         for key, value in sorted(extra.items()):
-            if "/" in key and not _MAPPED.match(key) and not self.at(key).text:
+            if "/" in key and not _forbidden(key, recipients) and not self.at(key).text:
                 self.put(key, value)
 
     def bytes(self) -> bytes:
@@ -113,7 +129,7 @@ def document_to_edxml(doc: Document) -> bytes:
         t.put(f"{part}/AttachmentName", a.name)
         t.put(f"{part}/ContentType", a.media_type)
         t.put(f"{part}/ContentTransferEncoded", base64.b64encode(a.content or b"").decode())
-    t.extras(doc.extra)
+    t.extras(doc.extra, len(doc.recipients))
     return t.bytes()
 
 

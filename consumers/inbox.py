@@ -7,7 +7,6 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import quote
 
 import structlog
 
@@ -19,10 +18,10 @@ from bus.registry import Registry
 from bus.trust.sealing import EncryptionKey, open_sealed
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verifier
-from bus.wire.errors import DocbusError
+from bus.wire.errors import DocbusError, Reason
 from bus.wire.headers import RECEIPT, header
 from bus.wire.model import Document, Status, StatusCode, event_digest, now_ms
-from bus.wire.names import safe_file_name
+from bus.wire.names import path_segment, safe_file_name
 from consumers.edxml import document_to_edxml
 
 log = structlog.get_logger(__name__)
@@ -35,7 +34,7 @@ def document_folder(root: Path, sender: str, document_id: str, revision: int) ->
     """Where an inbox keeps one revision of a document: identity is (sender, document_id,
     revision), so another agency reusing an id never lands in the same folder (ids may
     hold '/', so they are quoted)."""
-    return root / quote(sender, safe="") / quote(document_id, safe="") / str(revision)
+    return root / path_segment(sender) / path_segment(document_id) / str(revision)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -76,6 +75,7 @@ class Inbox:
             raise ValueError(f"the key is for {key.agency}, not {agency}")
         self.agency = agency
         self.accepts = {agency} | registry.predecessors(agency)
+        self.registry = registry
         self.jurisdiction = registry.resolve(agency, now_ms().date()).jurisdiction.id
         self.verifier = verifier
         self.key = key
@@ -106,6 +106,14 @@ class Inbox:
             doc = verdict.payload
             if not isinstance(doc, Document) or not self.accepts & {*doc.recipients, *doc.cc}:
                 continue  # another agency's document on the shared jurisdiction topic
+            if not self._follows(doc):
+                message = (
+                    f"revision {doc.revision} of {doc.document_id} follows no earlier revision "
+                    f"from {doc.sender} or its predecessors in this inbox"
+                )
+                log.warning("refused", document_id=doc.document_id, message=message)
+                results.append(Reject(record, Reason.POLICY, message))
+                continue
             doc, note = self._open(doc)
             self._store(doc, record.value or b"", note)
             log.info("received", document_id=doc.document_id, agency=self.agency, sealed=note)
@@ -119,6 +127,21 @@ class Inbox:
                 )
             )
         return results
+
+    def _follows(self, doc: Document) -> bool:
+        """Revision 0, or one after a revision this inbox holds from the same sender (or a
+        predecessor of it): nobody revises or revokes another agency's document."""
+        if doc.revision == 0:
+            return True
+        senders = {doc.sender} | self.registry.predecessors(doc.sender)
+        for sender in senders:
+            held = document_folder(self.folder, sender, doc.document_id, 0).parent
+            if held.is_dir() and any(
+                r.name.isdigit() and int(r.name) < doc.revision and (r / "event.avro").exists()
+                for r in held.iterdir()
+            ):
+                return True
+        return False
 
     def _open(self, doc: Document) -> tuple[Document, str | None]:
         """The plaintext of a sealed document addressed to this agency, when it can open it."""
@@ -160,7 +183,7 @@ class Inbox:
             target / "document.json", json.dumps(meta, ensure_ascii=False, indent=2).encode()
         )
         if self.edxml_dir is not None:
-            identity = f"{quote(doc.sender, safe='')}-{quote(doc.document_id, safe='')}"
+            identity = f"{path_segment(doc.sender)}-{path_segment(doc.document_id)}"
             name = f"{identity}-r{doc.revision}.edxml"
             _write_atomically(self.edxml_dir / name, document_to_edxml(doc))
         _write_atomically(target / "event.avro", event)  # last: its presence means complete

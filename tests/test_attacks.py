@@ -39,7 +39,7 @@ from consumers.inbox import document_folder
 from producers.document import new_document
 from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
-from tests.stack import NGHE_AN, RELOAD, Stack, file_appears, read_topic, running_stack
+from tests.stack import BAC_NINH, NGHE_AN, RELOAD, Stack, file_appears, read_topic, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -261,12 +261,28 @@ async def test_another_agency_cannot_touch_a_ministry_documents_identity(
         document_record(revoke, attacker),
         doc.document_id.encode(),
     )
-    reasons = await _rejections(stack, 1)
-    assert reasons.get(doc.document_id) == "policy"
+    # Bắc Ninh sends one to the province's inbox too.
+    other = [stack.pki.key(BAC_NINH, Role.SIGNER), stack.pki.key(BAC_NINH, Role.AGENCY)]
+    to_inbox = dataclasses.replace(revoke, sender=BAC_NINH, recipients=(NGHE_AN,))
+    await _send(
+        stack.settings,
+        stack.settings.topics.submitted,
+        document_record(to_inbox, other),
+        doc.document_id.encode(),
+    )
+    found = await read_topic(stack.settings, stack.settings.topics.rejected, 3)
+    stages = {
+        (header(r.headers, "docbus.error.stage") or b"").decode()
+        for r in found
+        if (r.key or b"").decode() == doc.document_id
+        and (header(r.headers, "docbus.error.reason") or b"") == b"policy"
+    }
+    assert {"archiver", "inbox"} <= stages
     [entry] = stack.archive.find(doc.document_id)
     assert (entry.sender, entry.revision, entry.conflict) == (MINISTRY, 0, False)
     folder = document_folder(stack.inbox_folder(NGHE_AN), MINISTRY, doc.document_id, 0)
     await file_appears(folder / "event.avro")
+    assert not document_folder(stack.inbox_folder(NGHE_AN), BAC_NINH, doc.document_id, 1).exists()
 
 
 async def test_a_key_revoked_while_the_bus_runs_is_refused_within_the_reload_period(

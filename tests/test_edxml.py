@@ -220,3 +220,37 @@ def test_bridge_commands_sign_as_the_registered_agency_only(pki: Pki, tmp_path: 
     assert done.returncode == 0
     back = import_edxml((tmp_path / "back.edxml").read_bytes())
     assert _comparable(back) == _comparable(_doc("edoc_revocation.edxml"))
+
+
+def test_signed_extras_never_speak_for_another_agency_in_the_exported_edxml() -> None:
+    # A province signs a document whose ``extra`` tries to name the ministry as sender, add
+    # a recipient, change the code and make it a revocation, in every spelling of a path.
+    header = "edXMLEnvelope/edXMLHeader/MessageHeader"
+    doc = Document(
+        document_id="000.00.00.H41,2026/11/25,7/UBND",
+        sender="000.00.00.H41",
+        recipients=("000.00.00.H06",),
+        subject="Văn bản của tỉnh",
+        issued_at=datetime(2026, 11, 25, tzinfo=UTC),
+        code_number="7/UBND",
+        extra={
+            f"{header}/From/OrganId": MINISTRY,
+            "edXMLEnvelope[1]/edXMLHeader/MessageHeader/From[2]/OrganId": MINISTRY,
+            f"{header}/From[2]/OrganName": "Văn phòng Chính phủ",
+            f"{header}/To[2]/OrganId": MINISTRY,
+            f"{header}/Code[1]/CodeNumber": "99",
+            "edXMLEnvelope/edXMLHeader/TraceHeaderList/Bussiness[2]/BussinessDocType": "1",
+            f"{header}/DocumentId": f"{MINISTRY},2026/11/25,1/VPCP",
+        },
+    )
+    exported = document_to_edxml(doc)
+    assert MINISTRY.encode() not in exported and "Văn phòng Chính phủ".encode() not in exported
+    back = import_edxml(exported)
+    assert isinstance(back, Document)
+    assert (back.sender, back.recipients, back.document_id, back.code_number, back.action) == (
+        doc.sender,
+        doc.recipients,
+        doc.document_id,
+        doc.code_number,
+        Action.NEW,
+    )

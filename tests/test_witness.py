@@ -4,6 +4,8 @@ cosignatures, and a forked log caught with both of its checkpoints."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -11,13 +13,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from bus.audit.replay import read_topics
 from bus.audit.verify import verify_archive
-from bus.audit.witness import Witness, WitnessState, cosignatures, witness_once
+from bus.audit.witness import Witness, WitnessState, published, witness_once
 from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.runtime import Record
+from bus.kafka.topics import Topics
 from bus.registry import Registry
 from bus.tlog.checkpoint import Checkpoint
 from bus.trust.signing import sign_checkpoint
+from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Verifier
-from bus.wire.headers import COSIGNED_BY, header, log_headers
+from bus.wire.headers import COSIGNED_BY, WITNESS_CERT, header, log_headers
 from bus.wire.model import Role
 from producers.document import new_document
 from producers.outbox import State
@@ -38,8 +43,8 @@ async def _archive(stack: Stack, n: int) -> None:
 async def _verify(stack: Stack, required: int) -> set[str]:
     verifier = Verifier(stack.pki.trust)
     records = read_topics(stack.settings, [stack.settings.topics.checkpoints], None, None)
-    cosigned = await cosignatures(records, verifier)
-    report = verify_archive(stack.archive, verifier, None, required, cosigned)
+    topic = await published(records, verifier)
+    report = verify_archive(stack.archive, verifier, None, required, topic)
     return {f.kind for f in report.findings}
 
 
@@ -119,8 +124,96 @@ async def test_a_forked_log_is_caught_with_both_checkpoints(
         state.close()
 
 
-async def _all(stack: Stack) -> list:  # type: ignore[type-arg]
+async def _all(stack: Stack) -> list[Record]:
     return [
         r
         async for r in read_topics(stack.settings, [stack.settings.topics.checkpoints], None, None)
     ]
+
+
+def _checkpoint_record(note: bytes, headers: list[tuple[str, bytes]], offset: int) -> Record:
+    return Record(
+        "docbus.checkpoints", 0, offset, 0, 0, None, note, None, 0, len(note), tuple(headers)
+    )
+
+
+def test_a_bent_proof_beside_a_genuine_checkpoint_is_refused_without_an_alarm(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # The attacker re-publishes the archiver's genuine next checkpoint with a garbled
+    # consistency proof ahead of the real one: nothing is cosigned, no false alarm, and
+    # the real one is then accepted.
+    from bus.tlog.merkle import MemoryTree, consistency_proof, leaf_hash
+
+    archiver = pki.key("docbus.archiver", Role.SERVICE)
+    chain = [c.public_bytes(Encoding.DER) for c in archiver.chain]
+    tree = MemoryTree([leaf_hash(bytes([i])) for i in range(5)])
+    first = sign_checkpoint(Checkpoint("docbus.archiver", 3, tree.root(3)), archiver)
+    second = sign_checkpoint(Checkpoint("docbus.archiver", 5, tree.root(5)), archiver)
+    proof = consistency_proof(tree.node, 3, 5)
+    state = WitnessState(tmp_path)
+    witness = Witness(Verifier(pki.trust), pki.key("docbus.witness", Role.SERVICE), state, Topics())
+    assert len(witness.process([_checkpoint_record(first, log_headers(chain, 0, []), 0)])) == 1
+    bent = witness.process([_checkpoint_record(second, log_headers(chain, 3, [b"\x00" * 32]), 1)])
+    assert [type(r).__name__ for r in bent] == ["Reject"] and not state.alarms()
+    good = witness.process([_checkpoint_record(second, log_headers(chain, 3, proof), 2)])
+    assert [type(r).__name__ for r in good] == ["Output"] and not state.alarms()
+    state.close()
+
+
+def test_a_revoked_archiver_key_gets_no_cosignature(pki: Pki, tmp_path: Path) -> None:
+    archiver = pki.key("docbus.archiver", Role.SERVICE)
+    chain = [c.public_bytes(Encoding.DER) for c in archiver.chain]
+    cert = tmp_path / "archiver.pem"
+    cert.write_bytes(archiver.chain[0].public_bytes(Encoding.PEM))
+    pki.dev.revoke(cert)
+    note = sign_checkpoint(Checkpoint("docbus.archiver", 1, b"\x01" * 32), archiver)
+    state = WitnessState(tmp_path)
+    witness = Witness(
+        Verifier(TrustStore.load(pki.dev.trust_dir)),
+        pki.key("docbus.witness", Role.SERVICE),
+        state,
+        Topics(),
+    )
+    time.sleep(1.1)  # a revocation takes effect from the next whole second
+    [result] = witness.process([_checkpoint_record(note, log_headers(chain, 0, []), 0)])
+    assert type(result).__name__ == "Reject" and "revoked" in result.message  # type: ignore[union-attr]
+    state.close()
+
+
+async def test_a_truncated_archive_is_caught_against_the_published_checkpoints(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
+        await _archive(stack, 3)
+        assert await _verify(stack, 0) == set()
+        # Whoever can write the archive deletes its newest row, log node and checkpoint.
+        with sqlite3.connect(stack.archive.path) as db:
+            db.execute("DELETE FROM entries WHERE log_index = 2")
+            db.execute("DELETE FROM log_nodes WHERE level = 0 AND idx = 2")
+            db.execute("DELETE FROM checkpoints WHERE size = 3")
+        kinds = await _verify(stack, 0)
+        assert {"checkpoint missing", "entries lost"} <= kinds
+        # A forged cosignature line on the topic spoils nothing.
+        witness_cert = pki.key("docbus.witness", Role.SERVICE).chain
+        latest = stack.archive.latest_checkpoint()
+        assert latest is not None
+        bogus = (
+            latest.signed + "— docbus.witness AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n".encode()
+        )
+        producer = stack.settings.producer()
+        await producer.start()
+        await producer.send_and_wait(
+            stack.settings.topics.checkpoints,
+            bogus,
+            key=b"docbus.archiver",
+            headers=[
+                (COSIGNED_BY, b"docbus.witness"),
+                *((WITNESS_CERT, c.public_bytes(Encoding.DER)) for c in witness_cert),
+            ],
+        )
+        await producer.stop()
+        verifier = Verifier(stack.pki.trust)
+        records = read_topics(stack.settings, [stack.settings.topics.checkpoints], None, None)
+        topic = await published(records, verifier)
+        assert topic.cosignatures == {}

@@ -62,7 +62,9 @@ async def _receipts(
             continue
         chains = [sig.cert_chain for sig in verdict.event.signatures if sig.role is Role.SERVICE]
         try:
-            cp = verifier.verify_checkpoint(status.log.checkpoint, chains[0] if chains else [])
+            cp = verifier.verify_checkpoint(
+                status.log.checkpoint, chains[0] if chains else [], at=status.at
+            )
         except DocbusError:
             continue
         originals[cp.size] = cp

@@ -5,13 +5,14 @@ checkpoints proven consistent, in one streaming pass with bounded memory."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 
 from bus.audit.report import Finding, Report, checkpoint_seen
+from bus.audit.witness import Published
 from bus.store.archive import Archive, Entry
-from bus.tlog.checkpoint import Checkpoint
+from bus.tlog.checkpoint import Checkpoint, note_text
 from bus.tlog.merkle import CompactRange, leaf_hash, verify_consistency
-from bus.tlog.note import NoteVerifier, add_lines
+from bus.tlog.note import add_lines
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import DocbusError
 from bus.wire.model import Document
@@ -25,7 +26,7 @@ def verify_archive(
     verifier: Verifier,
     progress: Callable[[int, int], None] | None = None,
     witnesses_required: int = 0,
-    cosigned: tuple[Mapping[str, list[str]], Sequence[NoteVerifier]] = ({}, ()),
+    topic: Published | None = None,
 ) -> Report:
     """Check the archive against its signed checkpoints and its entries against their bytes.
 
@@ -34,7 +35,9 @@ def verify_archive(
     every forged or inconsistent checkpoint and every checkpoint the rows do not reproduce.
     """
     report = Report(f"verify-archive {archive.path}")
-    roots = _check_checkpoints(archive, verifier, report, witnesses_required, cosigned)
+    roots = _check_checkpoints(archive, verifier, report, witnesses_required, topic or Published())
+    if topic is not None:
+        _check_published(archive, verifier, topic, roots, report)
     total = archive.count()
     report.counts["entries"] = total
     compact = CompactRange()
@@ -173,7 +176,7 @@ def _check_checkpoints(
     verifier: Verifier,
     report: Report,
     witnesses_required: int,
-    cosigned: tuple[Mapping[str, list[str]], Sequence[NoteVerifier]],
+    topic: Published,
 ) -> dict[int, bytes]:
     """Every stored checkpoint: its signature by the log's pinned key, and a consistency
     proof (from the stored log nodes) from the one before. Returns the verified roots."""
@@ -183,9 +186,10 @@ def _check_checkpoints(
         cp = stored.checkpoint
         try:
             chain = archive.log_key(cp.origin)
-            lines, witnesses = cosigned
-            note = add_lines(stored.signed, lines.get(cp.text(), []))
-            verified = verifier.verify_checkpoint(note, chain, witnesses_required, witnesses)
+            note = add_lines(stored.signed, topic.cosignatures.get(cp.text(), ()))
+            verified = verifier.verify_checkpoint(
+                note, chain, witnesses_required, topic.witnesses, at=stored.at
+            )
         except DocbusError as exc:
             report.checkpoints.append(checkpoint_seen(cp, stored.at, False))
             report.findings.append(
@@ -211,3 +215,39 @@ def _check_checkpoints(
         roots[verified.size] = verified.root
         previous = verified
     return roots
+
+
+def _check_published(
+    archive: Archive,
+    verifier: Verifier,
+    topic: Published,
+    roots: dict[int, bytes],
+    report: Report,
+) -> None:
+    """Every checkpoint the log published must be in the archive with the same root: a
+    truncated archive (its newest rows and checkpoints deleted) is caught here."""
+    for note in topic.notes:
+        try:
+            text = note_text(note)
+            origin = Checkpoint.parse(text).origin
+            cp = verifier.verify_checkpoint(note, archive.log_key(origin))
+        except DocbusError:
+            continue  # not this log's, or not a checkpoint: the witness rejects those
+        known = roots.get(cp.size)
+        if known is None:
+            report.findings.append(
+                Finding(
+                    "checkpoint missing",
+                    f"checkpoint of size {cp.size}",
+                    "published on the checkpoint topic, not in the archive",
+                )
+            )
+            roots[cp.size] = cp.root
+        elif known != cp.root:
+            report.findings.append(
+                Finding(
+                    "split view",
+                    f"checkpoint of size {cp.size}",
+                    "the archive and the checkpoint topic hold different roots",
+                )
+            )

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from bus.kafka.topics import Topics
 from bus.store.sqlite import open_database
 from bus.tlog.checkpoint import HASH_SIZE, Checkpoint, open_checkpoint
 from bus.tlog.merkle import verify_consistency
-from bus.tlog.note import NoteError, NoteVerifier, add_lines, split_note
+from bus.tlog.note import NoteError, NoteVerifier, add_lines, open_note, split_note
 from bus.trust.signing import SigningKey, note_signer
 from bus.trust.verifier import Verifier
 from bus.wire.errors import DocbusError, Reason
@@ -206,13 +206,18 @@ class Witness:
             self._raise(Alarm(new.origin, "split view", last_note, note))
         if new.size < last.size:
             self._raise(Alarm(new.origin, "rollback", last_note, note))
-        since = int(header(record.headers, CONSISTENCY_FROM) or b"0")
+        since = (header(record.headers, CONSISTENCY_FROM) or b"").decode("ascii", "replace")
         blob = header(record.headers, CONSISTENCY) or b""
         proof = [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
-        if since != last.size or not verify_consistency(
+        if since != str(last.size) or not verify_consistency(
             last.size, new.size, last.root, new.root, proof
         ):
-            self._raise(Alarm(new.origin, "split view", last_note, note))
+            # The proof travels unsigned beside the note: a missing or bent one proves
+            # nothing either way, so the checkpoint is refused (not cosigned), no alarm.
+            raise DocbusError(
+                Reason.POLICY,
+                f"no consistency proof from size {last.size} to {new.size}: not cosigned",
+            )
 
     def _raise(self, alarm: Alarm) -> None:
         self.state.alarm(alarm)
@@ -229,15 +234,24 @@ class Witness:
         )
 
 
-async def cosignatures(
-    records: AsyncIterator[Record], verifier: Verifier
-) -> tuple[dict[str, list[str]], list[NoteVerifier]]:
-    """The cosignature lines of pinned witnesses found on the checkpoint topic, by the
-    checkpoint text they cosign, and the witnesses' keys (from their certificates)."""
+@dataclass(frozen=True)
+class Published:
+    """What the checkpoint topic holds: the logs' signed notes as published, and the
+    verified cosignature lines of pinned witnesses by the checkpoint text they cosign."""
+
+    notes: tuple[bytes, ...] = ()
+    cosignatures: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    witnesses: tuple[NoteVerifier, ...] = ()
+
+
+async def published(records: AsyncIterator[Record], verifier: Verifier) -> Published:
+    """Read the checkpoint topic: every log note, and every cosignature that verifies."""
+    notes: list[bytes] = []
     lines: dict[str, list[str]] = {}
     keys: dict[str, NoteVerifier] = {}
     async for record in records:
         if header(record.headers, COSIGNED_BY) is None:
+            notes.append(record.value or b"")
             continue
         try:
             key = verifier.witness_key(headers_all(record.headers, WITNESS_CERT))
@@ -245,12 +259,18 @@ async def cosignatures(
         except (DocbusError, NoteError) as exc:
             log.warning("cosignature ignored", error=str(exc))
             continue
-        keys[key.name] = key
         for line in signatures:
-            if (line.name, line.hash) == (key.name, key.hash):
-                blob = base64.b64encode(line.hash + line.blob).decode()
-                lines.setdefault(text, []).append(f"— {line.name} {blob}\n")
-    return lines, list(keys.values())
+            if (line.name, line.hash) != (key.name, key.hash):
+                continue
+            blob = base64.b64encode(line.hash + line.blob).decode()
+            signed = f"— {line.name} {blob}\n"
+            try:  # only a cosignature that verifies is kept: a bent one must not spoil others
+                open_note((text + "\n" + signed).encode(), [key])
+            except NoteError:
+                continue
+            keys[key.name] = key
+            lines.setdefault(text, []).append(signed)
+    return Published(tuple(notes), {t: tuple(v) for t, v in lines.items()}, tuple(keys.values()))
 
 
 async def witness_once(settings: KafkaSettings, witness: Witness) -> None:

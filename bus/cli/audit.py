@@ -16,7 +16,7 @@ from bus.audit.rebuild import rebuild
 from bus.audit.replay import read_topics, replay
 from bus.audit.report import Report, print_report, write_report
 from bus.audit.verify import verify_archive
-from bus.audit.witness import Witness, WitnessState, cosignatures, witness_once
+from bus.audit.witness import Published, Witness, WitnessState, published, witness_once
 from bus.cli.options import (
     DocbusGroup,
     KeyPair,
@@ -27,12 +27,12 @@ from bus.cli.options import (
     parse_time,
     path_option,
     registry_option,
+    settings,
     trust_option,
 )
 from bus.kafka.runtime import ConsumerRuntime, run_until_signalled
 from bus.registry import Registry
 from bus.tlog.merkle import leaf_hash
-from bus.tlog.note import NoteVerifier
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Verifier
@@ -61,26 +61,26 @@ def audit() -> None:
 @trust_option
 @click.option(
     "--witnesses",
-    default=0,
-    show_default=True,
     type=click.IntRange(min=0),
-    help="Cosignatures of pinned witnesses every checkpoint must carry (read from the "
-    "checkpoint topic: needs a broker).",
+    help="Cosignatures of pinned witnesses every checkpoint must carry (default: policy.toml "
+    "[witnesses] required); they are read from the checkpoint topic.",
 )
 @bootstrap_option
 @_report_option
 def verify_archive_command(
-    data_dir: Path, trust: Path, witnesses: int, bootstrap: str | None, out: Path | None
+    data_dir: Path, trust: Path, witnesses: int | None, bootstrap: str | None, out: Path | None
 ) -> None:
     """Re-verify every entry at its signed receipt time, every column against the event
-    bytes, every row against the signed checkpoints and those against each other."""
+    bytes, every row against the signed checkpoints and those against each other; with a
+    broker (--bootstrap or DOCBUS_BOOTSTRAP), also against every published checkpoint."""
     archive = existing_archive(data_dir)
     verifier = Verifier(TrustStore.load(trust))
-    cosigned: tuple[dict[str, list[str]], list[NoteVerifier]] = ({}, [])
-    if witnesses:
+    required = verifier.trust.policy.witness_quorum if witnesses is None else witnesses
+    topic: Published | None = None
+    if required or bootstrap or settings().bootstrap:
         client = kafka(bootstrap)
         records = read_topics(client, [client.topics.checkpoints], None, None)
-        cosigned = asyncio.run(cosignatures(records, verifier))
+        topic = asyncio.run(published(records, verifier))
     try:
         if sys.stdout.isatty():
             with Progress(transient=True) as bar:
@@ -89,11 +89,11 @@ def verify_archive_command(
                     archive,
                     verifier,
                     lambda n, total: bar.update(task, completed=n, total=total),
-                    witnesses,
-                    cosigned,
+                    required,
+                    topic,
                 )
         else:
-            report = verify_archive(archive, verifier, None, witnesses, cosigned)
+            report = verify_archive(archive, verifier, None, required, topic)
     finally:
         archive.close()
     _finish(report, out)

@@ -11,7 +11,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -238,13 +238,14 @@ class Verifier:
                 f"({until:%Y-%m-%d %H:%M}) at {at:%Y-%m-%d %H:%M:%S}",
             )
 
-    def log_key(self, chain: Sequence[bytes]) -> NoteVerifier:
+    def log_key(self, chain: Sequence[bytes], at: datetime | None = None) -> NoteVerifier:
         """The checkpoint-note key of a log: a pinned archiver's certificate (DER, leaf
-        first), chained to an anchor, SERVICE role, Ed25519; its agency code is the origin.
+        first), chained to an anchor, SERVICE role, Ed25519, valid and not revoked at
+        ``at`` (now by default); its agency code is the origin.
 
         Raises DocbusError.
         """
-        found = self._chains.chain(chain)
+        found = self._service_chain(chain, at)
         if found.role is not Role.SERVICE or not self.trust.policy.is_service(
             Service.ARCHIVER, found.agency
         ):
@@ -255,9 +256,10 @@ class Verifier:
             raise DocbusError(Reason.WEAK_ALGORITHM, "a log key is an Ed25519 key")
         return NoteVerifier(found.agency, ALG_ED25519, found.key)
 
-    def witness_key(self, chain: Sequence[bytes]) -> NoteVerifier:
-        """The cosignature key of a pinned witness's certificate (DER, leaf first)."""
-        found = self._chains.chain(chain)
+    def witness_key(self, chain: Sequence[bytes], at: datetime | None = None) -> NoteVerifier:
+        """The cosignature key of a pinned witness's certificate (DER, leaf first), valid
+        and not revoked at ``at`` (now by default)."""
+        found = self._service_chain(chain, at)
         if found.role is not Role.SERVICE or not self.trust.policy.is_service(
             Service.WITNESS, found.agency
         ):
@@ -268,12 +270,21 @@ class Verifier:
             raise DocbusError(Reason.WEAK_ALGORITHM, "a witness key is an Ed25519 key")
         return NoteVerifier(found.agency, ALG_COSIGNATURE_V1, found.key)
 
+    def _service_chain(self, chain: Sequence[bytes], at: datetime | None) -> Chain:
+        self.refresh()
+        found = self._chains.chain(chain)
+        moment = at or datetime.now(UTC)
+        found.check_at(moment)
+        self._check_revocation_known(found, moment, 0)
+        return found
+
     def verify_checkpoint(
         self,
         note: bytes,
         chain: Sequence[bytes],
         witnesses_required: int = 0,
         witnesses: Sequence[NoteVerifier] = (),
+        at: datetime | None = None,
     ) -> Checkpoint:
         """A C2SP checkpoint note signed by the pinned archiver whose certificate is
         ``chain``, with at least ``witnesses_required`` cosignatures of pinned witnesses
@@ -282,7 +293,7 @@ class Verifier:
         Raises DocbusError.
         """
         known = {(w.name, w.hash): w for w in (*self._witnesses, *witnesses)}
-        checkpoint, opened = open_checkpoint(note, self.log_key(chain), tuple(known.values()))
+        checkpoint, opened = open_checkpoint(note, self.log_key(chain, at), tuple(known.values()))
         if len(opened.cosigned_at) < witnesses_required:
             raise DocbusError(
                 Reason.POLICY,
@@ -305,7 +316,7 @@ class Verifier:
         chains = [s.cert_chain for s in receipt.event.signatures if s.role is Role.SERVICE]
         if not chains:
             raise DocbusError(Reason.POLICY, "the receipt is not signed by a service")
-        checkpoint = self.verify_checkpoint(proof.checkpoint, chains[0])
+        checkpoint = self.verify_checkpoint(proof.checkpoint, chains[0], at=status.at)
         if checkpoint.origin != status.by:
             raise DocbusError(Reason.POLICY, f"{status.by} cites the log of {checkpoint.origin}")
         if (checkpoint.size, checkpoint.root) != (proof.tree_size, proof.root_hash):
