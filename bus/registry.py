@@ -100,6 +100,7 @@ class Registry:
     def __init__(self, units: list[Unit], agencies: list[Agency]) -> None:
         self.units = {u.id: u for u in units}
         self.agencies = {a.code: a for a in agencies}
+        self._predecessors: dict[str, frozenset[str]] = {}
         if len(self.units) != len(units):
             raise RegistryError("a unit id appears twice")
         if len(self.agencies) != len(agencies):
@@ -178,6 +179,12 @@ class Registry:
 
     def predecessors(self, code: str) -> set[str]:
         """Every agency code whose successor chain reaches ``code`` (not ``code`` itself)."""
+        cached = self._predecessors.get(code)
+        if cached is None:
+            cached = self._predecessors[code] = frozenset(self._walk_back(code))
+        return set(cached)
+
+    def _walk_back(self, code: str) -> set[str]:
         found: set[str] = set()
         for a in self.agencies.values():
             nxt = a.successor

@@ -69,7 +69,9 @@ class Archiver:
                 continue
             revisers = (doc.sender, *sorted(self._predecessors(doc.sender)))
             receipt = header(record.headers, RECEIPT) or b""
-            entry = NewEntry.of(doc, value, record.topic, verdict.at, receipt, revisers)
+            entry = NewEntry.of(
+                doc, value, record.topic, verdict.at, receipt, revisers, verdict.event.payload
+            )
             batch.append((record, entry))
         if not batch:
             return results

@@ -110,13 +110,17 @@ class NewEntry:
         received_at: datetime,
         receipt: bytes = b"",
         originators: tuple[str, ...] = (),
+        payload: bytes | None = None,
     ) -> NewEntry:
-        """The entry for ``event`` (whose payload is ``doc``); a sealed subject stays out."""
+        """The entry for ``event`` (whose payload is ``doc``, whose signed payload bytes are
+        ``payload`` when the caller has them); a sealed subject stays out."""
         return cls(
             document_id=doc.document_id,
             revision=doc.revision,
             digest=hashlib.sha256(event).hexdigest(),
-            payload_digest=hashlib.sha256(default_codec().decode_event(event).payload).hexdigest(),
+            payload_digest=hashlib.sha256(
+                default_codec().decode_event(event).payload if payload is None else payload
+            ).hexdigest(),
             sender=doc.sender,
             recipients=doc.recipients,
             subject="" if doc.sealed else doc.subject,

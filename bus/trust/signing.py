@@ -6,6 +6,8 @@ the caller's (or :meth:`SigningKey.load`'s) one I/O step.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,14 +181,21 @@ class SigningKey:
     def agency(self) -> str | None:
         return agency_code(self.chain[0])
 
-    def sign(self, payload_type: str, payload: bytes) -> Signature:
-        """This key's signature over PAE(payload_type, payload)."""
+    @functools.cached_property
+    def _template(self) -> Signature:
+        """Everything of a signature but the signature (the same for every event)."""
         return Signature(
             role=self.role,
             alg=algorithm_of(self.key),
             key_id=key_id(self.chain[0]),
             cert_chain=tuple(c.public_bytes(serialization.Encoding.DER) for c in self.chain),
-            sig=sign_bytes(self.key, pae(payload_type, payload)),
+            sig=b"",
+        )
+
+    def sign(self, payload_type: str, payload: bytes) -> Signature:
+        """This key's signature over PAE(payload_type, payload)."""
+        return dataclasses.replace(
+            self._template, sig=sign_bytes(self.key, pae(payload_type, payload))
         )
 
 

@@ -161,10 +161,12 @@ class Verifier:
         if receipt is None:
             return Rejected(Reason.POLICY, "no gateway receipt: the record bypassed the gateway")
         try:
-            status = self.codec.decode_status(self.codec.decode_event(receipt).payload)
+            event = self.codec.decode_event(receipt)
+            status = self.codec.decode_status(event.payload)
         except DocbusError as exc:
             return Rejected(exc.reason, f"gateway receipt: {exc.message}")
-        checked = self.verify(receipt, status.at)
+        self.refresh()
+        checked = self.verify_event(event, status.at)
         if isinstance(checked, Rejected):
             return Rejected(checked.reason, f"gateway receipt: {checked.message}")
         if status.code is not StatusCode.DELIVERED or status.event_digest != event_digest(record):
