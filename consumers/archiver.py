@@ -118,20 +118,29 @@ class Archiver:
             f"archived from {entry.sender} or its predecessors"
         )
         log.warning("refused", document_id=entry.document_id, sender=entry.sender, message=message)
+        return self._rejected(record, entry, Reason.POLICY, message)
+
+    def _rejected(
+        self,
+        record: Record,
+        entry: NewEntry,
+        reason: Reason,
+        message: str,
+        proof: LogProof | None = None,
+    ) -> list[Result]:
+        """The record to the rejected topic, and a REJECTED status for its exact bytes."""
         status = Status(
             entry.document_id,
             StatusCode.REJECTED,
             self.by,
             now_ms(),
             entry.revision,
-            reason=Reason.POLICY.value,
+            reason=reason.value,
             message=message,
+            log=proof,
             event_digest=event_digest(entry.event),
         )
-        return [
-            Reject(record, Reason.POLICY, message),
-            status_output(status, self.key, self.topics),
-        ]
+        return [Reject(record, reason, message), status_output(status, self.key, self.topics)]
 
     def _checkpoint(self) -> tuple[StoredCheckpoint, bool]:
         """The signed checkpoint covering the whole log (signing a new one if it grew), and
@@ -154,21 +163,7 @@ class Archiver:
         )
         if outcome is Stored.CONFLICT:
             message = f"revision {entry.revision} was archived before with other bytes"
-            status = Status(
-                entry.document_id,
-                StatusCode.REJECTED,
-                self.by,
-                now_ms(),
-                entry.revision,
-                reason=Reason.DUPLICATE_CONFLICT.value,
-                message=message,
-                log=proof,
-                event_digest=event_digest(entry.event),
-            )
-            return [
-                Reject(record, Reason.DUPLICATE_CONFLICT, message),
-                status_output(status, self.key, self.topics),
-            ]
+            return self._rejected(record, entry, Reason.DUPLICATE_CONFLICT, message, proof)
         # A re-delivery is answered again: the publisher may have missed the first receipt.
         status = Status(
             entry.document_id,

@@ -247,30 +247,27 @@ class Verifier:
 
         Raises DocbusError.
         """
-        found = self._service_chain(chain, at)
-        if found.role is not Role.SERVICE or not self.trust.policy.is_service(
-            Service.ARCHIVER, found.agency
-        ):
-            raise DocbusError(
-                Reason.POLICY, f"{found.subject} is no pinned archiver (policy.toml [services])"
-            )
-        if not isinstance(found.key, ed25519.Ed25519PublicKey) or found.agency is None:
-            raise DocbusError(Reason.WEAK_ALGORITHM, "a log key is an Ed25519 key")
-        return NoteVerifier(found.agency, ALG_ED25519, found.key)
+        return self._pinned_key(chain, at, Service.ARCHIVER, ALG_ED25519)
 
     def witness_key(self, chain: Sequence[bytes], at: datetime | None = None) -> NoteVerifier:
         """The cosignature key of a pinned witness's certificate (DER, leaf first), valid
-        and not revoked at ``at`` (now by default)."""
+        and not revoked at ``at`` (now by default). Raises DocbusError."""
+        return self._pinned_key(chain, at, Service.WITNESS, ALG_COSIGNATURE_V1)
+
+    def _pinned_key(
+        self, chain: Sequence[bytes], at: datetime | None, service: Service, alg: int
+    ) -> NoteVerifier:
         found = self._service_chain(chain, at)
         if found.role is not Role.SERVICE or not self.trust.policy.is_service(
-            Service.WITNESS, found.agency
+            service, found.agency
         ):
             raise DocbusError(
-                Reason.POLICY, f"{found.subject} is no pinned witness (policy.toml [services])"
+                Reason.POLICY,
+                f"{found.subject} is no pinned {service.value} (policy.toml [services])",
             )
         if not isinstance(found.key, ed25519.Ed25519PublicKey) or found.agency is None:
-            raise DocbusError(Reason.WEAK_ALGORITHM, "a witness key is an Ed25519 key")
-        return NoteVerifier(found.agency, ALG_COSIGNATURE_V1, found.key)
+            raise DocbusError(Reason.WEAK_ALGORITHM, f"a {service.value} key is an Ed25519 key")
+        return NoteVerifier(found.agency, alg, found.key)
 
     def _service_chain(self, chain: Sequence[bytes], at: datetime | None) -> Chain:
         self.refresh()
