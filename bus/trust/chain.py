@@ -98,7 +98,7 @@ class ChainBuilder:
         else:
             self._chains.move_to_end(cache_key)
         if isinstance(found, DocbusError):
-            raise found
+            raise DocbusError(found.reason, found.message)  # a fresh one: no growing traceback
         return found
 
     def _build(self, ders: tuple[bytes, ...]) -> Chain | DocbusError:
