@@ -30,7 +30,7 @@ from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Verifier
 from bus.wire.codec import default_codec
 from bus.wire.model import Document, Role
-from bus.wire.names import path_segment, safe_file_name
+from bus.wire.names import attachment_files, path_segment
 from consumers.archiver import Archiver
 from consumers.edxml import document_to_edxml, status_to_edxml
 from consumers.gateway import Gateway
@@ -208,9 +208,12 @@ def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
         (target / "event.avro").write_bytes(e.event)
         doc = codec.decode_document(codec.decode_event(e.event).payload)
-        for a in doc.attachments:
+        files = target / "attachments"  # apart from event.avro: no attachment replaces it
+        files.mkdir(exist_ok=True)
+        names = attachment_files([(a.name, a.sha256) for a in doc.attachments])
+        for a, name in zip(doc.attachments, names, strict=True):
             if a.content is not None:
-                (target / safe_file_name(a.name, a.sha256)).write_bytes(a.content)
+                (files / name).write_bytes(a.content)
         click.echo(target)
 
 

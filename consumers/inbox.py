@@ -21,7 +21,7 @@ from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.headers import RECEIPT, header
 from bus.wire.model import Document, Status, StatusCode, event_digest, now_ms
-from bus.wire.names import path_segment, safe_file_name
+from bus.wire.names import attachment_files, path_segment
 from consumers.edxml import document_to_edxml
 
 log = structlog.get_logger(__name__)
@@ -161,11 +161,10 @@ class Inbox:
         if (target / "event.avro").exists():
             return  # re-delivery: already kept
         (target / "attachments").mkdir(parents=True, exist_ok=True)
-        for a in doc.attachments:
+        names = attachment_files([(a.name, a.sha256) for a in doc.attachments])
+        for a, name in zip(doc.attachments, names, strict=True):
             if a.content is not None:
-                _write_atomically(
-                    target / "attachments" / safe_file_name(a.name, a.sha256), a.content
-                )
+                _write_atomically(target / "attachments" / name, a.content)
         meta = {
             "document_id": doc.document_id,
             "revision": doc.revision,

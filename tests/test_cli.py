@@ -288,7 +288,9 @@ def test_publish_confidential_then_open_by_recipient_only(world: Path, kem: str)
     key = pki / "agencies" / "000.00.00.H06" / "encryption.key.pem"
     out = run("open", event, "--key", key, "--trust", pki / "trust", "--out", world / f"open-{kem}")
     assert out.returncode == 0 and "as 000.00.00.H06" in out.stdout
-    assert (world / f"open-{kem}" / "mat.txt").read_text(encoding="utf-8") == "Tài liệu mật"
+    assert (world / f"open-{kem}" / "attachments" / "mat.txt").read_text(
+        encoding="utf-8"
+    ) == "Tài liệu mật"
     assert (world / f"open-{kem}" / "subject.txt").read_text(
         encoding="utf-8"
     ).strip() == "Kế hoạch mật"
@@ -355,3 +357,26 @@ def test_a_password_protected_key_needs_its_password(world: Path, tmp_path: Path
     assert "Traceback" not in refused.stderr
     opened = run(*args, env={"DOCBUS_KEY_PASSWORD_FILE": str(secret)})
     assert opened.returncode == 0, opened.stderr
+
+
+def test_attachment_names_from_the_wire_stay_files_of_their_own(tmp_path: Path) -> None:
+    from bus.wire.names import attachment_files, path_segment
+
+    names = attachment_files(
+        [
+            ("..", "d1"),
+            ("a\x00b.pdf", "d2"),
+            ("../../event.avro", "d3"),
+            ("x" * 300, "d4"),
+            ("dup.pdf", "d5"),
+            ("sub/dup.pdf", "d6"),
+            ("DUP.pdf", "d7"),
+        ]
+    )
+    assert names[0] == "d1" and names[1] == "ab.pdf" and names[2] == "event.avro"
+    assert len(names[3]) == 200 and len(set(n.lower() for n in names)) == len(names)
+    assert names[4:] == ["dup.pdf", "dup-2.pdf", "DUP-3.pdf"]
+    for hostile in ("..", ".", "a/b", ""):
+        segment = path_segment(hostile)
+        assert "/" not in segment and segment not in ("", ".", "..")
+        assert (tmp_path / segment).resolve().parent == tmp_path.resolve()

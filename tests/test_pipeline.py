@@ -309,7 +309,7 @@ async def test_operator_commands_on_a_running_bus(
         )
         assert done.returncode == 0
         assert (tmp_path / "x" / MINISTRY / "r0" / "event.avro").read_bytes() == record
-        assert (tmp_path / "x" / MINISTRY / "r0" / "qd.txt").read_text(
+        assert (tmp_path / "x" / MINISTRY / "r0" / "attachments" / "qd.txt").read_text(
             encoding="utf-8"
         ) == "Quyết định"
         assert (

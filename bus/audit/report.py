@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bus.tlog.checkpoint import Checkpoint
@@ -82,7 +83,7 @@ def print_report(report: Report, console: Console) -> None:
         for column in ("kind", "where", "detail"):
             table.add_column(column)
         for f in report.findings:
-            table.add_row(f.kind, f.where, f.detail)
+            table.add_row(escape(f.kind), escape(f.where), escape(f.detail))  # ids may hold [/x]
         console.print(table)
     console.print(
         "[green]clean: nothing altered or lost[/]" if report.clean else "[red]NOT clean[/]"

@@ -15,7 +15,7 @@ from bus.trust.sealing import EncryptionKey, open_sealed
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Rejected, Verifier
 from bus.wire.model import Document
-from bus.wire.names import safe_file_name
+from bus.wire.names import attachment_files
 
 
 @click.command()
@@ -95,10 +95,12 @@ def open_command(
     if not isinstance(verdict.payload, Document):
         raise click.ClickException("the event is not a document")
     agency, doc = open_sealed(verdict.payload, EncryptionKey.from_pem(key_file.read_bytes()))
-    out.mkdir(parents=True, exist_ok=True)
+    files = out / "attachments"  # apart from subject.txt: no attachment can replace it
+    files.mkdir(parents=True, exist_ok=True)
     (out / "subject.txt").write_text(doc.subject + "\n", encoding="utf-8")
-    for a in doc.attachments:
-        (out / safe_file_name(a.name, a.sha256)).write_bytes(a.content or b"")
+    names = attachment_files([(a.name, a.sha256) for a in doc.attachments])
+    for a, name in zip(doc.attachments, names, strict=True):
+        (files / name).write_bytes(a.content or b"")
     click.echo(
         f"opened {doc.document_id} as {agency}: {len(doc.attachments)} attachment(s) in {out}"
     )
