@@ -1,6 +1,6 @@
 """The transparency log at scale, and replay + audit throughput on the embedded broker.
 
-Run: python benchmarks/bench_log.py [--entries N] [--replay M]
+Run: python -m benchmarks.bench_log [--entries N] [--replay M]
 
 1. Appends N entries (128-byte events, batches of 1,000, one transaction each) to an
    SQLite archive and its log, and reports the append rate at the start and at the end,
@@ -38,7 +38,7 @@ from bus.trust.verifier import Policy, Verifier
 from bus.wire.model import Role, now_ms
 from consumers.archiver import Archiver
 from producers.document import attachment, new_document
-from tests.records import delivered
+from tests.records import delivered, receipt_headers
 
 
 def append(folder: Path, n: int) -> None:
@@ -52,16 +52,17 @@ def append(folder: Path, n: int) -> None:
     while done < n:
         entries = [
             NewEntry(
-                f"doc-{done + i}",
-                0,
-                hashlib.sha256(str(done + i).encode()).hexdigest(),
-                "s",
-                ("r",),
-                "",
-                "NONE",
-                "t",
-                at,
-                (done + i).to_bytes(8, "big") + b"x" * 120,
+                document_id=f"doc-{done + i}",
+                revision=0,
+                digest=hashlib.sha256(str(done + i).encode()).hexdigest(),
+                payload_digest=hashlib.sha256(str(done + i).encode()).hexdigest(),
+                sender="s",
+                recipients=("r",),
+                subject="",
+                confidentiality="NONE",
+                topic="t",
+                received_at=at,
+                event=(done + i).to_bytes(8, "big") + b"x" * 120,
             )
             for i in range(batch)
         ]
@@ -134,7 +135,10 @@ def replay_rate(folder: Path, m: int) -> None:
             producer = settings.producer()
             await producer.start()
             sent = [
-                await producer.send(topic, v, key=str(i).encode()) for i, v in enumerate(records)
+                await producer.send(
+                    topic, v, key=str(i).encode(), headers=receipt_headers(v, gateway)
+                )
+                for i, v in enumerate(records)
             ]
             await asyncio.gather(*sent)
             await producer.stop()

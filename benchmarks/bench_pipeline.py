@@ -1,6 +1,6 @@
 """The whole pipeline on the embedded broker: publish → gateway → archiver → ARCHIVED.
 
-Run: python benchmarks/bench_pipeline.py [--documents N] [--latency-seconds S]
+Run: python -m benchmarks.bench_pipeline [--documents N] [--latency-seconds S]
 
 The gateway and the archiver run as separate ``docbus serve`` processes, as deployed.
 Documents (4 KiB attachment, signed by a SIGNER and an AGENCY key, Ed25519) are signed

@@ -1,6 +1,6 @@
 """Seal and open rates for confidential documents to three recipients, beside bare AES-GCM.
 
-Run: python benchmarks/bench_sealing.py [--seconds S] [--repeats N]
+Run: python -m benchmarks.bench_sealing [--seconds S] [--repeats N]
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from functools import partial
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from timing import rate
 
+from benchmarks.timing import rate
 from bus.trust.addressbook import AddressBook
 from bus.trust.pki import DevPki, KemAlgorithm
 from bus.trust.sealing import EncryptionKey, open_sealed, seal

@@ -1,6 +1,6 @@
 """Encode+sign and decode+verify rates for Ed25519-signed documents, beside bare Ed25519.
 
-Run: python benchmarks/bench_signing.py [--seconds S] [--repeats N]
+Run: python -m benchmarks.bench_signing [--seconds S] [--repeats N]
 Prints one line per measurement (median of the repeats) and the ratio that
 benchmarks/README.md records.
 """
@@ -13,8 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from timing import rate
-
+from benchmarks.timing import rate
 from bus.kafka.records import document_record
 from bus.registry import load_registry
 from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
