@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.clients import KafkaSettings
 from bus.kafka.records import document_record
+from bus.kafka.runtime import ConsumerRuntime, Output, Record, Result
 from bus.kafka.topics import ensure_topics
 from bus.registry import Registry
 from bus.store.archive import Archive
@@ -21,7 +26,7 @@ from producers.document import new_document
 from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
 from tests.records import receipt_headers
-from tests.stack import NGHE_AN, running_stack
+from tests.stack import NGHE_AN, read_topic, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +145,75 @@ async def test_a_broker_that_forgets_everything_loses_nothing(
         assert all(stack.publisher.outbox.get(d.document_id).attempts >= 2 for d in unanswered)  # type: ignore[union-attr]
         archived = {e.document_id for e in stack.archive.entries()}
         assert archived == {before.document_id, *(d.document_id for d in unanswered)}
+
+
+class _Failing:
+    """A handler whose sink fails ``times`` times with ``error`` (forever with None)."""
+
+    stage = "sink"
+
+    def __init__(self, error: Exception, times: int | None, out: str) -> None:
+        self.error, self.times, self.out, self.calls = error, times, out, 0
+
+    async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
+        self.calls += 1
+        if self.times is None or self.calls <= self.times:
+            raise self.error
+        return [Output(self.out, r.key, r.value or b"") for r in records]
+
+
+async def _put(settings: KafkaSettings, topic: str, n: int) -> None:
+    producer = settings.producer()
+    await producer.start()
+    for i in range(n):
+        await producer.send_and_wait(topic, f"record {i}".encode(), key=str(i).encode())
+    await producer.stop()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        sqlite3.OperationalError("database is locked"),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ],
+)
+async def test_a_transient_failure_is_waited_out_and_never_dead_lettered(
+    broker: EmbeddedBroker, error: Exception
+) -> None:
+    settings = broker.settings()
+    await ensure_topics(settings, ["t.in", "t.out", settings.topics.rejected], partitions=1)
+    await _put(settings, "t.in", 3)
+    # Failing more often than the runtime's attempts: a record's fault would be rejected by
+    # now, an infrastructure fault is waited out.
+    handler = _Failing(error, 8, "t.out")
+    runtime = ConsumerRuntime(settings, handler, "g.sink", topics=["t.in"], backoff=(0.01, 0.05))
+    task = asyncio.create_task(runtime.run())
+    out = await read_topic(settings, "t.out", 3, seconds=30)
+    runtime.request_stop()
+    await task
+    assert sorted(r.value for r in out) == [b"record 0", b"record 1", b"record 2"]
+    assert handler.calls > runtime.max_attempts
+    assert await read_topic(settings, settings.topics.rejected, 1, seconds=2) == []
+
+
+async def test_a_stop_during_a_full_disk_commits_nothing_and_loses_nothing(
+    broker: EmbeddedBroker,
+) -> None:
+    settings = broker.settings()
+    await ensure_topics(settings, ["t.in", "t.out", settings.topics.rejected], partitions=1)
+    await _put(settings, "t.in", 3)
+    full = _Failing(OSError(errno.ENOSPC, "No space left on device"), None, "t.out")
+    runtime = ConsumerRuntime(settings, full, "g.disk", topics=["t.in"], backoff=(0.01, 0.05))
+    task = asyncio.create_task(runtime.run())
+    await asyncio.sleep(2)
+    runtime.request_stop()
+    await asyncio.wait_for(task, 10)  # the stop ends the retrying at once
+    assert await read_topic(settings, settings.topics.rejected, 1, seconds=2) == []
+    # The disk is freed and the service restarts: every record is still there to handle.
+    working = _Failing(OSError(), 0, "t.out")
+    again = ConsumerRuntime(settings, working, "g.disk", topics=["t.in"])
+    task = asyncio.create_task(again.run())
+    out = await read_topic(settings, "t.out", 3, seconds=30)
+    again.request_stop()
+    await task
+    assert sorted(r.value for r in out) == [b"record 0", b"record 1", b"record 2"]

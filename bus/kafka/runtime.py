@@ -12,7 +12,11 @@ commit only means the batch is seen again, and every sink is idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import random
 import signal
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +58,26 @@ class Reject:
 
 
 Result = Output | Reject
+
+
+class Stopped(Exception):
+    """A stop was requested while a transient failure was being waited out."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failure is the infrastructure's (retried for as long as it takes, never
+    dead-lettered) rather than the record's: a retriable Kafka error, a locked or failing
+    SQLite database, a full or failing disk, a timeout or a lost connection."""
+    if isinstance(exc, DocbusError):
+        return False
+    if isinstance(exc, KafkaError):
+        return bool(exc.retriable)
+    if isinstance(exc, sqlite3.OperationalError | TimeoutError | ConnectionError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO
+
+
+_TRANSIENT_ERRNO = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EMFILE, errno.ENFILE}
 
 
 class Handler(Protocol):
@@ -143,7 +167,10 @@ class ConsumerRuntime:
                 records = [r for part in batch.values() for r in part]
                 if not records:
                     continue
-                results = await self._handle(consumer, records)
+                try:
+                    results = await self._handle(consumer, records)
+                except Stopped:
+                    break
                 await self._publish(producer, results)
                 for tp, part in batch.items():
                     self._pending[tp] = part[-1].offset + 1
@@ -170,6 +197,11 @@ class ConsumerRuntime:
             if self._pending.get(tp) == offset:
                 del self._pending[tp]
 
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when a stop is requested."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
     def _pause(self, attempt: int) -> float:
         first, most = self.backoff
         return float(min(most, first * 2 ** (attempt - 1)))
@@ -177,18 +209,31 @@ class ConsumerRuntime:
     async def _handle(self, consumer: AIOKafkaConsumer, records: list[Record]) -> list[Result]:
         first_failure: datetime | None = None
         error: Exception | None = None
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = waits = 0
+        while attempt < self.max_attempts:
             try:
                 return list(await self.handler.handle(records))
-            except Exception as exc:  # any failure is retried, then isolated per record
+            except Exception as exc:  # retried; then, unless transient, isolated per record
                 error, first_failure = exc, first_failure or datetime.now(UTC)
+                failing = transient(exc)
+                if failing:
+                    waits += 1
+                else:
+                    attempt += 1
                 log.warning(
-                    "batch failed", stage=self.handler.stage, attempt=attempt, error=repr(exc)
+                    "batch failed",
+                    stage=self.handler.stage,
+                    attempt=attempt,
+                    transient=failing,
+                    error=repr(exc),
                 )
-                if attempt < self.max_attempts:
+                if failing and self._stopping.is_set():
+                    raise Stopped from exc  # the batch stays uncommitted: seen again later
+                if failing or attempt < self.max_attempts:
                     paused = consumer.assignment()
                     consumer.pause(*paused)
-                    await asyncio.sleep(self._pause(attempt))
+                    jitter = random.uniform(0.8, 1.2)
+                    await self._sleep(self._pause(waits if failing else attempt) * jitter)
                     consumer.resume(*paused)
         assert error is not None and first_failure is not None
         results: list[Result] = []
@@ -196,6 +241,8 @@ class ConsumerRuntime:
             try:
                 results.extend(await self.handler.handle([record]))
             except Exception as exc:  # this record alone fails: it is rejected, not lost
+                if transient(exc):
+                    raise  # the infrastructure, not the record: never dead-lettered
                 reason = exc.reason if isinstance(exc, DocbusError) else Reason.MALFORMED
                 results.append(
                     Reject(record, reason, repr(exc), self.max_attempts + 1, first_failure)
