@@ -380,3 +380,15 @@ def test_attachment_names_from_the_wire_stay_files_of_their_own(tmp_path: Path) 
         segment = path_segment(hostile)
         assert "/" not in segment and segment not in ("", ".", "..")
         assert (tmp_path / segment).resolve().parent == tmp_path.resolve()
+
+
+def test_a_broker_that_is_down_is_exit_75_in_one_line() -> None:
+    done = subprocess.run(
+        [DOCBUS, "topics", "ensure", "--bootstrap", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 75, done.stderr
+    assert "Error: unavailable, try again later" in done.stderr
+    assert "Traceback" not in done.stderr

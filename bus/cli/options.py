@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from aiokafka.errors import KafkaConnectionError, KafkaError, NodeNotReadyError
 
 from bus.kafka.clients import KafkaSettings
 from bus.registry import Registry, RegistryError, load_registry
@@ -30,14 +31,31 @@ _SETTINGS = "docbus.settings"
 CONFIG = "docbus.config"
 
 
+#: Exit code of a command that found the broker or a database unavailable (EX_TEMPFAIL).
+UNAVAILABLE = 75
+
+
+class Unavailable(click.ClickException):
+    """The broker or a database cannot be reached now: try again later (exit 75)."""
+
+    exit_code = UNAVAILABLE
+
+
 class DocbusGroup(click.Group):
-    """A group that turns the bus's own errors into a one-line message and exit code 1."""
+    """A group that turns the bus's own errors into a one-line message: exit 1 for what was
+    refused, 75 for what is unavailable now (DESIGN §7)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except (KafkaConnectionError, NodeNotReadyError, ConnectionError, TimeoutError) as exc:
+            raise Unavailable(f"unavailable, try again later: {exc}") from None
+        except KafkaError as exc:
+            if exc.retriable:
+                raise Unavailable(f"unavailable, try again later: {exc}") from None
+            raise click.ClickException(f"the broker refused: {exc}") from None
         except DocbusError as exc:
             raise click.ClickException(str(exc)) from None
         except (RegistryError, OSError, ValueError) as exc:

@@ -169,9 +169,9 @@ class ConsumerRuntime:
                     continue
                 try:
                     results = await self._handle(consumer, records)
+                    await self._publish(producer, results)
                 except Stopped:
                     break
-                await self._publish(producer, results)
                 for tp, part in batch.items():
                     self._pending[tp] = part[-1].offset + 1
                 self.processed += len(records)
@@ -187,6 +187,14 @@ class ConsumerRuntime:
         """Commit what has been processed and published; a failure only means re-delivery."""
         consumer, pending = self._consumer, dict(self._pending)
         if consumer is None or not pending:
+            return
+        # Partitions revoked meanwhile are another member's now: committing them would fail
+        # (IllegalStateError) on every later commit; their records are re-delivered there.
+        owned = consumer.assignment()
+        for tp in [tp for tp in pending if tp not in owned]:
+            del pending[tp]
+            self._pending.pop(tp, None)
+        if not pending:
             return
         try:
             await consumer.commit(pending)
@@ -286,7 +294,9 @@ class ConsumerRuntime:
             except KafkaError as exc:
                 attempt += 1
                 log.warning("publish failed; retrying", attempt=attempt, error=repr(exc))
-                await asyncio.sleep(self._pause(attempt))
+                if self._stopping.is_set():
+                    raise Stopped from exc  # not committed: the batch is seen again
+                await self._sleep(self._pause(attempt))
 
 
 async def run_until_signalled(runtimes: Sequence[ConsumerRuntime], deadline: float = 30.0) -> None:

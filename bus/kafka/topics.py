@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 from aiokafka.admin import NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from bus.registry import Registry
 
@@ -63,16 +62,26 @@ def all_topics(topics: Topics, registry: Registry, on: date | None = None) -> li
 async def ensure_topics(
     settings: KafkaSettings, names: Iterable[str], partitions: int = 3, replication: int = 1
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+    """Create the topics that do not exist yet; returns the names created.
+
+    Raises the broker's error (a KafkaError subclass, ``retriable`` when worth retrying)
+    for the first topic it refused; one that another process created meanwhile is fine.
+    """
     admin = settings.admin()
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [n for n in dict.fromkeys(names) if n not in existing]
-        if missing:
-            # another process may create them in the meantime
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
+        if not missing:
+            return []
+        response = await admin.create_topics(
+            [NewTopic(n, partitions, replication) for n in missing]
+        )
+        # aiokafka returns per-topic error codes rather than raising: read them.
+        for name, code, message in response.topic_errors:
+            error = for_code(code)
+            if code and error is not TopicAlreadyExistsError:
+                raise error(f"topic {name}: {message or error.__name__}")
         return missing
     finally:
         await admin.close()
