@@ -217,3 +217,32 @@ async def test_a_stop_during_a_full_disk_commits_nothing_and_loses_nothing(
     again.request_stop()
     await task
     assert sorted(r.value for r in out) == [b"record 0", b"record 1", b"record 2"]
+
+
+async def test_a_service_started_before_the_broker_waits_for_it() -> None:
+    broker = EmbeddedBroker()  # not started yet: nothing listens on its port
+    settings = broker.settings()
+    runtime = ConsumerRuntime(
+        settings, _Failing(OSError(), 0, "t.out"), "g.early", topics=["t.in"], backoff=(0.1, 0.5)
+    )
+    task = asyncio.create_task(runtime.run())
+    await asyncio.sleep(2)
+    assert not task.done() and not runtime.started.is_set()  # waiting, not exited
+    with broker:
+        await ensure_topics(settings, ["t.in", "t.out"], partitions=1)
+        await _put(settings, "t.in", 2)
+        out = await read_topic(settings, "t.out", 2, seconds=30)
+        runtime.request_stop()
+        await asyncio.wait_for(task, 20)
+    assert sorted(r.value for r in out) == [b"record 0", b"record 1"]
+
+
+async def test_a_stop_while_the_broker_is_down_ends_the_wait() -> None:
+    runtime = ConsumerRuntime(
+        EmbeddedBroker().settings(), _Failing(OSError(), 0, "t.out"), "g.none", topics=["t.in"]
+    )
+    task = asyncio.create_task(runtime.run())
+    await asyncio.sleep(1)
+    runtime.request_stop()
+    await asyncio.wait_for(task, 10)
+    assert not runtime.started.is_set()

@@ -17,10 +17,10 @@ import errno
 import random
 import signal
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -34,6 +34,7 @@ from bus.wire.headers import Headers, error_headers
 log = structlog.get_logger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+Client = TypeVar("Client", AIOKafkaProducer, AIOKafkaConsumer)
 
 
 @dataclass(frozen=True)
@@ -148,20 +149,18 @@ class ConsumerRuntime:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Consume until :meth:`request_stop`."""
-        consumer = self.settings.consumer(self.group_id, **self._consumer_overrides)
-        producer = self.settings.producer()
-        listener = _CommitOnRevoke(self)
-        if self.pattern is not None:
-            consumer.subscribe(pattern=self.pattern, listener=listener)
-        else:
-            consumer.subscribe(self.topics, listener=listener)
-        await producer.start()
-        await consumer.start()
-        self._consumer = consumer
-        self.started.set()
-        log.info("consuming", stage=self.handler.stage, group=self.group_id)
-        try:
+        """Consume until :meth:`request_stop`; a broker that is not up yet is waited for."""
+        async with contextlib.AsyncExitStack() as stack:
+            producer = await self._connect(self.settings.producer, stack)
+            if producer is None:
+                return  # stopped before the broker came up
+            consumer = await self._connect(self._subscribed, stack)
+            if consumer is None:
+                return
+            self._consumer = consumer
+            stack.push_async_callback(self._closing)
+            self.started.set()
+            log.info("consuming", stage=self.handler.stage, group=self.group_id)
             while not self._stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
                 records = [r for part in batch.values() for r in part]
@@ -176,12 +175,42 @@ class ConsumerRuntime:
                     self._pending[tp] = part[-1].offset + 1
                 self.processed += len(records)
                 await self.commit_pending()
-        finally:
-            await self.commit_pending()
-            self._consumer = None
-            await consumer.stop()
-            await producer.stop()
-            log.info("stopped", stage=self.handler.stage, processed=self.processed)
+
+    def _subscribed(self) -> AIOKafkaConsumer:
+        consumer = self.settings.consumer(self.group_id, **self._consumer_overrides)
+        listener = _CommitOnRevoke(self)
+        if self.pattern is not None:
+            consumer.subscribe(pattern=self.pattern, listener=listener)
+        else:
+            consumer.subscribe(self.topics, listener=listener)
+        return consumer
+
+    async def _connect(
+        self, make: Callable[[], Client], stack: contextlib.AsyncExitStack
+    ) -> Client | None:
+        """A started client, waiting (with backoff) for as long as the broker is down;
+        None if a stop is requested first. Every client started is stopped on exit."""
+        waits = 0
+        while not self._stopping.is_set():
+            client = make()
+            try:
+                await client.start()
+            except KafkaError as exc:
+                await client.stop()  # no "Unclosed" client left behind
+                waits += 1
+                log.warning("broker unavailable; waiting", stage=self.handler.stage, error=str(exc))
+                await self._sleep(self._pause(waits) * random.uniform(0.8, 1.2))
+                continue
+            stack.push_async_callback(client.stop)
+            return client
+        return None
+
+    async def _closing(self) -> None:
+        """Before the clients stop: commit what is done (aiokafka's stop() does not call the
+        rebalance listener)."""
+        await self.commit_pending()
+        self._consumer = None
+        log.info("stopped", stage=self.handler.stage, processed=self.processed)
 
     async def commit_pending(self) -> None:
         """Commit what has been processed and published; a failure only means re-delivery."""
