@@ -6,14 +6,13 @@ import asyncio
 from collections.abc import Sequence
 
 import structlog
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from bus.kafka.records import status_output
 from bus.kafka.runtime import Output, Record, Reject, Result
 from bus.kafka.topics import Topics
 from bus.store.archive import Archive, NewEntry, Stored, StoredCheckpoint
 from bus.tlog.checkpoint import Checkpoint
-from bus.trust.signing import SigningKey, note_signer, sign_checkpoint
+from bus.trust.signing import SigningKey, note_signer
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import Reason
 from bus.wire.headers import RECEIPT, header, log_headers
@@ -47,7 +46,7 @@ class Archiver:
         self.verifier = verifier
         self.signer = note_signer(key)  # fails early for a key that cannot sign notes
         # Auditors find the key that signs this log's checkpoints beside them.
-        self.chain = [c.public_bytes(Encoding.DER) for c in key.chain]
+        self.chain = key.chain_der
         archive.set_log_key(self.by, self.chain)
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
@@ -150,7 +149,7 @@ class Archiver:
         if latest is not None and latest.checkpoint.size == size:
             return latest, False
         checkpoint = Checkpoint(self.by, size, self.archive.root(size))
-        signed = sign_checkpoint(checkpoint, self.key)
+        signed = checkpoint.sign(self.signer)
         at = now_ms()
         self.archive.add_checkpoint(checkpoint, signed, at)
         return StoredCheckpoint(checkpoint, signed, at), True

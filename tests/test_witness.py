@@ -32,6 +32,11 @@ from tests.stack import NGHE_AN, Stack, running_stack
 pytestmark = pytest.mark.integration
 
 
+def _witness(pki: Pki, state: WitnessState) -> Witness:
+    """A pinned witness (docbus.witness) keeping its state in ``state``."""
+    return Witness(Verifier(pki.trust), pki.key("docbus.witness", Role.SERVICE), state, Topics())
+
+
 async def _archive(stack: Stack, n: int) -> None:
     for i in range(n):
         doc = new_document(MINISTRY, [NGHE_AN], f"Văn bản chứng kiến {i}")
@@ -55,12 +60,7 @@ async def test_a_witness_cosigns_a_growing_log_and_readers_can_demand_it(
         await _archive(stack, 3)
         assert "forged checkpoint" in await _verify(stack, 1)  # nobody has cosigned yet
         state = WitnessState(tmp_path / "witness")
-        witness = Witness(
-            Verifier(pki.trust),
-            pki.key("docbus.witness", Role.SERVICE),
-            state,
-            stack.settings.topics,
-        )
+        witness = _witness(pki, state)
         await witness_once(stack.settings, witness)
         assert witness.cosigned == 3 and not state.alarms()
         assert await _verify(stack, 1) == set()
@@ -81,18 +81,13 @@ async def test_a_forked_log_is_caught_with_both_checkpoints(
     async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
         await _archive(stack, 2)
         state = WitnessState(tmp_path / "witness")
-        witness = Witness(
-            Verifier(pki.trust),
-            pki.key("docbus.witness", Role.SERVICE),
-            state,
-            stack.settings.topics,
-        )
+        witness = _witness(pki, state)
         await witness_once(stack.settings, witness)
         latest = stack.archive.latest_checkpoint()
         assert latest is not None and stack.archiver_key is not None
         # The archiver's own key (stolen, or the archiver lying) shows another history:
         # the same size with another root, then a shorter log than any it published.
-        chain = [c.public_bytes(Encoding.DER) for c in stack.archiver_key.chain]
+        chain = stack.archiver_key.chain_der
         producer = stack.settings.producer()
         await producer.start()
         for size, root in ((latest.checkpoint.size, b"\x66" * 32), (0, b"\x01" * 32)):
@@ -104,12 +99,7 @@ async def test_a_forked_log_is_caught_with_both_checkpoints(
                 headers=log_headers(chain, 0, []),
             )
         await producer.stop()
-        fresh = Witness(
-            Verifier(pki.trust),
-            pki.key("docbus.witness", Role.SERVICE),
-            state,
-            stack.settings.topics,
-        )
+        fresh = _witness(pki, state)
         await witness_once(stack.settings, fresh)
         alarms = state.alarms()
         assert [a.kind for a in alarms] == ["split view", "rollback"]
@@ -146,13 +136,13 @@ def test_a_bent_proof_beside_a_genuine_checkpoint_is_refused_without_an_alarm(
     from bus.tlog.merkle import MemoryTree, consistency_proof, leaf_hash
 
     archiver = pki.key("docbus.archiver", Role.SERVICE)
-    chain = [c.public_bytes(Encoding.DER) for c in archiver.chain]
+    chain = archiver.chain_der
     tree = MemoryTree([leaf_hash(bytes([i])) for i in range(5)])
     first = sign_checkpoint(Checkpoint("docbus.archiver", 3, tree.root(3)), archiver)
     second = sign_checkpoint(Checkpoint("docbus.archiver", 5, tree.root(5)), archiver)
     proof = consistency_proof(tree.node, 3, 5)
     state = WitnessState(tmp_path)
-    witness = Witness(Verifier(pki.trust), pki.key("docbus.witness", Role.SERVICE), state, Topics())
+    witness = _witness(pki, state)
     assert len(witness.process([_checkpoint_record(first, log_headers(chain, 0, []), 0)])) == 1
     bent = witness.process([_checkpoint_record(second, log_headers(chain, 3, [b"\x00" * 32]), 1)])
     assert [type(r).__name__ for r in bent] == ["Reject"] and not state.alarms()
@@ -163,7 +153,7 @@ def test_a_bent_proof_beside_a_genuine_checkpoint_is_refused_without_an_alarm(
 
 def test_a_revoked_archiver_key_gets_no_cosignature(pki: Pki, tmp_path: Path) -> None:
     archiver = pki.key("docbus.archiver", Role.SERVICE)
-    chain = [c.public_bytes(Encoding.DER) for c in archiver.chain]
+    chain = archiver.chain_der
     cert = tmp_path / "archiver.pem"
     cert.write_bytes(archiver.chain[0].public_bytes(Encoding.PEM))
     pki.dev.revoke(cert)

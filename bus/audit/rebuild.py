@@ -6,8 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from bus.audit.replay import delivery_topics, read_topics
 from bus.audit.report import Finding, Report, checkpoint_seen
 from bus.kafka.clients import KafkaSettings
@@ -39,7 +37,7 @@ async def rebuild(
         if archive.log_size():
             raise DocbusError(Reason.POLICY, f"{into} already holds an archive")
         assert key.agency is not None
-        archive.set_log_key(key.agency, [c.public_bytes(Encoding.DER) for c in key.chain])
+        archive.set_log_key(key.agency, key.chain_der)
         _store_in_log_order(archive, placed, report)
         _sign_original_sizes(archive, originals, key, report)
     finally:

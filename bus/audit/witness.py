@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from bus.audit.replay import read_topics
 from bus.kafka.clients import KafkaSettings
@@ -149,7 +148,7 @@ class Witness:
     ) -> None:
         self.verifier = verifier
         self.signer = note_signer(key)
-        self.chain = [c.public_bytes(Encoding.DER) for c in key.chain]
+        self.chain = key.chain_der
         self.state = state
         self.topics = topics
         self.cosigned = 0

@@ -36,20 +36,6 @@ def _key(stack: Stack, agency: str, role: CertRole, name: str | None = None) -> 
     )
 
 
-def _send(
-    stack: Stack, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
-) -> None:
-    async def send() -> None:
-        producer = stack.settings.producer()
-        await producer.start()
-        try:
-            await producer.send_and_wait(topic, value, key=key, headers=headers)
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
-
-
 def _record(stack: Stack, out: Path, *args: str | Path) -> bytes:
     """A signed record ``docbus publish --output`` writes (not sent)."""
     stack.run("publish", *args, "--output", out, check=True)
@@ -74,7 +60,7 @@ def _relabel(stack: Stack) -> Scenario:
     )
     doc = codec.decode_document(event.payload)
     scenario.document_id = doc.document_id
-    _send(stack, stack.settings.topics.submitted, codec.encode_event(forged), b"", [])
+    stack.send(stack.settings.topics.submitted, codec.encode_event(forged))
     seen = asyncio.run(statuses(stack, {doc.document_id: {("REJECTED", "docbus.gateway")}}, 30))
     reasons = [s.reason for s in seen.get(doc.document_id, []) if s.code is StatusCode.REJECTED]
     scenario.outcome = " ".join(["REJECTED", *map(str, reasons)]) if reasons else "not rejected"
@@ -120,7 +106,7 @@ def _forgedstatuses(stack: Stack) -> Scenario:
             log=proof if code is StatusCode.ARCHIVED else None,
             event_digest=event_digest(record),
         )
-        _send(stack, stack.settings.topics.status, status_record(forged, [forger]), b"", [])
+        stack.send(stack.settings.topics.status, status_record(forged, [forger]))
     out, _ = waiting.communicate(timeout=60)
     state = str(json.loads(out)["state"]) if out.strip() else "?"
     stack.start("gateway")
@@ -171,8 +157,7 @@ def _planted(stack: Stack) -> Scenario:
     codec = default_codec()
     doc = codec.decode_document(codec.decode_event(raw).payload)
     scenario.document_id = doc.document_id
-    _send(
-        stack,
+    stack.send(
         stack.settings.topics.deliver("nghe-an"),
         raw,
         doc.document_id.encode(),

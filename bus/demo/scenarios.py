@@ -290,7 +290,7 @@ def _send_tampered(stack: Stack, ministry: list[str]) -> Scenario:
     tampered.document_id = done.stdout.split()[0]
     raw = bytearray(event.read_bytes())
     raw[raw.index("bổ nhiệm".encode())] ^= 0x01
-    _send_raw(stack, bytes(raw), tampered.document_id.encode())
+    stack.send(stack.settings.topics.submitted, bytes(raw), tampered.document_id.encode())
     return tampered
 
 
@@ -450,15 +450,3 @@ def audit(stack: Stack) -> Scenario:
         f"; checkpoint {final.size} {final.root.hex()[:16]}…" if final else ""
     )
     return scenario
-
-
-def _send_raw(stack: Stack, record: bytes, key: bytes) -> None:
-    async def send() -> None:
-        producer = stack.settings.producer()
-        await producer.start()
-        try:
-            await producer.send_and_wait(stack.settings.topics.submitted, record, key=key)
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())

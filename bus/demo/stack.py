@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +78,21 @@ class Stack:
             timeout=timeout,
             check=check,
         )
+
+    def send(
+        self, topic: str, value: bytes, key: bytes = b"", headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        """Write one record straight onto a topic, as anyone with write access can."""
+
+        async def send() -> None:
+            producer = self.settings.producer()
+            await producer.start()
+            try:
+                await producer.send_and_wait(topic, value, key=key, headers=list(headers))
+            finally:
+                await producer.stop()
+
+        asyncio.run(send())
 
     def make_pki(self) -> None:
         dev = DevPki(self.pki)

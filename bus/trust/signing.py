@@ -182,13 +182,18 @@ class SigningKey:
         return agency_code(self.chain[0])
 
     @functools.cached_property
+    def chain_der(self) -> tuple[bytes, ...]:
+        """The certificate chain as DER, leaf first (what signatures and logs carry)."""
+        return tuple(c.public_bytes(serialization.Encoding.DER) for c in self.chain)
+
+    @functools.cached_property
     def _template(self) -> Signature:
         """Everything of a signature but the signature (the same for every event)."""
         return Signature(
             role=self.role,
             alg=algorithm_of(self.key),
             key_id=key_id(self.chain[0]),
-            cert_chain=tuple(c.public_bytes(serialization.Encoding.DER) for c in self.chain),
+            cert_chain=self.chain_der,
             sig=b"",
         )
 
