@@ -27,6 +27,7 @@ from bus.kafka.records import document_record
 from bus.kafka.topics import Topics
 from bus.registry import load_registry
 from bus.store.archive import open_archive
+from bus.store.blobs import BlobStore
 from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey, pae
 from bus.trust.truststore import TrustStore
@@ -86,7 +87,9 @@ def main() -> None:
     }
     verifier = Verifier(TrustStore.load(pki.trust_dir), Policy(), load_registry())
     archive = open_archive(folder / "archive", create=True)
-    archiver = Archiver(archive, service["docbus.archiver"], Topics(), verifier)
+    archiver = Archiver(
+        archive, service["docbus.archiver"], Topics(), verifier, BlobStore(folder / "blobs")
+    )
     body = os.urandom(4096)
     done, sample = 0, []
     print("entries   verify-archive   entries/s   peak RSS   bare 3×Ed25519 /s   ratio")

@@ -31,6 +31,7 @@ from bus.kafka.records import document_record
 from bus.kafka.topics import Topics, ensure_topics
 from bus.registry import load_registry
 from bus.store.archive import Archive, NewEntry
+from bus.store.blobs import BlobStore
 from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
@@ -114,7 +115,7 @@ def replay_rate(folder: Path, m: int) -> None:
         Role.SERVICE, *pki.issue("docbus.gateway", CertRole.SERVICE, KeyAlgorithm.ED25519)
     )
     trusted = Verifier(TrustStore.load(pki.trust_dir), Policy(), load_registry())
-    archiver = Archiver(archive, archiver_key, Topics(), trusted)
+    archiver = Archiver(archive, archiver_key, Topics(), trusted, BlobStore(folder / "blobs"))
     for start in range(0, m, 500):
         asyncio.run(
             archiver.handle(

@@ -19,9 +19,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bus.wire.limits import BLOB_THRESHOLD, MAX_RECORD_BYTES
+
 ENV_PREFIX = "DOCBUS_"
 CONFIG_ENV = "DOCBUS_CONFIG"
-DEFAULT_OUTBOX = Path.home() / ".local" / "share" / "docbus" / "outbox.sqlite"
+DEFAULT_HOME = Path.home() / ".local" / "share" / "docbus"
+DEFAULT_OUTBOX = DEFAULT_HOME / "outbox.sqlite"
+DEFAULT_BLOBS = DEFAULT_HOME / "blobs"
 
 
 class SettingsError(ValueError):
@@ -55,6 +59,15 @@ class Settings(BaseSettings):
     )
     registry: Path | None = Field(None, description="an operator's registry file")
     outbox: Path = Field(DEFAULT_OUTBOX, description="the publisher's outbox file")
+    blob_dir: Path = Field(
+        DEFAULT_BLOBS, description="the blob store shared by publishers and services"
+    )
+    blob_threshold: int = Field(
+        BLOB_THRESHOLD,
+        ge=1024,
+        le=MAX_RECORD_BYTES // 2,
+        description="attachments over this many bytes go to the blob store",
+    )
     tansu_bin: Path | None = Field(None, description="another Tansu binary for `docbus dev`")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="the lowest level logged"

@@ -11,10 +11,11 @@ from bus.kafka.records import status_output
 from bus.kafka.runtime import Output, Record, Reject, Result
 from bus.kafka.topics import Topics
 from bus.store.archive import Archive, NewEntry, Stored, StoredCheckpoint
+from bus.store.blobs import BlobStore
 from bus.tlog.checkpoint import Checkpoint
 from bus.trust.signing import SigningKey, note_signer
 from bus.trust.verifier import Rejected, Verifier
-from bus.wire.errors import Reason
+from bus.wire.errors import DocbusError, Reason
 from bus.wire.headers import RECEIPT, header, log_headers
 from bus.wire.model import Document, LogProof, Status, StatusCode, event_digest, now_ms
 
@@ -25,7 +26,9 @@ class Archiver:
     """Reads every delivery topic; one SQLite transaction per batch, then the receipts.
 
     Every record is verified again, at the receipt time the gateway signed (DESIGN §4):
-    a record written straight onto a delivery topic is rejected, never archived.
+    a record written straight onto a delivery topic is rejected, never archived. Blob-store
+    attachments are copied from the bus's ``blobs`` into the archive's own (``archive.blobs``),
+    checked against their signed hashes on the way: a missing or altered blob is REJECTED.
     """
 
     stage = "archiver"
@@ -36,6 +39,7 @@ class Archiver:
         key: SigningKey,
         topics: Topics,
         verifier: Verifier,
+        blobs: BlobStore,
     ) -> None:
         if key.agency is None:
             raise ValueError("the archiver's certificate carries no organizationIdentifier")
@@ -44,6 +48,7 @@ class Archiver:
         self.by = key.agency
         self.topics = topics
         self.verifier = verifier
+        self.blobs = blobs
         self.signer = note_signer(key)  # fails early for a key that cannot sign notes
         # Auditors find the key that signs this log's checkpoints beside them.
         self.chain = key.chain_der
@@ -71,6 +76,14 @@ class Archiver:
             entry = NewEntry.of(
                 doc, value, record.topic, verdict.at, receipt, revisers, verdict.event.payload
             )
+            try:
+                for a in doc.attachments:
+                    if a.in_blob_store:
+                        self.archive.blobs.copy_from(self.blobs, a.sha256, a.size)
+            except DocbusError as exc:
+                log.warning("refused", document_id=doc.document_id, message=exc.message)
+                results.extend(self._rejected(record, entry, exc.reason, exc.message))
+                continue
             batch.append((record, entry))
         if not batch:
             return results

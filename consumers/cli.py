@@ -12,6 +12,7 @@ import click
 from bus.cli.options import (
     DocbusGroup,
     KeyPair,
+    blob_store,
     bootstrap_option,
     data_dir_option,
     existing_archive,
@@ -73,7 +74,7 @@ def serve_archiver(
     settings = kafka(bootstrap)
     verifier = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=_reload())
     archive = open_archive(data_dir, create=True)
-    archiver = Archiver(archive, key, settings.topics, verifier)
+    archiver = Archiver(archive, key, settings.topics, verifier, blob_store())
     runtime = ConsumerRuntime(
         settings, archiver, "docbus.archiver", pattern=settings.topics.deliver_pattern
     )
@@ -115,7 +116,9 @@ def serve_inbox(
         reload_every=_reload(),
     )
     opener = EncryptionKey.from_pem(decrypt_key.read_bytes()) if decrypt_key else None
-    inbox = Inbox(agency, registry, verifier, key, folder, settings.topics, opener, edxml_dir)
+    inbox = Inbox(
+        agency, registry, verifier, key, folder, settings.topics, blob_store(), opener, edxml_dir
+    )
     runtime = ConsumerRuntime(settings, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic])
     asyncio.run(run_until_signalled([runtime]))
 
@@ -199,7 +202,8 @@ def archive_show(document_id: str, data_dir: Path) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
     """Write a document's exact event bytes and its attachments into OUT."""
-    entries = [e for e in existing_archive(data_dir).find(document_id) if not e.conflict]
+    archived = existing_archive(data_dir)
+    entries = [e for e in archived.find(document_id) if not e.conflict]
     if not entries:
         raise click.ClickException(f"{document_id} is not in the archive")
     codec = default_codec()
@@ -214,6 +218,8 @@ def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
         for a, name in zip(doc.attachments, names, strict=True):
             if a.content is not None:
                 (files / name).write_bytes(a.content)
+            elif a.in_blob_store:
+                archived.blobs.copy_to(a.sha256, a.size, files / name)
         click.echo(target)
 
 

@@ -15,6 +15,7 @@ from bus.kafka.records import send_once, status_output
 from bus.kafka.runtime import Output, Record, Reject, Result
 from bus.kafka.topics import Topics
 from bus.registry import Registry
+from bus.store.blobs import BlobStore
 from bus.trust.sealing import EncryptionKey, open_sealed
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verifier
@@ -68,6 +69,7 @@ class Inbox:
         key: SigningKey,
         folder: Path,
         topics: Topics,
+        blobs: BlobStore,
         decrypt_key: EncryptionKey | None = None,
         edxml_dir: Path | None = None,
     ) -> None:
@@ -81,6 +83,7 @@ class Inbox:
         self.key = key
         self.folder = folder
         self.topics = topics
+        self.blobs = blobs
         self.decrypt_key = decrypt_key
         self.edxml_dir = edxml_dir
         if edxml_dir is not None:
@@ -114,17 +117,27 @@ class Inbox:
                 log.warning("refused", document_id=doc.document_id, message=message)
                 results.append(Reject(record, Reason.POLICY, message))
                 continue
-            doc, note = self._open(doc)
-            self._store(doc, record.value or b"", note)
+            digest = event_digest(record.value or b"")
+            try:
+                doc, note = self._open(doc)
+                self._store(doc, record.value or b"", note)
+            except DocbusError as exc:  # a blob missing or altered: the sender hears why
+                log.warning("refused", document_id=doc.document_id, message=exc.message)
+                results.append(Reject(record, exc.reason, exc.message))
+                results.append(
+                    self.status(
+                        doc.document_id,
+                        doc.revision,
+                        StatusCode.REJECTED,
+                        exc.message,
+                        digest,
+                        exc.reason.value,
+                    )
+                )
+                continue
             log.info("received", document_id=doc.document_id, agency=self.agency, sealed=note)
             results.append(
-                self.status(
-                    doc.document_id,
-                    doc.revision,
-                    StatusCode.RECEIVED,
-                    note,
-                    event_digest(record.value or b""),
-                )
+                self.status(doc.document_id, doc.revision, StatusCode.RECEIVED, note, digest)
             )
         return results
 
@@ -145,11 +158,13 @@ class Inbox:
 
     def _open(self, doc: Document) -> tuple[Document, str | None]:
         """The plaintext of a sealed document addressed to this agency, when it can open it."""
-        if doc.sealed is None:
+        sealed = doc.sealed
+        if sealed is None:
             return doc, None
         if self.decrypt_key is None:
             return doc, "sealed; this inbox has no encryption key"
-        for code in sorted(self.accepts & {k.agency for k in doc.sealed.keys}):
+        doc = self.blobs.inline(doc)  # sealed parts are opened in one piece
+        for code in sorted(self.accepts & {k.agency for k in sealed.keys}):
             try:
                 return open_sealed(doc, self.decrypt_key, code)[1], None
             except DocbusError as exc:
@@ -165,6 +180,8 @@ class Inbox:
         for a, name in zip(doc.attachments, names, strict=True):
             if a.content is not None:
                 _write_atomically(target / "attachments" / name, a.content)
+            elif a.in_blob_store:
+                self.blobs.copy_to(a.sha256, a.size, target / "attachments" / name)
         meta = {
             "document_id": doc.document_id,
             "revision": doc.revision,
@@ -194,10 +211,18 @@ class Inbox:
         code: StatusCode,
         message: str | None = None,
         digest: bytes | None = None,
+        reason: str | None = None,
     ) -> Output:
         """A status about a received document (the record of ``digest``), signed by this agency."""
         status = Status(
-            document_id, code, self.agency, now_ms(), revision, message=message, event_digest=digest
+            document_id,
+            code,
+            self.agency,
+            now_ms(),
+            revision,
+            reason=reason,
+            message=message,
+            event_digest=digest,
         )
         return status_output(status, self.key, self.topics)
 

@@ -17,6 +17,7 @@ import click
 from bus.cli.options import (
     DocbusGroup,
     KeyPair,
+    blob_store,
     bootstrap_option,
     choice_option,
     kafka,
@@ -28,6 +29,7 @@ from bus.cli.options import (
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.records import document_record, send_once, status_output, status_record
 from bus.registry import Registry
+from bus.store.blobs import BlobStore
 from bus.trust.addressbook import AddressBook
 from bus.trust.pki import KemAlgorithm
 from bus.trust.sealing import parties
@@ -69,7 +71,7 @@ def _entry_json(entry: OutboxEntry, outbox: Outbox) -> dict[str, object]:
 
 
 async def _send(
-    settings: KafkaSettings,
+    client: KafkaSettings,
     outbox: Outbox,
     keys: list[SigningKey],
     verifier: Verifier,
@@ -77,7 +79,15 @@ async def _send(
     wait: bool,
     wait_seconds: float,
 ) -> OutboxEntry:
-    publisher = Publisher(settings, outbox, keys, verifier, resend_after=timedelta(seconds=10))
+    publisher = Publisher(
+        client,
+        outbox,
+        keys,
+        verifier,
+        resend_after=timedelta(seconds=10),
+        blobs=blob_store(),
+        blob_threshold=settings().blob_threshold,
+    )
     await publisher.start()
     try:
         await publisher.publish(doc)
@@ -108,8 +118,10 @@ class Draft:
     address_book: Path | None
     kem: str
 
-    def build(self, trust: Path | None) -> Document:
-        """The document, sealed to every party when it is confidential."""
+    def build(self, trust: Path | None, blobs: BlobStore) -> Document:
+        """The document, sealed to every party when it is confidential; attachments over
+        the threshold are in ``blobs`` (a sealed one's ciphertext, which is safe there)."""
+        threshold = settings().blob_threshold
         doc = new_document(
             self.sender,
             self.recipients,
@@ -119,6 +131,8 @@ class Draft:
             document_type=self.document_type,
             priority=Priority(self.priority),
             confidentiality=Confidentiality(self.confidential or "NONE"),
+            blobs=None if self.confidential else blobs,
+            threshold=threshold,
         )
         if not self.confidential:
             return doc
@@ -127,7 +141,7 @@ class Draft:
         book = AddressBook(self.address_book, TrustStore.load(trust))
         at = now_ms()
         recipients = [book.recipient(p, at) for p in parties(doc)]
-        return seal_document(doc, recipients, SEAL_SUITES[self.kem])
+        return blobs.offload(seal_document(doc, recipients, SEAL_SUITES[self.kem]), threshold)
 
 
 _DRAFT_OPTIONS = (
@@ -212,7 +226,7 @@ def publish(
     With --output the exact record bytes go to a file. Otherwise the record is kept in the
     outbox and sent to the broker; with --wait the command waits for the final status.
     """
-    doc = draft.build(trust)
+    doc = draft.build(trust, blob_store())
     keys = [signer, seal, *cosign]
     if output is not None:
         output.write_bytes(document_record(doc, keys))

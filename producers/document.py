@@ -8,18 +8,47 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from bus.wire.model import Attachment, Confidentiality, Document, Priority, now_ms
+from bus.store.blobs import BlobStore
+from bus.wire.limits import BLOB_THRESHOLD
+from bus.wire.model import (
+    Attachment,
+    Confidentiality,
+    Document,
+    Priority,
+    blob_location,
+    now_ms,
+)
+
+
+def _media_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def attachment(name: str, content: bytes, media_type: str | None = None) -> Attachment:
     """An inline attachment with its size and SHA-256."""
-    guessed = media_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
     return Attachment(
         name=name,
-        media_type=guessed,
+        media_type=media_type or _media_type(name),
         size=len(content),
         sha256=hashlib.sha256(content).hexdigest(),
         content=content,
+    )
+
+
+def file_attachment(
+    path: Path, blobs: BlobStore | None, threshold: int = BLOB_THRESHOLD
+) -> Attachment:
+    """A file as an attachment: inline, or streamed into ``blobs`` when it is over
+    ``threshold`` (a file is then read once in chunks and never held in memory)."""
+    if blobs is None or path.stat().st_size <= threshold:
+        return attachment(path.name, path.read_bytes())
+    digest, size = blobs.put_file(path)
+    return Attachment(
+        name=path.name,
+        media_type=_media_type(path.name),
+        size=size,
+        sha256=digest,
+        location=blob_location(digest),
     )
 
 
@@ -34,8 +63,11 @@ def new_document(
     priority: Priority = Priority.NORMAL,
     signer_name: str | None = None,
     confidentiality: Confidentiality = Confidentiality.NONE,
+    blobs: BlobStore | None = None,
+    threshold: int = BLOB_THRESHOLD,
 ) -> Document:
-    """A NEW document born on the bus (a fresh UUID, issued now)."""
+    """A NEW document born on the bus (a fresh UUID, issued now); files over the blob
+    threshold go to ``blobs`` when one is given."""
     if not recipients:
         raise ValueError("a document needs at least one recipient")
     return Document(
@@ -49,5 +81,5 @@ def new_document(
         priority=priority,
         signer_name=signer_name,
         confidentiality=confidentiality,
-        attachments=tuple(attachment(f.name, f.read_bytes()) for f in files),
+        attachments=tuple(file_attachment(f, blobs, threshold) for f in files),
     )

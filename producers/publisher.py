@@ -13,11 +13,13 @@ from aiokafka.errors import KafkaError
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.records import document_record
 from bus.kafka.runtime import ConsumerRuntime, Record, Reject, Result
+from bus.store.blobs import BlobStore
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verified, Verifier
 from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError
 from bus.wire.headers import cloudevent
+from bus.wire.limits import BLOB_THRESHOLD
 from bus.wire.model import Document, Status, StatusCode, now_ms
 from producers.outbox import Outbox, OutboxEntry, State
 
@@ -98,6 +100,7 @@ class Publisher:
     :param verifier: verifies the statuses (they are signed receipts).
     :param resend_after: re-send an unanswered record after this long.
     :param deadline: raise an alarm (log error) for records unanswered this long.
+    :param blobs: where attachments over the threshold go (else they travel inline).
     """
 
     def __init__(
@@ -108,12 +111,16 @@ class Publisher:
         verifier: Verifier,
         resend_after: timedelta = timedelta(seconds=30),
         deadline: timedelta = timedelta(minutes=10),
+        blobs: BlobStore | None = None,
+        blob_threshold: int = BLOB_THRESHOLD,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
         self.keys = list(keys)
         self.resend_after = resend_after
         self.deadline = deadline
+        self.blobs = blobs
+        self.blob_threshold = blob_threshold
         self.listener = StatusListener(outbox, verifier)
         self.runtime = ConsumerRuntime(
             settings, self.listener, f"docbus.outbox.{outbox.id}", topics=[settings.topics.status]
@@ -146,9 +153,12 @@ class Publisher:
     async def publish(self, document: Document) -> bytes:
         """Sign, keep in the outbox, send. Returns the record; sent again until answered.
 
-        Once this returns the document is durable: a failed send is logged and retried
+        Raises ``too_large`` (DocbusError) before anything is sent for a document over the
+        bounds. Once this returns the document is durable: a failed send is logged and retried
         by the re-send loop rather than raised.
         """
+        if self.blobs is not None:
+            document = await asyncio.to_thread(self.blobs.offload, document, self.blob_threshold)
         record = await asyncio.to_thread(document_record, document, self.keys)
         await asyncio.to_thread(
             self.outbox.add,

@@ -18,6 +18,7 @@ from bus.kafka.runtime import ConsumerRuntime
 from bus.kafka.topics import ensure_topics
 from bus.registry import Registry
 from bus.store.archive import Archive
+from bus.store.blobs import BlobStore
 from bus.trust.pki import KeyAlgorithm
 from bus.trust.sealing import EncryptionKey
 from bus.trust.signing import SigningKey
@@ -54,6 +55,11 @@ class Stack:
         """A service's verifier; it reads the trust folder again every second (a real
         service: every ten), so a revocation reaches the running services."""
         return Verifier(self.pki.trust, Policy(), self.registry, reload_every=RELOAD)
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The bus's blob store, shared by the publisher and every service."""
+        return BlobStore(self.folder / "blobs")
 
     def inbox_folder(self, agency: str) -> Path:
         return self.folder / "inbox" / agency
@@ -99,7 +105,7 @@ def start_services(stack: Stack) -> None:
         "archiver",
         ConsumerRuntime(
             s,
-            Archiver(stack.archive, archiver_key, topics, stack.verifier()),
+            Archiver(stack.archive, archiver_key, topics, stack.verifier(), stack.blobs),
             "docbus.archiver",
             pattern=topics.deliver_pattern,
         ),
@@ -113,6 +119,7 @@ def start_services(stack: Stack) -> None:
             pki.key(agency, Role.AGENCY),
             stack.inbox_folder(agency),
             topics,
+            stack.blobs,
             EncryptionKey.from_pem(decrypt.read_bytes()) if decrypt.exists() else None,
         )
         stack.start_service(
@@ -152,7 +159,14 @@ async def running_stack(
     archive = Archive(folder / "archive.sqlite")
     outbox = Outbox(folder / "outbox.sqlite")
     verifier = Verifier(pki.trust, Policy(), registry)
-    publisher = Publisher(settings, outbox, ministry, verifier, resend_after=resend_after)
+    publisher = Publisher(
+        settings,
+        outbox,
+        ministry,
+        verifier,
+        resend_after=resend_after,
+        blobs=BlobStore(folder / "blobs"),
+    )
     stack = Stack(settings, pki, registry, folder, archive, publisher, ministry)
     if services:
         start_services(stack)

@@ -24,6 +24,7 @@ from bus.kafka.records import document_record
 from bus.kafka.topics import Topics
 from bus.registry import Registry, load_registry
 from bus.store.archive import Archive, NewEntry
+from bus.store.blobs import BlobStore
 from bus.tlog.checkpoint import Checkpoint
 from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey, sign_checkpoint
@@ -55,6 +56,7 @@ def archive_file(
         archiver_key,
         Topics(),
         Verifier(pki.trust, Policy(), load_registry()),
+        BlobStore(folder / "blobs"),
     )
     gateway = pki.key("docbus.gateway", Role.SERVICE)
     keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]

@@ -22,7 +22,7 @@ ALLOWED = {
     "bus.store": {"bus.wire", "bus.tlog"},
     "bus.audit": {"bus.wire", "bus.tlog", "bus.trust", "bus.kafka", "bus.store", "bus.registry"},
     "bus.registry": {"bus.wire"},
-    "bus.settings": set(),
+    "bus.settings": {"bus.wire"},
     "bus.logs": set(),
 }
 

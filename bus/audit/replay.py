@@ -18,6 +18,7 @@ from bus.tlog.merkle import leaf_hash, verify_inclusion
 from bus.trust.verifier import Rejected, Verifier
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.headers import RECEIPT, header, record_time
+from bus.wire.limits import MAX_MESSAGE_BYTES
 from bus.wire.model import Document, Status
 
 
@@ -30,7 +31,7 @@ async def read_topics(
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=50,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
     )
     await consumer.start()
     try:

@@ -22,6 +22,7 @@ from bus.kafka.clients import KafkaSettings
 from bus.registry import Registry, RegistryError, load_registry
 from bus.settings import Settings, load_settings
 from bus.store.archive import Archive, open_archive
+from bus.store.blobs import BlobStore
 from bus.trust.signing import SigningKey
 from bus.wire.errors import DocbusError
 from bus.wire.model import Role
@@ -121,6 +122,11 @@ def settings() -> Settings:
         root.meta[_SETTINGS] = found
     assert isinstance(found, Settings)
     return found
+
+
+def blob_store() -> BlobStore:
+    """The blob store of this invocation (DOCBUS_BLOB_DIR)."""
+    return BlobStore(settings().blob_dir)
 
 
 def kafka(bootstrap: str | None) -> KafkaSettings:

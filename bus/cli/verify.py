@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from bus.cli.options import parse_time, registry_option, trust_option
+from bus.cli.options import blob_store, parse_time, registry_option, trust_option
 from bus.registry import Registry
 from bus.trust.sealing import EncryptionKey, open_sealed
 from bus.trust.truststore import TrustStore
@@ -94,7 +94,8 @@ def open_command(
         raise click.ClickException(f"{verdict.reason.value}: {verdict.message}")
     if not isinstance(verdict.payload, Document):
         raise click.ClickException("the event is not a document")
-    agency, doc = open_sealed(verdict.payload, EncryptionKey.from_pem(key_file.read_bytes()))
+    sealed = blob_store().inline(verdict.payload)  # sealed parts are opened in one piece
+    agency, doc = open_sealed(sealed, EncryptionKey.from_pem(key_file.read_bytes()))
     files = out / "attachments"  # apart from subject.txt: no attachment can replace it
     files.mkdir(parents=True, exist_ok=True)
     (out / "subject.txt").write_text(doc.subject + "\n", encoding="utf-8")

@@ -60,7 +60,11 @@ class Stack:
     def env(self) -> dict[str, str]:
         # Services re-read the trust folder every second here (10 s by default), so the
         # revocation scenario does not wait long.
-        return {**self.broker.client_env(), "DOCBUS_TRUST_RELOAD_SECONDS": "1"}
+        return {
+            **self.broker.client_env(),
+            "DOCBUS_TRUST_RELOAD_SECONDS": "1",
+            "DOCBUS_BLOB_DIR": str(self.folder / "blobs"),
+        }
 
     @property
     def settings(self) -> KafkaSettings:

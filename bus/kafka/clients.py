@@ -12,8 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.kafka.topics import Topics
 from bus.settings import Settings, SettingsError
-
-MAX_RECORD_BYTES = 16 * 1024 * 1024
+from bus.wire.limits import MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class KafkaSettings:
             "acks": "all",
             "linger_ms": 5,
             "max_batch_size": 1024 * 1024,
-            "max_request_size": MAX_RECORD_BYTES,
+            "max_request_size": MAX_MESSAGE_BYTES,
             "request_timeout_ms": 30000,
             **overrides,
         }
@@ -95,8 +94,8 @@ class KafkaSettings:
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "fetch_max_wait_ms": 10,
-            "max_partition_fetch_bytes": MAX_RECORD_BYTES,
-            "fetch_max_bytes": 4 * MAX_RECORD_BYTES,
+            "max_partition_fetch_bytes": MAX_MESSAGE_BYTES,
+            "fetch_max_bytes": 4 * MAX_MESSAGE_BYTES,
             "metadata_max_age_ms": 5000,
             "session_timeout_ms": self.session_timeout_ms,
             "heartbeat_interval_ms": max(100, self.session_timeout_ms // 5),

@@ -11,15 +11,25 @@ from bus.kafka.topics import Topics
 from bus.trust.signing import SigningKey, sign_event
 from bus.wire.codec import Codec, default_codec
 from bus.wire.headers import cloudevent
+from bus.wire.limits import check_bounds, check_record_size
 from bus.wire.model import DOCUMENT_TYPE, STATUS_TYPE, Document, Status
+from bus.wire.names import check_names
 
 
 def document_record(
     document: Document, keys: Sequence[SigningKey], codec: Codec | None = None
 ) -> bytes:
-    """The exact Kafka record value of ``document`` signed by ``keys``."""
+    """The exact Kafka record value of ``document`` signed by ``keys``.
+
+    This is where documents are made, so the bounds are checked here: ``too_large`` before
+    anything is signed or sent (DESIGN §7).
+    """
+    check_bounds(document)
+    check_names(document)
     c = codec or default_codec()
-    return c.encode_event(sign_event(DOCUMENT_TYPE, c.encode_document(document), keys))
+    record = c.encode_event(sign_event(DOCUMENT_TYPE, c.encode_document(document), keys))
+    check_record_size(len(record))
+    return record
 
 
 def status_record(status: Status, keys: Sequence[SigningKey], codec: Codec | None = None) -> bytes:

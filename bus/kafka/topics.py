@@ -12,6 +12,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from bus.registry import Registry
+from bus.wire.limits import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from bus.kafka.clients import KafkaSettings
@@ -59,6 +60,15 @@ def all_topics(topics: Topics, registry: Registry, on: date | None = None) -> li
     return [*fixed, *map(topics.deliver, jurisdictions)]
 
 
+def topic_configs(name: str) -> dict[str, str]:
+    """DESIGN §8's configs: records as large as the one size limit allows, and kept for
+    as long as the archive must be replayable (``submitted`` alone may expire)."""
+    configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    if not name.endswith(".submitted"):
+        configs["retention.ms"] = "-1"
+    return configs
+
+
 async def ensure_topics(
     settings: KafkaSettings, names: Iterable[str], partitions: int = 3, replication: int = 1
 ) -> list[str]:
@@ -75,7 +85,7 @@ async def ensure_topics(
         if not missing:
             return []
         response = await admin.create_topics(
-            [NewTopic(n, partitions, replication) for n in missing]
+            [NewTopic(n, partitions, replication, topic_configs=topic_configs(n)) for n in missing]
         )
         # aiokafka returns per-topic error codes rather than raising: read them.
         for name, code, message in response.topic_errors:

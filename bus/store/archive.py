@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from bus.store.blobs import BlobStore
 from bus.store.sqlite import open_database
 from bus.tlog.checkpoint import Checkpoint, note_text
 from bus.tlog.merkle import (
@@ -185,6 +186,8 @@ class Archive:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: Blob-store attachments, kept beside the database (checked copies).
+        self.blobs = BlobStore(path.parent / "blobs")
         self._lock = threading.Lock()
         self._db = open_database(path, SCHEMA, page_size=65536)
 

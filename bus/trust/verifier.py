@@ -26,6 +26,7 @@ from bus.trust.signing import algorithm_of, pae, signature_valid
 from bus.trust.truststore import TrustStore
 from bus.wire.codec import Codec, default_codec
 from bus.wire.errors import DocbusError, Reason
+from bus.wire.limits import check_bounds
 from bus.wire.model import (
     Algorithm,
     Confidentiality,
@@ -35,8 +36,10 @@ from bus.wire.model import (
     SignedEvent,
     Status,
     StatusCode,
+    blob_location,
     event_digest,
 )
+from bus.wire.names import check_names
 
 log = structlog.get_logger(__name__)
 
@@ -411,11 +414,21 @@ class Verifier:
             if self.policy.check_recipients:
                 for code in (*doc.recipients, *doc.cc):
                     self.registry.resolve(code, on)
+        check_bounds(doc)
+        check_names(doc)
         for a in doc.attachments:
             if a.content is None:
-                if a.location is None:
-                    raise DocbusError(Reason.MALFORMED, f"attachment {a.name!r} has no content")
+                # Content-addressed: a location names the hash, never a place to fetch from.
+                if a.location != blob_location(a.sha256):
+                    raise DocbusError(
+                        Reason.MALFORMED,
+                        f"attachment {a.name!r} has no content and no blob-store location",
+                    )
                 continue
+            if a.location is not None:
+                raise DocbusError(
+                    Reason.MALFORMED, f"attachment {a.name!r} has both content and a location"
+                )
             if len(a.content) != a.size or hashlib.sha256(a.content).hexdigest() != a.sha256:
                 raise DocbusError(
                     Reason.ATTACHMENT_HASH_MISMATCH,

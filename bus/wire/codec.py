@@ -21,11 +21,11 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from bus.wire.errors import DocbusError, Reason
+from bus.wire.limits import MAX_RECORD_BYTES
 from bus.wire.model import DOCUMENT_TYPE, STATUS_TYPE, Document, SignedEvent, Status
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
-DEFAULT_MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -56,7 +56,7 @@ def _avsc_files(folder: Traversable) -> list[Traversable]:
 class Codec:
     """Encodes and decodes single-object Avro records against a set of known schemas."""
 
-    def __init__(self, schema_dir: Traversable, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+    def __init__(self, schema_dir: Traversable, max_record_bytes: int = MAX_RECORD_BYTES):
         self.max_record_bytes = max_record_bytes
         self._current: dict[str, _Schema] = {}
         self._writers: dict[bytes, _Schema] = {}

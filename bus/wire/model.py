@@ -147,6 +147,14 @@ class SignedEvent:
         )
 
 
+#: A blob-store attachment's ``location``: content-addressed, never a URL to fetch from.
+BLOB_SCHEME = "sha256:"
+
+
+def blob_location(sha256: str) -> str:
+    return BLOB_SCHEME + sha256
+
+
 @dataclass(frozen=True)
 class Attachment:
     name: str
@@ -155,6 +163,10 @@ class Attachment:
     sha256: str
     content: bytes | None = None
     location: str | None = None
+
+    @property
+    def in_blob_store(self) -> bool:
+        return self.content is None and self.location is not None
 
     def to_avro(self) -> dict[str, Any]:
         return {

@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
+import unicodedata
 from urllib.parse import quote
 
-MAX_NAME = 200
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.limits import MAX_NAME
+from bus.wire.model import Document
+
+#: Characters that make a name show other than it is (bidirectional overrides and isolates).
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def check_names(doc: Document) -> None:
+    """Raise ``unsafe_name`` for a document id or attachment name that no file name can
+    carry faithfully: control characters, bidirectional overrides, empty or over-long names.
+    (Separators and dots are fine: they are mapped by :func:`path_segment` and
+    :func:`attachment_files`.)"""
+    for what, name in (
+        ("document_id", doc.document_id),
+        *(("attachment name", a.name) for a in doc.attachments),
+    ):
+        problem = _name_problem(name)
+        if problem:
+            raise DocbusError(Reason.UNSAFE_NAME, f"{what} {name[:60]!r} {problem}")
+
+
+def _name_problem(name: str) -> str | None:
+    if not name.strip():
+        return "is empty"
+    if len(name) > MAX_NAME:
+        return f"is {len(name)} characters long (at most {MAX_NAME})"
+    if any(unicodedata.category(c) == "Cc" or c in _BIDI for c in name):
+        return "holds a control or bidirectional-override character"
+    return None
 
 
 def safe_file_name(name: str, fallback: str) -> str:
