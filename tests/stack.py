@@ -59,7 +59,7 @@ class Stack:
     @property
     def blobs(self) -> BlobStore:
         """The bus's blob store, shared by the publisher and every service."""
-        return BlobStore(self.folder / "blobs")
+        return BlobStore(self.folder / "bus-blobs")
 
     def inbox_folder(self, agency: str) -> Path:
         return self.folder / "inbox" / agency
@@ -165,7 +165,7 @@ async def running_stack(
         ministry,
         verifier,
         resend_after=resend_after,
-        blobs=BlobStore(folder / "blobs"),
+        blobs=BlobStore(folder / "bus-blobs"),
     )
     stack = Stack(settings, pki, registry, folder, archive, publisher, ministry)
     if services:

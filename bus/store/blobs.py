@@ -106,8 +106,12 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
 
     def copy_from(self, other: BlobStore, sha256: str, size: int) -> None:
-        """Take a blob from another store, checked; nothing to do if it is here already."""
-        if not self.has(sha256, size):
+        """Take a blob from another store, checked; one already here is checked again
+        (another writer may share the folder)."""
+        if self.has(sha256, size):
+            for _ in self.chunks(sha256, size):
+                pass
+        else:
             self._install(sha256, other.chunks(sha256, size))
 
     def read(self, sha256: str, size: int) -> bytes:
