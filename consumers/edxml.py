@@ -11,6 +11,8 @@ import base64
 import re
 from xml.etree.ElementTree import Element, SubElement, register_namespace, tostring
 
+import structlog
+
 from bus.wire.edxml import (
     ACTIONS,
     DATE,
@@ -29,6 +31,8 @@ _CODE = {v: k for k, v in STATUS_CODES.items()}
 _PRIORITY = {v: k for k, v in PRIORITIES.items()}
 _ACTION = {v: k for k, v in ACTIONS.items()}
 
+log = structlog.get_logger(__name__)
+
 register_namespace("edXML", NS_2016)
 
 #: Elements the signed fields fill: an ``extra`` may not add one (a third recipient, say).
@@ -39,6 +43,7 @@ _MAPPED = re.compile(
     + r"/Bussiness/BussinessDocType$"
 )
 _INDEX = re.compile(r"\[(\d+)\]")
+MAX_OUTPUT_ELEMENTS = 20_000
 #: Elements a document has once: an ``extra`` may not add a second one (From[2], …).
 _ONCE = {"edXMLEnvelope", "edXMLHeader", "MessageHeader", "From", "Code", "Bussiness"}
 
@@ -54,24 +59,39 @@ def _forbidden(key: str, recipients: int) -> bool:
     return bool(_MAPPED.match(_INDEX.sub("", key)))
 
 
+class _Budget(ValueError):
+    """A path that would make the output larger than its bound."""
+
+
 class _Tree:
-    """An edXML tree under construction, addressed by element paths."""
+    """An edXML tree under construction, addressed by element paths.
+
+    The output is bounded (DESIGN §7): at most ``MAX_OUTPUT_ELEMENTS`` elements, however
+    large the indexes an ``extra`` key names ("Pad[3000000]" is skipped, not built).
+    """
 
     def __init__(self) -> None:
         self.root = Element(f"{{{NS_2016}}}edXML")
+        self.created = 0
+        self._kids: dict[tuple[int, str], list[Element]] = {}
 
     def at(self, path: str) -> Element:
         """The element at ``path`` ("A/B[2]/C"), creating it and its ancestors as needed."""
-        node = self.root
+        steps = []
         for step in path.split("/"):
             match = _STEP.fullmatch(step)
             if match is None:
                 raise ValueError(f"not an element path: {path}")
-            name, index = match.group(1), int(match.group(2) or 1)
+            steps.append((match.group(1), int(match.group(2) or 1)))
+        node = self.root
+        for name, index in steps:
             tag = f"{{{NS_2016}}}{name}"
-            same = [c for c in node if c.tag == tag]
+            same = self._kids.setdefault((id(node), tag), [])
+            if index > len(same) and self.created + index - len(same) > MAX_OUTPUT_ELEMENTS:
+                raise _Budget(path)
             while len(same) < index:
                 same.append(SubElement(node, tag))
+                self.created += 1
             node = same[index - 1]
         return node
 
@@ -83,8 +103,13 @@ class _Tree:
         """Fields without a docbus home, back at their paths; never over a mapped field
         (the sender, recipients, ids and the rest come from the signed fields alone)."""
         for key, value in sorted(extra.items()):
-            if "/" in key and not _forbidden(key, recipients) and not self.at(key).text:
-                self.put(key, value)
+            if "/" not in key or _forbidden(key, recipients):
+                continue
+            try:
+                if not self.at(key).text:
+                    self.put(key, value)
+            except (_Budget, ValueError):
+                log.warning("extra field left out of the edXML output", key=key[:80])
 
     def bytes(self) -> bytes:
         return (
@@ -125,10 +150,12 @@ def document_to_edxml(doc: Document) -> bytes:
         ref = _many("edXMLEnvelope/edXMLBody/edXMLManifest", "Reference", len(files), i)
         t.put(f"{ref}/AttachmentName", a.name)
         t.put(f"{ref}/ContentType", a.media_type)
+        if a.content is None:
+            continue  # in the blob store: the file lies beside the message, not inside it
         part = _many("AttachmentEncoded", "Attachment", len(files), i)
         t.put(f"{part}/AttachmentName", a.name)
         t.put(f"{part}/ContentType", a.media_type)
-        t.put(f"{part}/ContentTransferEncoded", base64.b64encode(a.content or b"").decode())
+        t.put(f"{part}/ContentTransferEncoded", base64.b64encode(a.content).decode())
     t.extras(doc.extra, len(doc.recipients))
     return t.bytes()
 

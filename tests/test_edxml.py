@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bus.trust.pki import CertRole, KeyAlgorithm
-from bus.wire.edxml import NS_2016, ORIGINAL, EdxmlError
+from bus.wire.edxml import NS_2016, ORIGINAL, EdxmlError, leaf_paths, parse
 from bus.wire.model import Action, Document, Priority, Role, Status, StatusCode
 from consumers.edxml import document_to_edxml, status_to_edxml
 from producers.edxml import import_edxml
@@ -254,3 +254,56 @@ def test_signed_extras_never_speak_for_another_agency_in_the_exported_edxml() ->
         doc.code_number,
         Action.NEW,
     )
+
+
+def test_an_extra_naming_a_huge_index_never_builds_a_huge_message() -> None:
+    # 2.3 KB of signed extras once made the inbox write a 39 MB .edxml.
+    doc = Document(
+        document_id="000.00.00.H41,2026/11/25,8/UBND",
+        sender="000.00.00.H41",
+        recipients=("000.00.00.H06",),
+        subject="Đệm",
+        issued_at=datetime(2026, 11, 25, tzinfo=UTC),
+        extra={
+            "edXMLEnvelope/Pad[3000000]": "x",
+            **{f"edXMLEnvelope/Pad{i}[19999]": "y" for i in range(100)},
+            "edXMLEnvelope/Kept": "z",
+            "not a path/[": "w",
+        },
+    )
+    exported = document_to_edxml(doc)
+    assert len(exported) < 2 * 1024 * 1024
+    back = import_edxml(exported)
+    assert isinstance(back, Document) and back.extra["edXMLEnvelope/Kept"] == "z"
+
+
+def _nested(depth: int) -> bytes:
+    return (
+        f'<edXML:edXML xmlns:edXML="{NS_2016}">'.encode()
+        + b"<a>" * depth
+        + b"x"
+        + b"</a>" * depth
+        + b"</edXML:edXML>"
+    )
+
+
+def test_deep_nesting_is_refused_by_name_not_by_recursion_error() -> None:
+    with pytest.raises(EdxmlError, match="nested deeper"):
+        import_edxml(_nested(100_000))
+
+
+def test_many_siblings_each_keep_their_own_path() -> None:
+    # Paths are numbered in one pass (the old walk counted names per child: quadratic).
+    n = 30_000
+    body = b"".join(b"<Note>%d</Note>" % i for i in range(n))
+    with pytest.raises(EdxmlError, match="OrganId"):  # still a document with no sender
+        import_edxml(
+            f'<edXML:edXML xmlns:edXML="{NS_2016}"><edXMLEnvelope>'.encode()
+            + body
+            + b"</edXMLEnvelope></edXML:edXML>"
+        )
+    root, _ = parse(f'<edXML:edXML xmlns:edXML="{NS_2016}">'.encode() + body + b"</edXML:edXML>")
+    paths = leaf_paths(root)
+    assert len(paths) == n
+    assert paths[0][0] == "Note[1]" and paths[-1][0] == f"Note[{n}]"
+    assert paths[12345][1].text == "12345"

@@ -5,6 +5,7 @@ directions of the bridge share — namespaces, code tables, safe parsing, elemen
 from __future__ import annotations
 
 import re
+from collections import Counter
 from xml.etree.ElementTree import Element, ParseError
 
 import structlog
@@ -21,6 +22,8 @@ HEADER = "edXMLEnvelope/edXMLHeader/MessageHeader"
 TRACE = "edXMLEnvelope/edXMLHeader/TraceHeaderList"
 NAMESPACES = (NS_2016, "http://www.mic.gov.vn/TBT/QCVN_102_2012")
 MAX_BYTES = 64 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_ELEMENTS = 100_000
 ORIGINAL = "original.edxml"
 
 STATUS_CODES = {
@@ -90,15 +93,35 @@ def local_name(element: Element) -> str:
     return element.tag.rpartition("}")[2]
 
 
-def leaf_paths(element: Element, prefix: str = "") -> list[tuple[str, Element]]:
-    """Every element under ``element`` with its path; repeated siblings get [n] (1-based)."""
+def leaf_paths(element: Element) -> list[tuple[str, Element]]:
+    """Every element under ``element`` with its path; repeated siblings get [n] (1-based).
+
+    Linear in the number of elements and iterative (no recursion): a deep or wide message
+    costs its size, and one deeper than ``MAX_DEPTH`` or larger than ``MAX_ELEMENTS`` is
+    refused.
+    """
     out: list[tuple[str, Element]] = []
-    names = [local_name(c) for c in element]
-    seen: dict[str, int] = {}
-    for child, name in zip(element, names, strict=True):
-        seen[name] = seen.get(name, 0) + 1
-        step = f"{name}[{seen[name]}]" if names.count(name) > 1 else name
-        path = f"{prefix}/{step}" if prefix else step
+    stack = _children(element, "", 1)
+    while stack:
+        path, child, depth = stack.pop()
         out.append((path, child))
-        out.extend(leaf_paths(child, path))
+        if len(out) > MAX_ELEMENTS:
+            raise EdxmlError(f"more than {MAX_ELEMENTS} elements")
+        if depth >= MAX_DEPTH:
+            raise EdxmlError(f"nested deeper than {MAX_DEPTH} elements", path)
+        stack.extend(_children(child, path, depth + 1))
     return out
+
+
+def _children(parent: Element, prefix: str, depth: int) -> list[tuple[str, Element, int]]:
+    """``parent``'s children with their paths, last first (to be popped in document order)."""
+    names = [local_name(c) for c in parent]
+    total = Counter(names)
+    seen: Counter[str] = Counter()
+    children = []
+    for child, name in zip(parent, names, strict=True):
+        seen[name] += 1
+        step = f"{name}[{seen[name]}]" if total[name] > 1 else name
+        children.append((f"{prefix}/{step}" if prefix else step, child, depth))
+    children.reverse()
+    return children
