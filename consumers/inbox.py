@@ -199,8 +199,7 @@ class Inbox:
             target / "document.json", json.dumps(meta, ensure_ascii=False, indent=2).encode()
         )
         if self.edxml_dir is not None:
-            identity = f"{path_segment(doc.sender)}-{path_segment(doc.document_id)}"
-            name = f"{identity}-r{doc.revision}.edxml"
+            name = path_segment(f"{doc.sender}-{doc.document_id}-r{doc.revision}") + ".edxml"
             _write_atomically(self.edxml_dir / name, document_to_edxml(doc))
         _write_atomically(target / "event.avro", event)  # last: its presence means complete
 

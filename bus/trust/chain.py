@@ -107,7 +107,10 @@ class ChainBuilder:
             return DocbusError(Reason.UNTRUSTED_CERTIFICATE, "no certificate given")
         try:
             certs = [x509.load_der_x509_certificate(d) for d in ders]
-        except ValueError as exc:
+            for c in certs:  # parsed lazily: a bad field would raise later, anywhere
+                c.subject, c.issuer, c.extensions  # noqa: B018
+        # Malformed DER surfaces as ValueError, DuplicateExtension, UnsupportedGeneralNameType…
+        except Exception as exc:
             return DocbusError(Reason.UNTRUSTED_CERTIFICATE, f"unreadable certificate: {exc}")
         leaf = certs[0]
         subject = leaf.subject.rfc4514_string()

@@ -81,6 +81,8 @@ def parse(data: bytes) -> tuple[Element, str]:
         raise EdxmlError(f"refused: {type(exc).__name__}") from exc
     except ParseError as exc:
         raise EdxmlError(f"not well-formed XML: {exc}") from exc
+    except (LookupError, ValueError) as exc:  # an encoding Python does not know, and the like
+        raise EdxmlError(f"not readable XML: {exc}") from exc
     ns, _, local = root.tag[1:].partition("}") if root.tag.startswith("{") else ("", "", root.tag)
     if local != "edXML":
         raise EdxmlError(f"the root element is {local}, not edXML")

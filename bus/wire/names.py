@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from urllib.parse import quote
 
@@ -37,20 +38,38 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
+#: Longest file name written, in UTF-8 bytes (file systems allow 255; room for "-n").
+MAX_FILE_BYTES = 200
+
+
+def _bounded(name: str) -> str:
+    """``name`` cut to ``MAX_FILE_BYTES`` UTF-8 bytes, with a digest of the whole so two
+    long names that share a beginning stay apart; the extension is kept."""
+    if len(name.encode()) <= MAX_FILE_BYTES:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    ext = f".{ext}" if dot and stem and len(ext.encode()) <= 16 else ""
+    tag = "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    room = MAX_FILE_BYTES - len(tag) - len(ext.encode())
+    head = name.encode()[:room].decode(errors="ignore")
+    return head + tag + ext
+
+
 def safe_file_name(name: str, fallback: str) -> str:
     """The last path component of ``name`` without NUL, bounded; ``fallback`` if nothing
     usable is left (``""``, ``.``, ``..``)."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "")[:MAX_NAME]
-    return fallback if base in ("", ".", "..") else base
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "")
+    return fallback if base in ("", ".", "..") else _bounded(base)
 
 
 def path_segment(text: str) -> str:
-    """``text`` as one path segment: percent-quoted (no separator survives), and never
-    ``.`` or ``..`` (dots become %2E), so it cannot leave the folder it is joined to."""
+    """``text`` as one path segment: percent-quoted (no separator survives), never ``.``
+    or ``..`` (dots become %2E), and bounded in length, so it cannot leave the folder it
+    is joined to nor be refused by the file system."""
     quoted = quote(text, safe="")
     if quoted in (".", ".."):
         return quoted.replace(".", "%2E")
-    return quoted or "_"  # an empty name still names a folder of its own
+    return _bounded(quoted) or "_"  # an empty name still names a folder of its own
 
 
 def attachment_files(names: list[tuple[str, str]]) -> list[str]:
