@@ -17,6 +17,7 @@ import click
 from bus.cli.options import (
     DocbusGroup,
     KeyPair,
+    UsageProblem,
     blob_store,
     bootstrap_option,
     choice_option,
@@ -339,7 +340,7 @@ def outbox_list(outbox_path: Path | None, show_all: bool, as_json: bool) -> None
     """What is pending (sent, not yet ARCHIVED or REJECTED)."""
     outbox_path = outbox_path or settings().outbox
     if not outbox_path.is_file():
-        raise click.ClickException(f"no outbox at {outbox_path}")
+        raise UsageProblem(f"no outbox at {outbox_path}")
     box = Outbox(outbox_path)
     try:
         entries = box.entries() if show_all else box.pending()

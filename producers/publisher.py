@@ -131,7 +131,11 @@ class Publisher:
     async def start(self) -> None:
         """Connect, start listening for statuses and the re-send loop."""
         self._producer = self.settings.producer()
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()  # never left unclosed
+            raise
         self._tasks = [
             asyncio.create_task(self.runtime.run()),
             asyncio.create_task(self._resend_loop()),

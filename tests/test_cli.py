@@ -382,13 +382,37 @@ def test_attachment_names_from_the_wire_stay_files_of_their_own(tmp_path: Path) 
         assert (tmp_path / segment).resolve().parent == tmp_path.resolve()
 
 
-def test_a_broker_that_is_down_is_exit_75_in_one_line() -> None:
-    done = subprocess.run(
-        [DOCBUS, "topics", "ensure", "--bootstrap", "127.0.0.1:1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 75, done.stderr
-    assert "Error: unavailable, try again later" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_a_broker_that_is_down_is_exit_75_in_one_line(world: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    for command in (
+        ["topics", "ensure"],
+        [
+            "publish",
+            *("--from", MINISTRY, "--to", "000.00.00.H41", "--subject", "x"),
+            *("--file", str(tmp_path / "a.txt"), "--trust", str(world / "pki" / "trust")),
+            *("--outbox", str(tmp_path / "outbox.sqlite")),
+            *("--signer", _keys(world, "signer")),
+            *("--seal", _keys(world, "agency")),
+        ],
+    ):
+        done = subprocess.run(
+            [DOCBUS, *command, "--bootstrap", "127.0.0.1:1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "DOCBUS_BLOB_DIR": str(tmp_path / "blobs")},
+        )
+        assert done.returncode == 75, done.stderr
+        # One line: no aiokafka log lines, no "Unclosed AIOKafkaProducer", no traceback.
+        assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
+        assert done.stderr.startswith("Error: unavailable, try again later")
+
+
+def test_what_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    for command in (
+        ["archive", "list", "--data-dir", str(tmp_path / "nowhere")],
+        ["outbox", "list", "--outbox", str(tmp_path / "nowhere.sqlite")],
+    ):
+        done = subprocess.run([DOCBUS, *command], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("Error: no ") and "Traceback" not in done.stderr

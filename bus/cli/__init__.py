@@ -27,6 +27,10 @@ _OWN = {
 }
 
 
+#: Commands that run until stopped: their libraries' warnings are worth a (rate-limited) line.
+_SERVICES = ("serve", "dev")
+
+
 def _config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
     ctx.meta[CONFIG] = value
 
@@ -42,9 +46,10 @@ def _config(ctx: click.Context, param: click.Parameter, value: Path | None) -> N
     callback=_config,
     help="A TOML settings file (env DOCBUS_CONFIG); DOCBUS_* variables override it.",
 )
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """docbus: signed documents between government agencies, over Kafka."""
-    configure_logging(settings().log_level)
+    configure_logging(settings().log_level, service=ctx.invoked_subcommand in _SERVICES)
 
 
 @click.group(cls=LazyGroup, plugin_prefix="edxml")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -42,6 +43,12 @@ class Unavailable(click.ClickException):
     exit_code = UNAVAILABLE
 
 
+class UsageProblem(click.ClickException):
+    """What was asked for does not exist or cannot be used as given (exit 2, no usage text)."""
+
+    exit_code = 2
+
+
 class DocbusGroup(click.Group):
     """A group that turns the bus's own errors into a one-line message: exit 1 for what was
     refused, 75 for what is unavailable now (DESIGN §7)."""
@@ -59,6 +66,10 @@ class DocbusGroup(click.Group):
             raise click.ClickException(f"the broker refused: {exc}") from None
         except DocbusError as exc:
             raise click.ClickException(str(exc)) from None
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):  # another writer holds it: wait
+                raise Unavailable(f"unavailable, try again later: {exc}") from None
+            raise click.ClickException(f"database: {exc}") from None
         except (RegistryError, OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:  # a bug or a library's own error: one line, no traceback
@@ -235,4 +246,4 @@ def existing_archive(data_dir: Path) -> Archive:
     try:
         return open_archive(data_dir)
     except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise UsageProblem(str(exc)) from None
