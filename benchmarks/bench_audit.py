@@ -33,9 +33,9 @@ from bus.trust.signing import SigningKey, pae
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Verifier
 from bus.wire.codec import default_codec
-from bus.wire.model import Role
+from bus.wire.model import Role, attachment
 from consumers.archiver import Archiver
-from producers.document import attachment, new_document
+from producers.document import new_document
 from tests.records import delivered
 
 #: Runs the docbus command line and prints its own peak RSS (KiB) on the last stderr line.

@@ -36,9 +36,9 @@ from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Verifier
-from bus.wire.model import Role, now_ms
+from bus.wire.model import Role, attachment, now_ms
 from consumers.archiver import Archiver
-from producers.document import attachment, new_document
+from producers.document import new_document
 from tests.records import delivered, receipt_headers
 
 

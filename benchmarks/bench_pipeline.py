@@ -35,8 +35,8 @@ from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Verified, Verifier
 from bus.wire.codec import default_codec
-from bus.wire.model import Role, Status, StatusCode, event_digest, now_ms
-from producers.document import attachment, new_document
+from bus.wire.model import Role, Status, StatusCode, attachment, event_digest, now_ms
+from producers.document import new_document
 
 SENDER, RECIPIENT = "000.00.00.G22", "000.00.00.H41"
 

@@ -19,8 +19,8 @@ from bus.trust.addressbook import AddressBook
 from bus.trust.pki import DevPki, KemAlgorithm
 from bus.trust.sealing import EncryptionKey, open_sealed, seal
 from bus.trust.truststore import TrustStore
-from bus.wire.model import Confidentiality, SealSuite, now_ms
-from producers.document import attachment, new_document
+from bus.wire.model import Confidentiality, SealSuite, attachment, now_ms
+from producers.document import new_document
 
 RECIPIENTS = ("000.00.00.H41", "000.00.00.H06", "000.00.00.H21")
 

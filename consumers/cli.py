@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import click
+import uvicorn
 
 from bus.cli.options import (
     DocbusGroup,
@@ -17,6 +18,7 @@ from bus.cli.options import (
     data_dir_option,
     existing_archive,
     kafka,
+    key_password,
     path_option,
     registry_option,
     settings,
@@ -32,6 +34,8 @@ from bus.trust.verifier import Policy, Verifier
 from bus.wire.codec import default_codec
 from bus.wire.model import Document, Role
 from bus.wire.names import attachment_files, path_segment
+from consumers.agency.app import create_app
+from consumers.agency.node import AgencyNode, NodeKeys, api_token
 from consumers.archiver import Archiver
 from consumers.edxml import document_to_edxml, status_to_edxml
 from consumers.gateway import Gateway
@@ -82,6 +86,68 @@ def serve_archiver(
         asyncio.run(run_until_signalled([runtime]))
     finally:
         archive.close()
+
+
+@serve.command("agency")
+@click.option("--agency", required=True, help="The agency's code.")
+@path_option(
+    "--keys",
+    folder=True,
+    exists=True,
+    required=True,
+    help="The agency's key folder (signer, agency, encryption) as `docbus pki issue` writes it.",
+)
+@trust_option
+@path_option("--data-dir", folder=True, required=True, help="Outbox, inbox and token live here.")
+@click.option(
+    "--listen", default="127.0.0.1:8470", show_default=True, help="HOST:PORT of the HTTP API."
+)
+@path_option(
+    "--token-file",
+    exists=True,
+    help="The API's bearer token (default: one made in DATA_DIR/token on first start).",
+)
+@path_option(
+    "--address-book", folder=True, exists=True, help="Recipients' encryption certificates."
+)
+@bootstrap_option
+@registry_option
+def serve_agency(
+    agency: str,
+    keys: Path,
+    trust: Path,
+    data_dir: Path,
+    listen: str,
+    token_file: Path | None,
+    address_book: Path | None,
+    bootstrap: str | None,
+    registry: Registry,
+) -> None:
+    """The agency node: an HTTP API to send, follow and receive documents (DESIGN §11)."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    node = AgencyNode(
+        agency,
+        NodeKeys.load(keys, key_password()),
+        trust,
+        data_dir,
+        kafka(bootstrap),
+        registry,
+        blob_store(),
+        address_book,
+        settings().trust_reload_seconds,
+    )
+    token = api_token(token_file, data_dir)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(node, token), host=host, port=int(port), log_config=None, access_log=False
+        )
+    )
+    click.echo(
+        f"agency node {agency} on http://{listen} (token: {token_file or data_dir / 'token'})"
+    )
+    server.run()
 
 
 @serve.command("inbox")

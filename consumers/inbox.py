@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -18,12 +19,13 @@ from bus.registry import Registry
 from bus.store.blobs import BlobStore
 from bus.trust.sealing import EncryptionKey, open_sealed
 from bus.trust.signing import SigningKey
-from bus.trust.verifier import Rejected, Verifier
+from bus.trust.verifier import Rejected, Verified, Verifier
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.headers import RECEIPT, header
 from bus.wire.model import Document, Status, StatusCode, event_digest, now_ms
 from bus.wire.names import attachment_files, path_segment
 from consumers.edxml import document_to_edxml
+from consumers.received import ReceivedIndex
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +74,7 @@ class Inbox:
         blobs: BlobStore,
         decrypt_key: EncryptionKey | None = None,
         edxml_dir: Path | None = None,
+        index: ReceivedIndex | None = None,
     ) -> None:
         if key.agency != agency:
             raise ValueError(f"the key is for {key.agency}, not {agency}")
@@ -86,6 +89,7 @@ class Inbox:
         self.blobs = blobs
         self.decrypt_key = decrypt_key
         self.edxml_dir = edxml_dir
+        self.index = index
         if edxml_dir is not None:
             edxml_dir.mkdir(parents=True, exist_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
@@ -119,8 +123,8 @@ class Inbox:
                 continue
             digest = event_digest(record.value or b"")
             try:
-                doc, note = self._open(doc)
-                self._store(doc, record.value or b"", note)
+                doc, note = self.open(doc)
+                self._store(doc, record.value or b"", note, verification(verdict))
             except DocbusError as exc:  # a blob missing or altered: the sender hears why
                 log.warning("refused", document_id=doc.document_id, message=exc.message)
                 results.append(Reject(record, exc.reason, exc.message))
@@ -156,7 +160,7 @@ class Inbox:
                 return True
         return False
 
-    def _open(self, doc: Document) -> tuple[Document, str | None]:
+    def open(self, doc: Document) -> tuple[Document, str | None]:
         """The plaintext of a sealed document addressed to this agency, when it can open it."""
         sealed = doc.sealed
         if sealed is None:
@@ -171,10 +175,16 @@ class Inbox:
                 log.error("cannot open", document_id=doc.document_id, error=exc.message)
         return doc, "sealed; it does not open with this inbox's key"
 
-    def _store(self, doc: Document, event: bytes, note: str | None) -> None:
+    def _store(
+        self,
+        doc: Document,
+        event: bytes,
+        note: str | None,
+        verified: dict[str, Any] | None = None,
+    ) -> None:
         target = document_folder(self.folder, doc.sender, doc.document_id, doc.revision)
         if (target / "event.avro").exists():
-            return  # re-delivery: already kept
+            return  # re-delivery: already kept (and indexed)
         (target / "attachments").mkdir(parents=True, exist_ok=True)
         names = attachment_files([(a.name, a.sha256) for a in doc.attachments])
         for a, name in zip(doc.attachments, names, strict=True):
@@ -194,6 +204,9 @@ class Inbox:
             "code_number": doc.code_number,
             "issued_at": doc.issued_at.isoformat(),
             "attachments": [a.name for a in doc.attachments],
+            "files": names,
+            "media_types": [a.media_type for a in doc.attachments],
+            "verification": verified,
         }
         _write_atomically(
             target / "document.json", json.dumps(meta, ensure_ascii=False, indent=2).encode()
@@ -202,6 +215,15 @@ class Inbox:
             name = path_segment(f"{doc.sender}-{doc.document_id}-r{doc.revision}") + ".edxml"
             _write_atomically(self.edxml_dir / name, document_to_edxml(doc))
         _write_atomically(target / "event.avro", event)  # last: its presence means complete
+        if self.index is not None:
+            self.index.add(
+                doc.sender,
+                doc.document_id,
+                doc.revision,
+                doc.subject,
+                now_ms(),
+                verified or {},
+            )
 
     def status(
         self,
@@ -251,3 +273,22 @@ async def send_status(
         event_digest=event_digest(record),
     )
     await send_once(settings, status_output(status, key, settings.topics))
+
+
+def verification(verdict: Verified) -> dict[str, Any]:
+    """What the inbox checked, kept beside the document: who signed in which role, and the
+    receipt time the gateway signed."""
+    return {
+        "verified": True,
+        "received_at": verdict.at.isoformat(),
+        "signers": [
+            {
+                "role": s.role.value,
+                "alg": s.alg.value,
+                "agency": s.agency,
+                "subject": s.subject,
+                "key_id": s.key_id,
+            }
+            for s in verdict.signers
+        ],
+    }

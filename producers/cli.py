@@ -28,9 +28,11 @@ from bus.cli.options import (
     settings,
 )
 from bus.kafka.clients import KafkaSettings
+from bus.kafka.publisher import Publisher
 from bus.kafka.records import document_record, send_once, status_output, status_record
 from bus.registry import Registry
 from bus.store.blobs import BlobStore
+from bus.store.outbox import Outbox, OutboxEntry, State
 from bus.trust.addressbook import AddressBook
 from bus.trust.pki import KemAlgorithm
 from bus.trust.sealing import parties
@@ -42,8 +44,6 @@ from bus.wire.errors import DocbusError, Reason
 from bus.wire.model import Confidentiality, Document, Priority, Role, SealSuite, now_ms
 from producers.document import new_document
 from producers.edxml import import_edxml
-from producers.outbox import Outbox, OutboxEntry, State
-from producers.publisher import Publisher
 
 SEAL_SUITES = {
     KemAlgorithm.X25519.value: SealSuite.X25519_SHA256_AES256GCM,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import mimetypes
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,24 +13,11 @@ from bus.wire.model import (
     Confidentiality,
     Document,
     Priority,
+    attachment,
     blob_location,
+    media_type_of,
     now_ms,
 )
-
-
-def _media_type(name: str) -> str:
-    return mimetypes.guess_type(name)[0] or "application/octet-stream"
-
-
-def attachment(name: str, content: bytes, media_type: str | None = None) -> Attachment:
-    """An inline attachment with its size and SHA-256."""
-    return Attachment(
-        name=name,
-        media_type=media_type or _media_type(name),
-        size=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
-        content=content,
-    )
 
 
 def file_attachment(
@@ -45,7 +30,7 @@ def file_attachment(
     digest, size = blobs.put_file(path)
     return Attachment(
         name=path.name,
-        media_type=_media_type(path.name),
+        media_type=media_type_of(path.name),
         size=size,
         sha256=digest,
         location=blob_location(digest),

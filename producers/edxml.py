@@ -28,8 +28,7 @@ from bus.wire.edxml import (
     local_name,
     parse,
 )
-from bus.wire.model import Action, Attachment, Document, Priority, Status, now_ms
-from producers.document import attachment
+from bus.wire.model import Action, Attachment, Document, Priority, Status, attachment, now_ms
 
 VIETNAM = timezone(timedelta(hours=7))  # edXML timestamps are local time without a zone
 

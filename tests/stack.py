@@ -14,11 +14,13 @@ from aiokafka.structs import ConsumerRecord
 
 from bus.kafka.broker import EMBEDDED_SESSION_TIMEOUT_MS
 from bus.kafka.clients import KafkaSettings
+from bus.kafka.publisher import Publisher
 from bus.kafka.runtime import ConsumerRuntime
 from bus.kafka.topics import ensure_topics
 from bus.registry import Registry
 from bus.store.archive import Archive
 from bus.store.blobs import BlobStore
+from bus.store.outbox import Outbox
 from bus.trust.pki import KeyAlgorithm
 from bus.trust.sealing import EncryptionKey
 from bus.trust.signing import SigningKey
@@ -27,8 +29,6 @@ from bus.wire.model import Role
 from consumers.archiver import Archiver
 from consumers.gateway import Gateway
 from consumers.inbox import Inbox
-from producers.outbox import Outbox
-from producers.publisher import Publisher
 from tests.conftest import MINISTRY, Pki
 
 RELOAD = timedelta(seconds=1)

@@ -20,6 +20,7 @@ from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.records import document_record, status_record
 from bus.registry import Registry
+from bus.store.outbox import State
 from bus.tlog.checkpoint import Checkpoint
 from bus.tlog.merkle import leaf_hash
 from bus.trust.signing import sign_checkpoint
@@ -37,7 +38,6 @@ from bus.wire.model import (
 )
 from consumers.inbox import document_folder
 from producers.document import new_document
-from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
 from tests.stack import BAC_NINH, NGHE_AN, RELOAD, Stack, file_appears, read_topic, running_stack
 

@@ -25,6 +25,7 @@ from bus.kafka.topics import Topics
 from bus.registry import Registry, load_registry
 from bus.store.archive import Archive, NewEntry
 from bus.store.blobs import BlobStore
+from bus.store.outbox import State
 from bus.tlog.checkpoint import Checkpoint
 from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey, sign_checkpoint
@@ -33,7 +34,6 @@ from bus.wire.codec import default_codec
 from bus.wire.model import Document, Role, now_ms
 from consumers.archiver import Archiver
 from producers.document import new_document
-from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
 from tests.records import delivered
 from tests.stack import BAC_NINH, NGHE_AN, running_stack

@@ -20,10 +20,10 @@ from bus.kafka.runtime import ConsumerRuntime, Output, Record, Result
 from bus.kafka.topics import ensure_topics
 from bus.registry import Registry
 from bus.store.archive import Archive
+from bus.store.outbox import State
 from bus.trust.pki import CertRole, KeyAlgorithm
 from bus.wire.model import Role
 from producers.document import new_document
-from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
 from tests.records import receipt_headers
 from tests.stack import NGHE_AN, read_topic, running_stack

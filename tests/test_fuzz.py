@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bus.kafka.records import document_record
-from bus.wire.model import Role
-from producers.document import attachment, new_document
+from bus.wire.model import Role, attachment
+from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
 
 DATA = Path(__file__).parent / "data"

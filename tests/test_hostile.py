@@ -16,6 +16,7 @@ from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.clients import KafkaSettings
 from bus.registry import Registry
 from bus.store.blobs import BlobStore
+from bus.store.outbox import State
 from bus.trust.signing import SigningKey, sign_event
 from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError, Reason
@@ -28,11 +29,11 @@ from bus.wire.model import (
     Role,
     Status,
     StatusCode,
+    attachment,
     blob_location,
 )
 from consumers.inbox import document_folder
-from producers.document import attachment, new_document
-from producers.outbox import State
+from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
 from tests.stack import NGHE_AN, Stack, read_topic, running_stack
 

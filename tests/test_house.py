@@ -18,7 +18,7 @@ ALLOWED = {
     "bus.wire": set(),
     "bus.tlog": {"bus.wire"},
     "bus.trust": {"bus.wire", "bus.tlog", "bus.registry"},
-    "bus.kafka": {"bus.wire", "bus.tlog", "bus.trust", "bus.registry", "bus.settings"},
+    "bus.kafka": {"bus.wire", "bus.tlog", "bus.trust", "bus.registry", "bus.settings", "bus.store"},
     "bus.store": {"bus.wire", "bus.tlog"},
     "bus.audit": {"bus.wire", "bus.tlog", "bus.trust", "bus.kafka", "bus.store", "bus.registry"},
     "bus.registry": {"bus.wire"},

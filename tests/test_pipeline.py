@@ -15,6 +15,7 @@ import pytest
 from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.records import document_record
 from bus.registry import Registry
+from bus.store.outbox import State
 from bus.trust.addressbook import AddressBook
 from bus.trust.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
 from bus.trust.sealing import seal
@@ -24,7 +25,6 @@ from bus.wire.headers import header
 from bus.wire.model import Confidentiality, Role, SealSuite, Status, StatusCode
 from consumers.inbox import document_folder, send_status
 from producers.document import new_document
-from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
 from tests.stack import (
     BAC_GIANG,

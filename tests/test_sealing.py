@@ -18,8 +18,7 @@ from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Rejected, Verified, Verifier
 from bus.wire.errors import DocbusError, Reason
-from bus.wire.model import Confidentiality, Document, SealSuite, now_ms
-from producers.document import attachment
+from bus.wire.model import Confidentiality, Document, SealSuite, attachment, now_ms
 from tests.conftest import MINISTRY, Pki
 
 NGHE_AN, BAC_NINH, OUTSIDER = "000.00.00.H41", "000.00.00.H06", "000.00.01.H41"

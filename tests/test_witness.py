@@ -18,6 +18,7 @@ from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.runtime import Record
 from bus.kafka.topics import Topics
 from bus.registry import Registry
+from bus.store.outbox import State
 from bus.tlog.checkpoint import Checkpoint
 from bus.trust.signing import sign_checkpoint
 from bus.trust.truststore import TrustStore
@@ -25,7 +26,6 @@ from bus.trust.verifier import Verifier
 from bus.wire.headers import COSIGNED_BY, WITNESS_CERT, header, log_headers
 from bus.wire.model import Role
 from producers.document import new_document
-from producers.outbox import State
 from tests.conftest import MINISTRY, Pki
 from tests.stack import NGHE_AN, Stack, running_stack
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -374,3 +375,19 @@ class Status:
                 checkpoint=log["checkpoint"],
             ),
         )
+
+
+def media_type_of(name: str) -> str:
+    """The media type a file name suggests (octet-stream when it suggests none)."""
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def attachment(name: str, content: bytes, media_type: str | None = None) -> Attachment:
+    """An inline attachment with its size and SHA-256."""
+    return Attachment(
+        name=name,
+        media_type=media_type or media_type_of(name),
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        content=content,
+    )

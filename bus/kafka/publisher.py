@@ -1,4 +1,7 @@
-"""The publisher: sign, keep in the outbox, send, listen for statuses, re-send until answered."""
+"""The publisher: sign, keep in the outbox, send, listen for statuses, re-send until answered.
+
+Every agency-side sender uses it: ``docbus publish``, the edXML bridge and the agency node.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from bus.kafka.clients import KafkaSettings
 from bus.kafka.records import document_record
 from bus.kafka.runtime import ConsumerRuntime, Record, Reject, Result
 from bus.store.blobs import BlobStore
+from bus.store.outbox import Outbox, OutboxEntry, State
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verified, Verifier
 from bus.wire.codec import default_codec
@@ -21,7 +25,6 @@ from bus.wire.errors import DocbusError
 from bus.wire.headers import cloudevent
 from bus.wire.limits import BLOB_THRESHOLD
 from bus.wire.model import Document, Status, StatusCode, now_ms
-from producers.outbox import Outbox, OutboxEntry, State
 
 log = structlog.get_logger(__name__)
 
@@ -164,6 +167,11 @@ class Publisher:
         if self.blobs is not None:
             document = await asyncio.to_thread(self.blobs.offload, document, self.blob_threshold)
         record = await asyncio.to_thread(document_record, document, self.keys)
+        await self.publish_record(document, record)
+        return record
+
+    async def publish_record(self, document: Document, record: bytes) -> None:
+        """Keep and send a record signed elsewhere (``document`` is what it carries)."""
         await asyncio.to_thread(
             self.outbox.add,
             document.document_id,
@@ -173,7 +181,6 @@ class Publisher:
             record,
         )
         await self._send(document.document_id, document.revision, record)
-        return record
 
     async def _send(self, document_id: str, revision: int, record: bytes) -> None:
         assert self._producer is not None, "start() the publisher first"

@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bus.store.sqlite import open_database
-from bus.wire.model import Status, StatusCode, event_digest
+from bus.wire.model import LogProof, Status, StatusCode, event_digest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS statuses (
     UNIQUE (document_id, revision, code, by)
 );
 """
+#: Columns added since the first outbox file: (table, column, type), applied in order.
+MIGRATIONS = (("statuses", "log", "BLOB"),)
 
 
 class State(StrEnum):
@@ -87,6 +89,10 @@ class Outbox:
         self.path = path
         self._lock = threading.Lock()
         self._db = open_database(path, SCHEMA)
+        for table, column, kind in MIGRATIONS:
+            known = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in known:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
 
     @property
@@ -160,7 +166,8 @@ class Outbox:
                 return None
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT OR IGNORE INTO statuses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO statuses (document_id, revision, code, by, at, reason,"
+                " message, rerouted, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     status.document_id,
                     status.revision,
@@ -170,6 +177,7 @@ class Outbox:
                     status.reason,
                     status.message,
                     json.dumps(status.rerouted),
+                    None if status.log is None else _log_json(status.log),
                 ),
             )
             final = FINAL.get(status.code)
@@ -228,6 +236,7 @@ class Outbox:
                 reason=r["reason"],
                 message=r["message"],
                 rerouted=json.loads(r["rerouted"]),
+                log=None if r["log"] is None else _log(r["log"]),
             )
             for r in rows
         ]
@@ -275,4 +284,28 @@ def _entry(row: sqlite3.Row) -> OutboxEntry:
         state=State(row["state"]),
         reason=row["reason"],
         message=row["message"],
+    )
+
+
+def _log_json(log: LogProof) -> str:
+    """An ARCHIVED receipt's log position, kept so the sender can show its proof."""
+    return json.dumps(
+        {
+            "index": log.index,
+            "tree_size": log.tree_size,
+            "root_hash": log.root_hash.hex(),
+            "inclusion_proof": [h.hex() for h in log.inclusion_proof],
+            "checkpoint": log.checkpoint.decode(),
+        }
+    )
+
+
+def _log(text: str) -> LogProof:
+    d = json.loads(text)
+    return LogProof(
+        index=d["index"],
+        tree_size=d["tree_size"],
+        root_hash=bytes.fromhex(d["root_hash"]),
+        inclusion_proof=tuple(bytes.fromhex(h) for h in d["inclusion_proof"]),
+        checkpoint=d["checkpoint"].encode(),
     )

@@ -1,0 +1,395 @@
+"""The agency node's HTTP API (DESIGN §11): FastAPI, problem+json errors, a bearer token."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bus.wire.codec import default_codec
+from bus.wire.limits import MAX_ATTACHMENTS, MAX_NAME, MAX_PARTIES, MAX_RECORD_BYTES, MAX_TEXT
+from bus.wire.model import (
+    Confidentiality,
+    Document,
+    Priority,
+    Status,
+    StatusCode,
+    attachment,
+    now_ms,
+)
+from consumers.agency.node import AgencyNode
+from consumers.agency.problems import MEDIA_TYPE, Problem, install, problem_response
+from consumers.edxml import document_to_edxml
+
+EVENT_TYPE = "application/vnd.docbus.event+avro"
+JSON = "application/json"
+#: The largest request body: a document with its inline attachments in base64.
+MAX_BODY = MAX_RECORD_BYTES * 2
+_BEARER = HTTPBearer(auto_error=False)
+FEEDBACK_CODES = ("RECEIVED", "ACCEPTED", "ASSIGNED", "PROCESSING", "COMPLETED", "REJECTED")
+
+
+class AttachmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    media_type: str = Field("application/octet-stream", max_length=200)
+    content_base64: str
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    recipients: list[Annotated[str, Field(max_length=100)]] = Field(
+        min_length=1, max_length=MAX_PARTIES
+    )
+    cc: list[Annotated[str, Field(max_length=100)]] = Field([], max_length=MAX_PARTIES)
+    subject: str = Field(min_length=1, max_length=MAX_TEXT)
+    code_number: str | None = Field(None, max_length=200)
+    document_type: str | None = Field(None, max_length=200)
+    priority: Priority = Priority.NORMAL
+    confidentiality: Confidentiality = Confidentiality.NONE
+    due_date: date | None = None
+    response_for: str | None = Field(None, max_length=MAX_NAME)
+    signer_name: str | None = Field(None, max_length=200)
+    attachments: list[AttachmentIn] = Field([], max_length=MAX_ATTACHMENTS)
+
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    reason: str | None = None
+
+
+_PROBLEM = {"model": ProblemOut, "content": {MEDIA_TYPE: {}}, "description": "a problem"}
+#: Every route may answer these, as problem+json.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: _PROBLEM for code in (400, 401, 404, 409, 413, 415, 422, 503)
+}
+
+
+class Queued(BaseModel):
+    document_id: str
+    revision: int
+    state: str
+
+
+class StatusOut(BaseModel):
+    code: str
+    by: str
+    at: str
+    reason: str | None = None
+    message: str | None = None
+
+
+class DocumentState(BaseModel):
+    document_id: str
+    revision: int
+    state: str
+    reason: str | None = None
+    message: str | None = None
+    sent: int
+    statuses: list[StatusOut]
+    receipt: dict[str, Any] | None = None
+
+
+class InboxItem(BaseModel):
+    sender: str
+    document_id: str
+    revision: int
+    subject: str
+    received_at: str
+    verified: dict[str, Any]
+
+
+class InboxPage(BaseModel):
+    items: list[InboxItem]
+    next: int | None
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(pattern="^(" + "|".join(FEEDBACK_CODES) + ")$")
+    message: str | None = Field(None, max_length=MAX_TEXT)
+
+
+def create_app(node: AgencyNode, token: str) -> FastAPI:
+    """The API of ``node``; every route but health and the OpenAPI document needs ``token``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    app = FastAPI(
+        title="docbus agency node",
+        version="1",
+        summary="Send, follow and receive signed documents on the bus over HTTP.",
+        lifespan=lifespan,
+        responses=ERRORS,
+    )
+    install(app)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+
+    def authorised(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Problem(401, "a valid bearer token is required")
+
+    @app.middleware("http")
+    async def bounded(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return problem_response(413, f"the body is over {MAX_BODY} bytes", "too_large")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind not in (JSON, EVENT_TYPE):
+            return problem_response(415, f"send {JSON} (or {EVENT_TYPE} to /v1/events)")
+        return await call_next(request)
+
+    auth = [Depends(authorised)]
+
+    @app.post("/v1/documents", status_code=202, dependencies=auth, response_model=Queued)
+    async def post_document(draft: DocumentIn) -> Queued:
+        parts = []
+        for a in draft.attachments:
+            try:
+                content = base64.b64decode(a.content_base64, validate=True)
+            except ValueError:  # binascii.Error, or text that is not ASCII
+                raise Problem(400, f"attachment {a.name!r}: not base64", "malformed") from None
+            parts.append(attachment(a.name, content, a.media_type))
+        doc = await node.queue(
+            Document(
+                document_id="",
+                sender=node.agency,
+                recipients=tuple(draft.recipients),
+                cc=tuple(draft.cc),
+                subject=draft.subject,
+                issued_at=now_ms(),
+                code_number=draft.code_number,
+                document_type=draft.document_type,
+                priority=draft.priority,
+                confidentiality=draft.confidentiality,
+                due_date=draft.due_date,
+                response_for=draft.response_for,
+                signer_name=draft.signer_name,
+                attachments=tuple(parts),
+            )
+        )
+        return Queued(document_id=doc.document_id, revision=doc.revision, state="PENDING")
+
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        dependencies=auth,
+        response_model=Queued,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {EVENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
+    async def post_event(request: Request) -> Queued:
+        if request.headers.get("content-type", "").split(";")[0].strip() != EVENT_TYPE:
+            raise Problem(415, f"send the signed record as {EVENT_TYPE}")
+        record = await request.body()
+        doc = await node.queue_event(record)
+        return Queued(document_id=doc.document_id, revision=doc.revision, state="PENDING")
+
+    @app.get("/v1/documents/{document_id:path}", dependencies=auth, response_model=DocumentState)
+    async def get_document(
+        document_id: str, revision: Annotated[int, Query(ge=0)] = 0
+    ) -> DocumentState:
+        entry = node.outbox.get(document_id, revision)
+        if entry is None:
+            raise Problem(404, f"{document_id} revision {revision} was not sent by this node")
+        statuses = node.outbox.statuses(document_id, revision)
+        return DocumentState(
+            document_id=entry.document_id,
+            revision=entry.revision,
+            state=entry.state.value,
+            reason=entry.reason,
+            message=entry.message,
+            sent=entry.attempts,
+            statuses=[
+                StatusOut(
+                    code=s.code.value,
+                    by=s.by,
+                    at=s.at.isoformat(),
+                    reason=s.reason,
+                    message=s.message,
+                )
+                for s in statuses
+            ],
+            receipt=_receipt(statuses),
+        )
+
+    @app.get("/v1/inbox", dependencies=auth, response_model=InboxPage)
+    async def inbox(
+        after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> InboxPage:
+        found = node.received.after(after, limit)
+        return InboxPage(
+            items=[
+                InboxItem(
+                    sender=r.sender,
+                    document_id=r.document_id,
+                    revision=r.revision,
+                    subject=r.subject,
+                    received_at=r.received_at.isoformat(),
+                    verified=r.verification,
+                )
+                for r in found
+            ],
+            next=found[-1].seq if len(found) == limit else None,
+        )
+
+    base = "/v1/inbox/{sender}/{document_id:path}/{revision:int}"
+
+    @app.get(
+        base + "/attachments/{n:int}",
+        dependencies=auth,
+        response_class=Response,
+        responses={200: {"content": {"*/*": {}}, "description": "the attachment's bytes"}},
+    )
+    async def attachment_bytes(sender: str, document_id: str, revision: int, n: int) -> Response:
+        meta = _meta(node, sender, document_id, revision)
+        files = meta.get("files", [])
+        if not 0 <= n < len(files):
+            raise Problem(404, f"no attachment {n}")
+        path = node.folder(sender, document_id, revision) / "attachments" / files[n]
+        if not path.is_file():
+            raise Problem(404, f"attachment {n} is not kept here (sealed and not opened?)")
+        return FileResponse(path, media_type=meta["media_types"][n])
+
+    @app.get(
+        base + "/event",
+        dependencies=auth,
+        response_class=Response,
+        responses={200: {"content": {EVENT_TYPE: {}}, "description": "the signed record"}},
+    )
+    async def event(sender: str, document_id: str, revision: int) -> Response:
+        _meta(node, sender, document_id, revision)
+        record = (node.folder(sender, document_id, revision) / "event.avro").read_bytes()
+        return Response(record, media_type=EVENT_TYPE)
+
+    @app.get(
+        base + "/edxml",
+        dependencies=auth,
+        response_class=Response,
+        responses={200: {"content": {"application/xml": {}}, "description": "edXML"}},
+    )
+    async def edxml(sender: str, document_id: str, revision: int) -> Response:
+        _meta(node, sender, document_id, revision)
+        record = (node.folder(sender, document_id, revision) / "event.avro").read_bytes()
+        codec = default_codec()
+        doc = codec.decode_document(codec.decode_event(record).payload)
+        opened, _ = node.inbox.open(doc)
+        return Response(document_to_edxml(opened), media_type="application/xml")
+
+    @app.post(base + "/status", status_code=202, dependencies=auth)
+    async def status(
+        sender: str, document_id: str, revision: int, feedback: FeedbackIn
+    ) -> dict[str, str]:
+        _meta(node, sender, document_id, revision)
+        await node.feedback(
+            sender, document_id, revision, StatusCode(feedback.code), feedback.message
+        )
+        return {"document_id": document_id, "code": feedback.code}
+
+    @app.get(base, dependencies=auth)
+    async def received(sender: str, document_id: str, revision: int) -> dict[str, Any]:
+        return _meta(node, sender, document_id, revision)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "not ready"}})
+    async def readyz() -> JSONResponse:
+        ready = node.ready
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    return app
+
+
+class BodyLimit:
+    """Refuses (413) a request body as soon as more than ``limit`` bytes of it arrived,
+    with or without a Content-Length: a chunked body is never buffered past the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+        answered = False
+
+        async def limited() -> Message:
+            nonlocal seen, answered
+            if answered:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    answered = True  # the app sees a client gone; its own answer is dropped
+                    too_large = problem_response(
+                        413, f"the body is over {self.limit} bytes", "too_large"
+                    )
+                    await too_large(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_answered(message: Message) -> None:
+            if not answered:
+                await send(message)
+
+        try:
+            await self.app(scope, limited, unless_answered)
+        except Exception:
+            if not answered:
+                raise
+
+
+def _meta(node: AgencyNode, sender: str, document_id: str, revision: int) -> dict[str, Any]:
+    path = node.folder(sender, document_id, revision) / "document.json"
+    if not path.is_file() or not (path.parent / "event.avro").is_file():
+        raise Problem(404, f"{document_id} revision {revision} from {sender} is not in the inbox")
+    meta: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    return meta
+
+
+def _receipt(statuses: list[Status]) -> dict[str, Any] | None:
+    for s in statuses:
+        if s.code is StatusCode.ARCHIVED and s.log is not None:
+            return {
+                "index": s.log.index,
+                "tree_size": s.log.tree_size,
+                "root_hash": base64.b64encode(s.log.root_hash).decode(),
+                "inclusion_proof": [base64.b64encode(h).decode() for h in s.log.inclusion_proof],
+                "checkpoint": s.log.checkpoint.decode(errors="replace"),
+            }
+    return None

@@ -1,0 +1,223 @@
+"""The agency node (DESIGN §11): one process beside an agency's document management system.
+
+It holds the agency's keys, keeps the outbox and re-sends until each document's fate is
+known, follows the statuses, receives the agency's documents (and its predecessors'),
+opens sealed ones, and serves the HTTP API of :mod:`consumers.agency.app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from bus.kafka.clients import KafkaSettings
+from bus.kafka.publisher import Publisher
+from bus.kafka.records import send_once
+from bus.kafka.runtime import ConsumerRuntime
+from bus.registry import Registry, RegistryError, vietnam_date
+from bus.store.blobs import BlobStore
+from bus.store.outbox import Outbox
+from bus.trust.addressbook import AddressBook
+from bus.trust.sealing import EncryptionKey, parties, seal
+from bus.trust.signing import SigningKey
+from bus.trust.truststore import TrustStore
+from bus.trust.verifier import Policy, Rejected, Verifier
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.model import (
+    Confidentiality,
+    Document,
+    Role,
+    SealSuite,
+    StatusCode,
+    event_digest,
+    now_ms,
+)
+from bus.wire.names import path_segment
+from consumers.inbox import FEEDBACK, Inbox
+from consumers.received import ReceivedIndex
+
+
+@dataclass(frozen=True)
+class NodeKeys:
+    """The files ``docbus pki issue`` writes for one agency (``--keys`` names their folder)."""
+
+    signer: SigningKey
+    agency: SigningKey
+    encryption: EncryptionKey | None
+
+    @classmethod
+    def load(cls, folder: Path, password: bytes | None = None) -> NodeKeys:
+        def pair(role: str) -> tuple[Path, Path]:
+            key, cert = folder / f"{role}.key.pem", folder / f"{role}.cert.pem"
+            if not key.is_file() or not cert.is_file():
+                raise FileNotFoundError(f"no {role} key in {folder} (docbus pki issue writes it)")
+            return key, cert
+
+        encryption = folder / "encryption.key.pem"
+        return cls(
+            signer=SigningKey.load(Role.SIGNER, *pair("signer"), password=password),
+            agency=SigningKey.load(Role.AGENCY, *pair("agency"), password=password),
+            encryption=(
+                EncryptionKey.from_pem(encryption.read_bytes()) if encryption.is_file() else None
+            ),
+        )
+
+
+class AgencyNode:
+    """The outbox, the status follower and the inbox of one agency, in one process."""
+
+    def __init__(
+        self,
+        agency: str,
+        keys: NodeKeys,
+        trust: Path,
+        data_dir: Path,
+        settings: KafkaSettings,
+        registry: Registry,
+        blobs: BlobStore,
+        address_book: Path | None = None,
+        reload_seconds: float = 10,
+    ) -> None:
+        if keys.agency.agency != agency:
+            raise ValueError(f"the AGENCY key is for {keys.agency.agency}, not {agency}")
+        self.agency = agency
+        self.keys = keys
+        self.trust = trust
+        self.settings = settings
+        self.registry = registry
+        self.blobs = blobs
+        self.address_book = address_book
+        every = timedelta(seconds=reload_seconds)
+        statuses = Verifier(TrustStore.load(trust), Policy(issued_at_tolerance=None), registry)
+        self.outbox = Outbox(data_dir / "outbox.sqlite")
+        self.publisher = Publisher(
+            settings,
+            self.outbox,
+            [keys.signer, keys.agency],
+            statuses,
+            resend_after=timedelta(seconds=30),
+            blobs=blobs,
+        )
+        self.received = ReceivedIndex(data_dir / "received.sqlite")
+        self.inbox = Inbox(
+            agency,
+            registry,
+            Verifier(
+                TrustStore.load(trust),
+                Policy(issued_at_tolerance=None),
+                registry,
+                reload_every=every,
+            ),
+            keys.agency,
+            data_dir / "inbox",
+            settings.topics,
+            blobs,
+            keys.encryption,
+            index=self.received,
+        )
+        self.inbox_runtime = ConsumerRuntime(
+            settings, self.inbox, f"docbus.inbox.{agency}", topics=[self.inbox.topic]
+        )
+        self.events = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=every)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def ready(self) -> bool:
+        return self.publisher.runtime.started.is_set() and self.inbox_runtime.started.is_set()
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self.inbox_runtime.run())]
+        await self.publisher.start()
+
+    async def stop(self) -> None:
+        self.inbox_runtime.request_stop()
+        await self.publisher.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.outbox.close()
+        self.received.close()
+
+    def document(self, draft: Document) -> Document:
+        """A draft from the agency's system made a document of this agency: a fresh id,
+        the recipients known, sealed when confidential."""
+        doc = dataclasses.replace(draft, document_id=draft.document_id or str(uuid.uuid4()))
+        on = vietnam_date(doc.issued_at)
+        for code in (*doc.recipients, *doc.cc):
+            try:
+                self.registry.resolve(code, on)
+            except RegistryError as exc:
+                raise DocbusError(Reason.UNKNOWN_RECIPIENT, str(exc)) from None
+        if doc.confidentiality in (Confidentiality.NONE, Confidentiality.UNKNOWN):
+            return doc
+        if self.address_book is None:
+            raise DocbusError(Reason.POLICY, "this node has no address book to seal with")
+        book = AddressBook(self.address_book, TrustStore.load(self.trust))
+        recipients = [book.recipient(p, now_ms()) for p in parties(doc)]
+        return seal(doc, recipients, SealSuite.X25519_SHA256_AES256GCM)
+
+    async def queue(self, draft: Document) -> Document:
+        """Build, sign and queue a document; it is durable when this returns."""
+        doc = await asyncio.to_thread(self.document, draft)
+        await self.publisher.publish(doc)
+        return doc
+
+    async def queue_event(self, record: bytes) -> Document:
+        """A record the agency's system signed itself: checked as the gateway will, then
+        queued as it is."""
+        verdict = await asyncio.to_thread(self.events.verify, record, now_ms())
+        if isinstance(verdict, Rejected):
+            raise DocbusError(verdict.reason, verdict.message)
+        doc = verdict.payload
+        if not isinstance(doc, Document):
+            raise DocbusError(Reason.POLICY, "only documents are queued here")
+        if doc.sender != self.agency:
+            raise DocbusError(
+                Reason.SENDER_MISMATCH, f"the document is from {doc.sender}, not {self.agency}"
+            )
+        await self.publisher.publish_record(doc, record)
+        return doc
+
+    def folder(self, sender: str, document_id: str, revision: int) -> Path:
+        return self.inbox.folder / path_segment(sender) / path_segment(document_id) / str(revision)
+
+    async def feedback(
+        self, sender: str, document_id: str, revision: int, code: StatusCode, message: str | None
+    ) -> None:
+        """The agency's signed feedback about a received document (its exact record)."""
+        if code not in FEEDBACK and code is not StatusCode.REJECTED:
+            raise DocbusError(Reason.MALFORMED, f"{code.value} is not an agency's feedback")
+        event = self.folder(sender, document_id, revision) / "event.avro"
+        if not event.is_file():
+            raise FileNotFoundError(f"{document_id} revision {revision} is not in the inbox")
+        record = await asyncio.to_thread(event.read_bytes)
+        output = self.inbox.status(
+            document_id,
+            revision,
+            code,
+            message,
+            event_digest(record),
+            Reason.POLICY.value if code is StatusCode.REJECTED else None,
+        )
+        await send_once(self.settings, output)
+
+
+def api_token(token_file: Path | None, data_dir: Path) -> str:
+    """The API's bearer token: the file's, else the one in ``data_dir/token`` (made once,
+    readable by its owner only)."""
+    if token_file is not None:
+        token = token_file.read_text("utf-8").strip()
+        if len(token) < 16:
+            raise ValueError(f"the token in {token_file} is shorter than 16 characters")
+        return token
+    path = data_dir / "token"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text("utf-8").strip()

@@ -1,0 +1,101 @@
+"""The inbox's index: what was received, in order, for listing with a cursor."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bus.store.sqlite import open_database
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS received (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    verification TEXT NOT NULL,
+    UNIQUE (sender, document_id, revision)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Received:
+    seq: int
+    sender: str
+    document_id: str
+    revision: int
+    subject: str
+    received_at: datetime
+    verification: dict[str, Any]
+
+
+class ReceivedIndex:
+    """An SQLite file beside the inbox folder. Thread-safe: calls are serialised."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = open_database(path, SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(
+        self,
+        sender: str,
+        document_id: str,
+        revision: int,
+        subject: str,
+        received_at: datetime,
+        verification: dict[str, Any],
+    ) -> None:
+        """Note a document kept in the inbox; noting it again is a no-op."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO received (sender, document_id, revision, subject,"
+                " received_at, verification) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    sender,
+                    document_id,
+                    revision,
+                    subject,
+                    received_at.isoformat(),
+                    json.dumps(verification, ensure_ascii=False),
+                ),
+            )
+
+    def after(self, cursor: int, limit: int) -> list[Received]:
+        """Up to ``limit`` documents received after ``cursor``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM received WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit)
+            ).fetchall()
+        return [_received(r) for r in rows]
+
+    def get(self, sender: str, document_id: str, revision: int) -> Received | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM received WHERE sender = ? AND document_id = ? AND revision = ?",
+                (sender, document_id, revision),
+            ).fetchone()
+        return None if row is None else _received(row)
+
+
+def _received(row: sqlite3.Row) -> Received:
+    return Received(
+        seq=row["seq"],
+        sender=row["sender"],
+        document_id=row["document_id"],
+        revision=row["revision"],
+        subject=row["subject"],
+        received_at=datetime.fromisoformat(row["received_at"]),
+        verification=json.loads(row["verification"]),
+    )
