@@ -89,7 +89,7 @@ async def _send(
         blobs=blob_store(),
         blob_threshold=settings().blob_threshold,
     )
-    await publisher.start()
+    await publisher.start(listen=wait)
     try:
         await publisher.publish(doc)
         if wait:

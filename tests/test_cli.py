@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.topics import ensure_topics
 from tests.conftest import MINISTRY, PROVINCE
+from tests.stack import read_topic
 
 DOCBUS = str(Path(sys.executable).with_name("docbus"))
 
@@ -416,3 +420,35 @@ def test_what_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
         done = subprocess.run([DOCBUS, *command], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("Error: no ") and "Traceback" not in done.stderr
+
+
+@pytest.mark.integration
+def test_publish_without_wait_only_queues_and_sends(
+    world: Path, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = broker.settings()
+    asyncio.run(ensure_topics(settings, [settings.topics.submitted]))
+    done = run(
+        "publish",
+        *("--from", MINISTRY, "--to", "000.00.00.H41", "--subject", "Chỉ xếp hàng"),
+        *("--signer", _keys(world, "signer"), "--seal", _keys(world, "agency")),
+        *("--trust", world / "pki" / "trust", "--outbox", tmp_path / "outbox.sqlite"),
+        *("--bootstrap", broker.bootstrap, "--json"),
+    )
+    assert done.returncode == 0, done.stderr
+    sent = json.loads(done.stdout)
+    assert sent["state"] == "PENDING" and sent["sent"] == 1
+
+    async def groups_and_records() -> tuple[list[str], list[bytes]]:
+        admin = settings.admin()
+        await admin.start()
+        try:
+            groups = [g[0] for g in await admin.list_consumer_groups()]
+        finally:
+            await admin.close()
+        found = await read_topic(settings, settings.topics.submitted, 1)
+        return groups, [r.key or b"" for r in found]
+
+    groups, keys = asyncio.run(groups_and_records())
+    assert not [g for g in groups if g.startswith("docbus.outbox")]  # no group was joined
+    assert keys == [sent["document_id"].encode()]

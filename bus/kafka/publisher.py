@@ -131,14 +131,20 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
-        """Connect, start listening for statuses and the re-send loop."""
+    async def start(self, listen: bool = True) -> None:
+        """Connect; with ``listen``, also follow the statuses and re-send until answered.
+
+        Without it the publisher only queues and sends (no consumer-group join, so a
+        one-shot command returns at once); whoever listens later re-sends from the outbox.
+        """
         self._producer = self.settings.producer()
         try:
             await self._producer.start()
         except BaseException:
             await self._producer.stop()  # never left unclosed
             raise
+        if not listen:
+            return
         self._tasks = [
             asyncio.create_task(self.runtime.run()),
             asyncio.create_task(self._resend_loop()),
@@ -152,7 +158,8 @@ class Publisher:
 
     async def stop(self) -> None:
         self.runtime.request_stop()
-        self._tasks[1].cancel()
+        for task in self._tasks[1:]:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
