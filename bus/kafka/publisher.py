@@ -24,7 +24,7 @@ from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError
 from bus.wire.headers import cloudevent
 from bus.wire.limits import BLOB_THRESHOLD
-from bus.wire.model import Document, Status, StatusCode, now_ms
+from bus.wire.model import Document, Role, Status, StatusCode, now_ms
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +62,8 @@ class StatusListener:
             if isinstance(verdict.payload, Status):
                 if not self._proven(verdict):
                     continue
-                entry = self.outbox.apply(verdict.payload)
+                by_service = any(s.role is Role.SERVICE for s in verdict.signers)
+                entry = self.outbox.apply(verdict.payload, by_service)
                 if entry is not None:
                     log.info(
                         "status",

@@ -138,13 +138,15 @@ class Outbox:
                 (datetime.now(UTC).isoformat(), document_id, revision),
             )
 
-    def apply(self, status: Status) -> OutboxEntry | None:
+    def apply(self, status: Status, by_service: bool) -> OutboxEntry | None:
         """Record a verified status; returns the entry if it answers a record of this outbox.
 
         A status applies only to the exact bytes it names (``event_digest``), so a status
         about another record that reuses a document id changes nothing here. Feedback
-        (RECEIVED … COMPLETED) counts only from a recipient or the successor the gateway
-        delivered to.
+        (RECEIVED … COMPLETED, and a REJECTED an agency signed) counts only from a
+        recipient or the successor the gateway delivered to, and is never final: only
+        the bus's services (``by_service``: a SERVICE signature the verifier pinned) end
+        a document's fate.
         """
         with self._lock:
             row = self._db.execute(
@@ -154,7 +156,8 @@ class Outbox:
             ).fetchone()
             if row is None or status.event_digest != event_digest(bytes(row["record"])):
                 return None
-            if status.code not in SERVICE_CODES and status.by not in self._addressed(
+            service = by_service and status.code in SERVICE_CODES
+            if not service and status.by not in self._addressed(
                 status.document_id, status.revision, json.loads(row["recipients"])
             ):
                 return None
@@ -180,7 +183,7 @@ class Outbox:
                     None if status.log is None else _log_json(status.log),
                 ),
             )
-            final = FINAL.get(status.code)
+            final = FINAL.get(status.code) if service else None
             if final is not None and row["state"] == State.PENDING.value:
                 self._db.execute(
                     "UPDATE entries SET state = ?, reason = ?, message = ?"

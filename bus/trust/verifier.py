@@ -378,7 +378,8 @@ class Verifier:
         policy = self.trust.policy
         services = {s.agency for s in signers if s.role is Role.SERVICE}
         allowed = _ISSUERS.get(status.code)
-        if allowed is None:
+        agency_feedback = status.code in _ALSO_FROM_AGENCIES and not services
+        if allowed is None or agency_feedback:
             if not any(s.role is Role.AGENCY for s in signers):
                 raise DocbusError(Reason.POLICY, f"{status.code.value} comes from an agency")
             return
@@ -459,6 +460,8 @@ _ISSUERS = {
     StatusCode.REJECTED: (Service.GATEWAY, Service.ARCHIVER),
     StatusCode.ARCHIVED: (Service.ARCHIVER,),
 }
+#: Also an addressed agency's feedback (edXML 02 "refused"): never final for the sender.
+_ALSO_FROM_AGENCIES = {StatusCode.REJECTED}
 
 
 def _signing_key(key: object) -> None:
