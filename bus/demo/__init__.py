@@ -19,7 +19,7 @@ from rich.table import Table
 
 from bus.demo.attacks import run_attacks
 from bus.demo.scenarios import audit, run_scenarios
-from bus.demo.stack import INBOXES, running
+from bus.demo.stack import INBOXES, NODES, running
 
 
 def run_demo(data_dir: Path | None, broker_binary: Path | None = None) -> bool:
@@ -56,15 +56,20 @@ def run_demo(data_dir: Path | None, broker_binary: Path | None = None) -> bool:
 def run_dev(data_dir: Path | None, broker_binary: Path | None = None) -> None:
     """The same stack as the demo, left running until Ctrl-C."""
     folder = data_dir or Path(tempfile.mkdtemp(prefix="docbus-dev-"))
-    console = Console()
-    with running(folder, broker_binary) as stack:
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    with running(folder, broker_binary, nodes=True) as stack:
         bootstrap = stack.broker.bootstrap
         console.print(f"broker:      {bootstrap}  (export DOCBUS_BOOTSTRAP={bootstrap})")
         console.print(f"trust store: {stack.trust}")
         console.print(f"keys:        {stack.pki / 'agencies'}")
         console.print(f"archive:     {folder / 'archive'}")
-        console.print(f"inboxes:     {folder / 'inbox'}")
         console.print(f"logs:        {folder / 'logs'}")
+        table = Table(title="agency nodes (HTTP API; send the token as Authorization: Bearer)")
+        for column in ("agency", "url", "token file"):
+            table.add_column(column)
+        for agency in NODES:
+            table.add_row(agency, stack.node_url(agency), str(stack.node_dir(agency) / "token"))
+        console.print(table)
         console.print("Ctrl-C stops everything.")
         signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):

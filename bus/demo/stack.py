@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ BAC_GIANG = "000.00.00.H04"  # UBND tỉnh Bắc Giang, merged into Bắc Ninh o
 UNKNOWN = "000.00.00.H99"
 SO_NOI_VU_NGHE_AN = "000.00.01.H41"  # a third agency in Nghệ An: sees the topic, not the secret
 INBOXES = (NGHE_AN, BAC_NINH, SO_NOI_VU_NGHE_AN)
+NODES = (MINISTRY, *INBOXES)  # ``docbus dev`` runs an agency node for each
 GATEWAY, ARCHIVER = "docbus.gateway", "docbus.archiver"
 BRIDGE = "bridge.vpcp"  # the edXML bridge registered for Văn phòng Chính phủ
 
@@ -45,6 +47,9 @@ class Stack:
 
     folder: Path
     broker: EmbeddedBroker = field(default_factory=EmbeddedBroker)
+    #: ``docbus dev``: an agency node (HTTP API) for each agency instead of bare inboxes.
+    nodes: bool = False
+    ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started: dict[str, int] = field(default_factory=dict)
 
@@ -111,7 +116,8 @@ class Stack:
             once(service, CertRole.SERVICE, KeyAlgorithm.ED25519)
         once(MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519)
         once(MINISTRY, CertRole.AGENCY, KeyAlgorithm.ECDSA_P256)
-        once(NGHE_AN, CertRole.SIGNER, KeyAlgorithm.ED25519)
+        for agency in NODES:
+            once(agency, CertRole.SIGNER, KeyAlgorithm.ED25519)
         for agency in INBOXES:
             once(agency, CertRole.AGENCY, KeyAlgorithm.ED25519)
             if not (self.pki / "agencies" / agency / "encryption.key.pem").exists():
@@ -137,8 +143,14 @@ class Stack:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
 
+    def node_url(self, agency: str) -> str:
+        return f"http://127.0.0.1:{self.ports[agency]}"
+
+    def node_dir(self, agency: str) -> Path:
+        return self.folder / "nodes" / agency
+
     def commands(self) -> dict[str, list[str]]:
-        return {
+        services = {
             "gateway": docbus(
                 "serve",
                 "gateway",
@@ -177,6 +189,33 @@ class Stack:
                 for agency in INBOXES
             },
         }
+        if not self.nodes:
+            return services
+        for agency in NODES:
+            self.ports.setdefault(agency, _free_port())
+        return {
+            "gateway": services["gateway"],
+            "archiver": services["archiver"],
+            **{f"node-{agency}": self._node(agency) for agency in NODES},
+        }
+
+    def _node(self, agency: str) -> list[str]:
+        return docbus(
+            "serve",
+            "agency",
+            "--agency",
+            agency,
+            "--keys",
+            self.pki / "agencies" / agency,
+            "--trust",
+            self.trust,
+            "--data-dir",
+            self.node_dir(agency),
+            "--listen",
+            f"127.0.0.1:{self.ports[agency]}",
+            "--address-book",
+            self.pki / "agencies",
+        )
 
     def wait_ready(self, seconds: float = 60.0, only: str | None = None) -> None:
         """Until every service (or ``only``) logs that it consumes; one that dies is an error."""
@@ -208,9 +247,11 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running(folder: Path, broker_binary: Path | None = None) -> Iterator[Stack]:
+def running(
+    folder: Path, broker_binary: Path | None = None, nodes: bool = False
+) -> Iterator[Stack]:
     """Broker up, topics made, PKI made, services started and consuming."""
-    stack = Stack(folder, EmbeddedBroker(binary=broker_binary))
+    stack = Stack(folder, EmbeddedBroker(binary=broker_binary), nodes=nodes)
     folder.mkdir(parents=True, exist_ok=True)
     with stack.broker:
         asyncio.run(
@@ -228,3 +269,9 @@ def running(folder: Path, broker_binary: Path | None = None) -> Iterator[Stack]:
 def _consuming(log: Path) -> int:
     """How often a service's log says it started consuming (once per start)."""
     return log.read_text(errors="replace").count('"consuming"') if log.exists() else 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
