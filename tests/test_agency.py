@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "t" * 32
+DOCBUS = str(Path(sys.executable).with_name("docbus"))
 
 
 @dataclass
@@ -112,7 +113,7 @@ async def _until(check: Callable[[], Any], seconds: float = 30) -> Any:
 
 
 async def test_a_document_system_sends_follows_receives_and_acknowledges_over_http(
-    nodes: tuple[Stack, Node, Node],
+    nodes: tuple[Stack, Node, Node], tmp_path: Path
 ) -> None:
     _, ministry, nghe_an = nodes
     body = "Nội dung kế hoạch".encode()
@@ -167,6 +168,37 @@ async def test_a_document_system_sends_follows_receives_and_acknowledges_over_ht
         return ("ACCEPTED", NGHE_AN) in {(s["code"], s["by"]) for s in state["statuses"]}
 
     assert await _until(accepted)
+
+    # The same from a terminal: docbus inbox list|show|ack against the node.
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    node = ("--node", nghe_an.url, "--token-file", str(token))
+    listed_json = await _docbus("inbox", "list", "--json", *node)
+    assert document_id in {i["document_id"] for i in json.loads(listed_json)["items"]}
+    shown_json = await _docbus("inbox", "show", MINISTRY, document_id, *node)
+    assert json.loads(shown_json)["subject"] == "Kế hoạch chuyển đổi số"
+    await _docbus("inbox", "ack", MINISTRY, document_id, "--code", "COMPLETED", *node)
+
+    async def completed() -> bool:
+        state = (await ministry.client.get(f"/v1/documents/{document_id}")).json()
+        return ("COMPLETED", NGHE_AN) in {(s["code"], s["by"]) for s in state["statuses"]}
+
+    assert await _until(completed)
+    down = await asyncio.to_thread(
+        subprocess.run,
+        [DOCBUS, "inbox", "list", "--node", "http://127.0.0.1:1", "--token-file", str(token)],
+        capture_output=True,
+        text=True,
+    )
+    assert down.returncode == 75 and down.stderr.count("\n") == 1, down.stderr
+
+
+async def _docbus(*args: str) -> str:
+    done = await asyncio.to_thread(
+        subprocess.run, [DOCBUS, *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 async def test_bad_input_stops_at_the_edge_with_a_problem(

@@ -33,6 +33,7 @@ from consumers.edxml import document_to_edxml
 
 EVENT_TYPE = "application/vnd.docbus.event+avro"
 JSON = "application/json"
+MAX_REVISION = 2**31 - 1  # an Avro int
 #: The largest request body: a document with its inline attachments in base64.
 MAX_BODY = MAX_RECORD_BYTES * 2
 _BEARER = HTTPBearer(auto_error=False)
@@ -217,7 +218,7 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
 
     @app.get("/v1/documents/{document_id:path}", dependencies=auth, response_model=DocumentState)
     async def get_document(
-        document_id: str, revision: Annotated[int, Query(ge=0)] = 0
+        document_id: str, revision: Annotated[int, Query(ge=0, le=MAX_REVISION)] = 0
     ) -> DocumentState:
         entry = node.outbox.get(document_id, revision)
         if entry is None:
@@ -245,7 +246,8 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
 
     @app.get("/v1/inbox", dependencies=auth, response_model=InboxPage)
     async def inbox(
-        after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+        after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> InboxPage:
         found = node.received.after(after, limit)
         return InboxPage(
