@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.records import document_record
 from bus.registry import Registry
 from bus.wire.model import Role
+from bus.wire.names import path_segment
 from consumers.agency.app import EVENT_TYPE, create_app
 from consumers.agency.node import AgencyNode, NodeKeys
 from producers.document import new_document
@@ -312,3 +314,89 @@ async def test_the_openapi_document_is_committed_and_schemathesis_finds_nothing(
         timeout=600,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def _node_process(stack: Stack, folder: Path, keys: Path, port: int) -> subprocess.Popen[bytes]:
+    log = (folder / "node.log").open("ab")
+    return subprocess.Popen(
+        [
+            DOCBUS,
+            *("serve", "agency", "--agency", MINISTRY, "--keys", str(keys)),
+            *("--trust", str(stack.pki.dev.trust_dir), "--data-dir", str(folder / "node")),
+            *("--listen", f"127.0.0.1:{port}", "--bootstrap", stack.settings.bootstrap),
+        ],
+        env={**os.environ, "DOCBUS_BLOB_DIR": str(stack.blobs.root)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def _up(url: str, process: subprocess.Popen[bytes]) -> None:
+    async with asyncio.timeout(60), httpx.AsyncClient() as client:
+        while True:
+            assert process.poll() is None, "the node exited"
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(f"{url}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+
+
+async def test_a_node_killed_mid_stream_loses_and_duplicates_nothing(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path / "bus") as stack:
+        keys = tmp_path / "keys"
+        keys.mkdir()
+        for role in (Role.SIGNER, Role.AGENCY):
+            stack.pki.key(MINISTRY, role)  # issued into the development PKI's folder
+            for kind in ("key", "cert"):
+                name = f"{role.value.lower()}.{kind}.pem"
+                issued = stack.pki.dev.root / "agencies" / MINISTRY / name
+                (keys / name).write_bytes(issued.read_bytes())
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        node = _node_process(stack, tmp_path, keys, port)
+        await _up(url, node)
+        token = (tmp_path / "node" / "token").read_text().strip()
+        accepted: list[str] = []
+        hundred = asyncio.Event()
+
+        async def post(client: httpx.AsyncClient, i: int) -> None:
+            with contextlib.suppress(httpx.TransportError):
+                r = await client.post(
+                    "/v1/documents", json={"recipients": [NGHE_AN], "subject": f"Số {i}"}
+                )
+                if r.status_code == 202:
+                    accepted.append(r.json()["document_id"])
+                    if len(accepted) >= 100:
+                        hundred.set()
+
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+            posting = [asyncio.create_task(post(client, i)) for i in range(300)]
+            await hundred.wait()
+            node.kill()  # SIGKILL: no shutdown, no flush, no commit
+            await asyncio.gather(*posting)
+        node.wait()
+        assert 100 <= len(accepted) < 300
+        node = _node_process(stack, tmp_path, keys, port)
+        try:
+            await _up(url, node)
+            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+
+                async def all_archived() -> bool:
+                    for document_id in accepted:
+                        state = (await client.get(f"/v1/documents/{document_id}")).json()
+                        if state["state"] != "ARCHIVED":
+                            return False
+                    return True
+
+                assert await _until(all_archived, seconds=120)
+        finally:
+            node.terminate()
+            node.wait(30)
+        for document_id in accepted:
+            [entry] = stack.archive.find(document_id)  # archived once, never twice
+            assert not entry.conflict
+            inbox = stack.inbox_folder(NGHE_AN) / path_segment(MINISTRY) / document_id
+            assert [p.name for p in inbox.iterdir()] == ["0"]
