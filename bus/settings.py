@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(
         10000, ge=1000, le=300000, description="consumer session timeout, in milliseconds"
     )
+    fetch_max_wait_ms: int = Field(
+        100,
+        ge=1,
+        le=10000,
+        description="how long a consumer's idle fetch waits at the broker, in milliseconds",
+    )
     registry: Path | None = Field(None, description="an operator's registry file")
     outbox: Path = Field(DEFAULT_OUTBOX, description="the publisher's outbox file")
     blob_dir: Path = Field(

@@ -141,7 +141,12 @@ def serve_agency(
     token = api_token(token_file, data_dir)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(node, token), host=host, port=int(port), log_config=None, access_log=False
+            create_app(node, token),
+            host=host,
+            port=int(port),
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=75,  # as proxies do: clients reuse connections between calls
         )
     )
     click.echo(

@@ -104,6 +104,12 @@ class Inbox:
     def _process(self, records: Sequence[Record]) -> list[Result]:
         results: list[Result] = []
         for record in records:
+            claimed = self.verifier.codec.claims(record.value or b"")
+            if isinstance(claimed, Document) and not self.accepts & {
+                *claimed.recipients,
+                *claimed.cc,
+            }:
+                continue  # another agency's document on the shared jurisdiction topic
             verdict = self.verifier.verify_delivered(
                 record.value or b"", header(record.headers, RECEIPT)
             )

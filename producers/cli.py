@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import sys
@@ -41,7 +42,16 @@ from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Verifier
 from bus.wire.errors import DocbusError, Reason
-from bus.wire.model import Confidentiality, Document, Priority, Role, SealSuite, now_ms
+from bus.wire.model import (
+    Confidentiality,
+    Document,
+    Priority,
+    Role,
+    SealSuite,
+    Status,
+    event_digest,
+    now_ms,
+)
 from producers.document import new_document
 from producers.edxml import import_edxml
 
@@ -276,6 +286,12 @@ def _report(result: dict[str, Any], as_json: bool) -> None:
     help="Trust store to check the receipts (needed when sending).",
 )
 @_outbox_option
+@path_option(
+    "--answers",
+    exists=True,
+    help="For a status: the exact record it answers (the inbox's event.avro), so the "
+    "sender's outbox can apply it.",
+)
 def edxml_import(
     message: Path,
     signer: SigningKey,
@@ -284,9 +300,12 @@ def edxml_import(
     bootstrap: str | None,
     trust: Path | None,
     outbox_path: Path | None,
+    answers: Path | None,
 ) -> None:
     """Take an edXML message (document or status) onto the bus, signed by the bridge."""
     payload = import_edxml(message.read_bytes())
+    if isinstance(payload, Status) and answers is not None:
+        payload = dataclasses.replace(payload, event_digest=event_digest(answers.read_bytes()))
     speaker = payload.sender if isinstance(payload, Document) else payload.by
     if speaker != seal.agency:
         raise DocbusError(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bus.trust.pki import CertRole, KeyAlgorithm
+from bus.wire.codec import default_codec
 from bus.wire.edxml import NS_2016, ORIGINAL, EdxmlError, leaf_paths, parse
 from bus.wire.model import Action, Document, Priority, Role, Status, StatusCode
 from consumers.edxml import document_to_edxml, status_to_edxml
@@ -307,3 +308,27 @@ def test_many_siblings_each_keep_their_own_path() -> None:
     assert len(paths) == n
     assert paths[0][0] == "Note[1]" and paths[-1][0] == f"Note[{n}]"
     assert paths[12345][1].text == "12345"
+
+
+def test_a_bridged_status_answers_the_exact_record_it_names(pki: Pki, tmp_path: Path) -> None:
+    # Without the digest the sender's outbox cannot tell which bytes the feedback is about.
+    pki.key("000.00.00.H41", Role.AGENCY)
+    agencies = pki.dev.root / "agencies"
+    bridge = pki.dev.issue("bridge.nghe-an", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True)
+    seal = agencies / "000.00.00.H41"
+    answered = tmp_path / "event.avro"
+    answered.write_bytes(b"the exact record the inbox kept")
+    out = tmp_path / "status.avro"
+    done = _run(
+        "edxml",
+        "import",
+        DATA / "status_inbox_01.edxml",
+        *("--signer", f"{bridge[0]},{bridge[1]}"),
+        *("--seal", f"{seal / 'agency.key.pem'},{seal / 'agency.cert.pem'}"),
+        *("--answers", answered, "--output", out),
+    )
+    assert done.returncode == 0, done.stderr
+    codec = default_codec()
+    status = codec.decode_payload(codec.decode_event(out.read_bytes()))
+    assert isinstance(status, Status)
+    assert status.event_digest == hashlib.sha256(answered.read_bytes()).digest()

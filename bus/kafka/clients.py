@@ -35,6 +35,7 @@ class KafkaSettings:
     # Tansu lets a consumer group settle for about half the session timeout, so the
     # embedded broker is run with a short one; real Kafka keeps aiokafka's default.
     session_timeout_ms: int = 10000
+    fetch_max_wait_ms: int = 100
 
     @classmethod
     def from_settings(cls, settings: Settings, bootstrap: str | None = None) -> KafkaSettings:
@@ -54,6 +55,7 @@ class KafkaSettings:
             ssl_keyfile=_text(settings.ssl_keyfile),
             topics=Topics(settings.topic_prefix),
             session_timeout_ms=settings.session_timeout_ms,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
 
     def common(self) -> dict[str, Any]:
@@ -93,7 +95,7 @@ class KafkaSettings:
             "group_id": group_id,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
-            "fetch_max_wait_ms": 10,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
             "max_partition_fetch_bytes": MAX_MESSAGE_BYTES,
             "fetch_max_bytes": 4 * MAX_MESSAGE_BYTES,
             "metadata_max_age_ms": 5000,

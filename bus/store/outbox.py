@@ -214,6 +214,17 @@ class Outbox:
         ).fetchall()
         return {r["by"] for r in rows}
 
+    def knows(self, document_id: str, revision: int) -> bool:
+        """Whether this outbox sent that document revision (cheap: no record read)."""
+        with self._lock:
+            return (
+                self._db.execute(
+                    "SELECT 1 FROM entries WHERE document_id = ? AND revision = ?",
+                    (document_id, revision),
+                ).fetchone()
+                is not None
+            )
+
     def get(self, document_id: str, revision: int = 0) -> OutboxEntry | None:
         with self._lock:
             row = self._db.execute(

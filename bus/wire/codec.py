@@ -137,6 +137,14 @@ class Codec:
     def decode_status(self, data: bytes) -> Status:
         return _typed(Status.from_avro, self.decode(data, STATUS), STATUS)
 
+    def claims(self, record: bytes) -> Document | Status | None:
+        """What a record says it carries, unverified (None if it does not decode): for a
+        reader to skip what is plainly not for it before paying for verification."""
+        try:
+            return self.decode_payload(self.decode_event(record))
+        except DocbusError:
+            return None
+
     def decode_payload(self, event: SignedEvent) -> Document | Status:
         """Decode the payload of ``event`` according to its payload type."""
         if event.payload_type == DOCUMENT_TYPE:

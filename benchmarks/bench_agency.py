@@ -1,0 +1,216 @@
+"""Documents posted over HTTP to one agency node, on the embedded broker with every service
+its own ``docbus`` process (gateway, archiver, one agency node per agency).
+
+Measures, for documents posted to the ministry's node and addressed to Nghệ An:
+
+- throughput: N documents posted by 64 concurrent clients, until the sender's node has
+  seen every ARCHIVED and the recipient's node lists every document;
+- latency at a steady rate: post → ARCHIVED seen by the sender's node, and post →
+  listed by the recipient's node, p50 and p99;
+- the sender node's RSS every 10,000 documents;
+- beside them, bare Kafka produce → consume of the same number of records in the same run.
+
+    python -m benchmarks.bench_agency [--count 5000] [--rate 100] [--seconds 30] [--rss 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bus.demo.stack import MINISTRY, NGHE_AN, Stack, running
+from bus.kafka.topics import ensure_topics
+
+CONCURRENCY = 64
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class Watch:
+    """When the sender's node saw ARCHIVED, and the recipient's node listed, each document.
+
+    Reads both nodes' SQLite files incrementally (by rowid), so that watching costs little
+    beside what it measures."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.outbox = sqlite3.connect(stack.node_dir(MINISTRY) / "outbox.sqlite")
+        self.received = sqlite3.connect(stack.node_dir(NGHE_AN) / "received.sqlite")
+        self.archived: dict[str, float] = {}
+        self.listed: dict[str, float] = {}
+        self.waiting: set[str] = set()
+        self._status_row = 0
+        self._received_row = 0
+
+    def expect(self, document_id: str) -> None:
+        self.waiting.add(document_id)
+
+    def poll(self) -> None:
+        now = time.perf_counter()
+        for row, document_id in self.outbox.execute(
+            "SELECT rowid, document_id FROM statuses WHERE rowid > ? AND code = 'ARCHIVED'",
+            (self._status_row,),
+        ):
+            self.archived.setdefault(document_id, now)
+            self._status_row = max(self._status_row, row)
+            self._settle(document_id)
+        for seq, document_id in self.received.execute(
+            "SELECT seq, document_id FROM received WHERE seq > ?", (self._received_row,)
+        ):
+            self.listed.setdefault(document_id, now)
+            self._received_row = max(self._received_row, seq)
+            self._settle(document_id)
+
+    def _settle(self, document_id: str) -> None:
+        if document_id in self.archived and document_id in self.listed:
+            self.waiting.discard(document_id)
+
+    async def all_seen(self, interval: float) -> None:
+        while True:
+            self.poll()
+            if not self.waiting:
+                return
+            await asyncio.sleep(interval)
+
+
+async def post(client: httpx.AsyncClient, i: int) -> tuple[str, float]:
+    start = time.perf_counter()
+    r = await client.post(
+        "/v1/documents",
+        json={"recipients": [NGHE_AN], "subject": f"Văn bản thử tải số {i}"},
+    )
+    r.raise_for_status()
+    return r.json()["document_id"], start
+
+
+async def throughput(stack: Stack, client: httpx.AsyncClient, count: int) -> float:
+    watch = Watch(stack)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            document_id, _ = await post(client, queue.get_nowait())
+            watch.expect(document_id)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    await watch.all_seen(0.05)
+    return count / (time.perf_counter() - start)
+
+
+async def latency(
+    stack: Stack, client: httpx.AsyncClient, rate: float, seconds: float
+) -> tuple[list[float], list[float]]:
+    watch = Watch(stack)
+    started: dict[str, float] = {}
+    tasks = []
+
+    async def one(i: int) -> None:
+        document_id, at = await post(client, i)
+        started[document_id] = at
+        watch.expect(document_id)
+
+    async def watch_until_done() -> None:
+        while len(started) < n:  # watch from the first post on, every 5 ms
+            watch.poll()
+            await asyncio.sleep(0.005)
+        await watch.all_seen(0.005)
+
+    n = int(rate * seconds)
+    watching = asyncio.create_task(watch_until_done())
+    begin = time.perf_counter()
+    for i in range(n):
+        delay = begin + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    await watching
+    archived = [watch.archived[d] - t for d, t in started.items()]
+    listed = [watch.listed[d] - t for d, t in started.items()]
+    return archived, listed
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else 0.0
+
+
+async def bare_kafka(stack: Stack, count: int) -> float:
+    """Records/s of a bare produce (acks=all) then consume of ``count`` 2 KiB records."""
+    settings = stack.settings
+    await ensure_topics(settings, ["bench.bare"], partitions=3)
+    producer = settings.producer()
+    await producer.start()
+    start = time.perf_counter()
+    try:
+        batch = [producer.send("bench.bare", b"x" * 2048, key=b"%d" % i) for i in range(count)]
+        await asyncio.gather(*batch)
+    finally:
+        await producer.stop()
+    consumer = settings.consumer("bench.bare.reader")
+    consumer.subscribe(["bench.bare"])
+    await consumer.start()
+    seen = 0
+    try:
+        while seen < count:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                seen += len(records)
+    finally:
+        await consumer.stop()
+    return count / (time.perf_counter() - start)
+
+
+async def measure(stack: Stack, args: argparse.Namespace) -> None:
+    token = (stack.node_dir(MINISTRY) / "token").read_text().strip()
+    limits = httpx.Limits(max_connections=CONCURRENCY)
+    async with httpx.AsyncClient(
+        base_url=stack.node_url(MINISTRY),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+        limits=limits,
+    ) as client:
+        sender = stack.processes[f"node-{MINISTRY}"].pid
+        docs_per_s = await throughput(stack, client, args.count)
+        print(f"throughput: {docs_per_s:.0f} documents/s over {args.count} documents", flush=True)
+        bare = await bare_kafka(stack, args.count)
+        print(f"bare Kafka produce+consume of as many 2 KiB records: {bare:.0f} records/s")
+        archived, listed = await latency(stack, client, args.rate, args.seconds)
+        print(
+            f"latency at {args.rate:g}/s for {args.seconds:g}s: "
+            f"→ ARCHIVED p50 {pct(archived, 50):.0f} ms p99 {pct(archived, 99):.0f} ms; "
+            f"→ listed p50 {pct(listed, 50):.0f} ms p99 {pct(listed, 99):.0f} ms"
+        )
+        done = args.count + int(args.rate * args.seconds)
+        print(f"sender node RSS after {done} documents: {rss_mib(sender):.0f} MiB")
+        while done < args.rss:
+            await throughput(stack, client, 10_000)
+            done += 10_000
+            print(f"sender node RSS after {done} documents: {rss_mib(sender):.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--rss", type=int, default=0, help="go on to this many documents")
+    args = parser.parse_args()
+    with running(Path(tempfile.mkdtemp(prefix="docbus-agency-bench-")), nodes=True) as stack:
+        asyncio.run(measure(stack, args))
+
+
+if __name__ == "__main__":
+    main()
