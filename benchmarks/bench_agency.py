@@ -55,6 +55,7 @@ class Watch:
 
     def expect(self, document_id: str) -> None:
         self.waiting.add(document_id)
+        self._settle(document_id)  # both may have been seen before the POST's answer
 
     def poll(self) -> None:
         now = time.perf_counter()

@@ -49,7 +49,11 @@ class StatusListener:
             if isinstance(item, Reject):
                 results.append(item)
             elif item.state is not State.PENDING:
-                self.waiter(item.document_id, item.revision).set()
+                # Only those waiting hold an event: one per answered document would grow
+                # without bound in a long-running node.
+                event = self._final.pop((item.document_id, item.revision), None)
+                if event is not None:
+                    event.set()
         return results
 
     def _process(self, records: Sequence[Record]) -> list[OutboxEntry | Reject]:
@@ -212,12 +216,12 @@ class Publisher:
 
     async def wait(self, document_id: str, revision: int = 0) -> OutboxEntry:
         """Wait for the final status (ARCHIVED or REJECTED); bound it with asyncio.timeout."""
-        event = self.listener.waiter(document_id, revision)
         entry = self.outbox.get(document_id, revision)
         if entry is None:
             raise KeyError(f"{document_id} revision {revision} is not in the outbox")
         if entry.state is State.PENDING:
-            await event.wait()
+            # Registered in the same step as the read: the listener sets it on the answer.
+            await self.listener.waiter(document_id, revision).wait()
             entry = self.outbox.get(document_id, revision)
         assert entry is not None
         return entry

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date
 from typing import Annotated, Any
@@ -153,18 +153,6 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
         given = credentials.credentials if credentials else ""
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise Problem(401, "a valid bearer token is required")
-
-    @app.middleware("http")
-    async def bounded(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return problem_response(413, f"the body is over {MAX_BODY} bytes", "too_large")
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if request.method == "POST" and kind not in (JSON, EVENT_TYPE):
-            return problem_response(415, f"send {JSON} (or {EVENT_TYPE} to /v1/events)")
-        return await call_next(request)
 
     auth = [Depends(authorised)]
 
@@ -335,8 +323,10 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
 
 
 class BodyLimit:
-    """Refuses (413) a request body as soon as more than ``limit`` bytes of it arrived,
-    with or without a Content-Length: a chunked body is never buffered past the limit."""
+    """The edge of every request: a body of another media type is refused (415), and a body
+    over ``limit`` bytes (413) as soon as that many arrived, with or without a
+    Content-Length, so a chunked body is never buffered past the limit. Plain ASGI: no
+    per-request task or stream, unlike Starlette's BaseHTTPMiddleware."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -345,6 +335,17 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0").decode("latin-1")
+        if not length.isdigit() or int(length) > self.limit:
+            too_large = problem_response(413, f"the body is over {self.limit} bytes", "too_large")
+            await too_large(scope, receive, send)
+            return
+        kind = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        if scope["method"] == "POST" and kind not in (JSON, EVENT_TYPE):
+            wrong = problem_response(415, f"send {JSON} (or {EVENT_TYPE} to /v1/events)")
+            await wrong(scope, receive, send)
             return
         seen = 0
         answered = False
