@@ -285,7 +285,7 @@ def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
         doc = codec.decode_document(codec.decode_event(e.event).payload)
         files = target / "attachments"  # apart from event.avro: no attachment replaces it
         files.mkdir(exist_ok=True)
-        names = attachment_files([(a.name, a.sha256) for a in doc.attachments])
+        names = attachment_files([a.name for a in doc.attachments])
         for a, name in zip(doc.attachments, names, strict=True):
             if a.content is not None:
                 (files / name).write_bytes(a.content)

@@ -23,7 +23,7 @@ from bus.trust.verifier import Rejected, Verified, Verifier
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.headers import RECEIPT, header
 from bus.wire.model import Document, Status, StatusCode, event_digest, now_ms
-from bus.wire.names import attachment_files, path_segment
+from bus.wire.names import attachment_files, check_names, path_segment
 from consumers.edxml import document_to_edxml
 from consumers.received import ReceivedIndex
 
@@ -176,7 +176,9 @@ class Inbox:
         doc = self.blobs.inline(doc)  # sealed parts are opened in one piece
         for code in sorted(self.accepts & {k.agency for k in sealed.keys}):
             try:
-                return open_sealed(doc, self.decrypt_key, code)[1], None
+                opened = open_sealed(doc, self.decrypt_key, code)[1]
+                check_names(opened)  # the sealed names: unseen by the gateway
+                return opened, None
             except DocbusError as exc:
                 log.error("cannot open", document_id=doc.document_id, error=exc.message)
         return doc, "sealed; it does not open with this inbox's key"
@@ -192,7 +194,7 @@ class Inbox:
         if (target / "event.avro").exists():
             return  # re-delivery: already kept (and indexed)
         (target / "attachments").mkdir(parents=True, exist_ok=True)
-        names = attachment_files([(a.name, a.sha256) for a in doc.attachments])
+        names = attachment_files([a.name for a in doc.attachments])
         for a, name in zip(doc.attachments, names, strict=True):
             if a.content is not None:
                 _write_atomically(target / "attachments" / name, a.content)

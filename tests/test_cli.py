@@ -367,18 +367,10 @@ def test_attachment_names_from_the_wire_stay_files_of_their_own(tmp_path: Path) 
     from bus.wire.names import attachment_files, path_segment
 
     names = attachment_files(
-        [
-            ("..", "d1"),
-            ("a\x00b.pdf", "d2"),
-            ("../../event.avro", "d3"),
-            ("x" * 300, "d4"),
-            ("dup.pdf", "d5"),
-            ("sub/dup.pdf", "d6"),
-            ("DUP.pdf", "d7"),
-        ]
+        ["..", "a\x00b.pdf", "../../event.avro", "x" * 300, "dup.pdf", "sub/dup.pdf", "DUP.pdf"]
     )
-    assert names[0] == "d1" and names[1] == "ab.pdf" and names[2] == "event.avro"
-    assert len(names[3]) == 200 and len(set(n.lower() for n in names)) == len(names)
+    assert names[0] == "attachment-1" and names[1] == "ab.pdf" and names[2] == "event.avro"
+    assert len(names[3].encode()) <= 200 and len(set(n.lower() for n in names)) == len(names)
     assert names[4:] == ["dup.pdf", "dup-2.pdf", "DUP-3.pdf"]
     for hostile in ("..", ".", "a/b", ""):
         segment = path_segment(hostile)

@@ -21,7 +21,13 @@ from bus.trust.signing import SigningKey, sign_event
 from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.headers import header
-from bus.wire.limits import BLOB_THRESHOLD, MAX_EXTRA, MAX_RECORD_BYTES
+from bus.wire.limits import (
+    BLOB_THRESHOLD,
+    MAX_BLOB_BYTES,
+    MAX_EXTRA,
+    MAX_RECORD_BYTES,
+    check_bounds,
+)
 from bus.wire.model import (
     DOCUMENT_TYPE,
     Attachment,
@@ -32,6 +38,7 @@ from bus.wire.model import (
     attachment,
     blob_location,
 )
+from consumers.agency.node import api_token
 from consumers.inbox import document_folder
 from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
@@ -159,6 +166,13 @@ async def test_names_and_sizes_the_publisher_refuses_are_refused_at_the_gateway_
         ],
         Reason.MALFORMED: [
             dataclasses.replace(new_document(MINISTRY, [NGHE_AN], "URL"), attachments=(evil,)),
+            # a "hash" that is a path: it once became the file name of a nameless attachment
+            dataclasses.replace(
+                new_document(MINISTRY, [NGHE_AN], "Băm là đường dẫn"),
+                attachments=(
+                    Attachment("x/", "text/plain", 1, "/tmp/evil", None, "sha256:/tmp/evil"),
+                ),
+            ),
         ],
     }
     for reason, docs in cases.items():
@@ -206,3 +220,38 @@ def test_the_blob_store_takes_only_hashes_as_names(tmp_path: Path) -> None:
     with pytest.raises(DocbusError):
         store.copy_to(digest, 8, target)
     assert not target.exists() and not list(tmp_path.glob(".out.bin*"))
+
+
+def test_a_blob_is_only_ever_a_regular_file_in_the_store(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    digest = store.put_bytes(b"noi dung")
+    elsewhere = tmp_path / "secret"
+    elsewhere.write_bytes(b"noi dung")
+    store.path(digest).unlink()
+    store.path(digest).symlink_to(elsewhere)  # a link: refused, not followed
+    with pytest.raises(DocbusError, match="link"):
+        store.read(digest, 8)
+    store.path(digest).unlink()
+    os.mkfifo(store.path(digest))  # a pipe would block a reader forever: refused at once
+    with pytest.raises(DocbusError, match="regular file"):
+        store.read(digest, 8)
+
+
+def test_one_document_cannot_make_readers_copy_more_than_the_bound() -> None:
+    big = Attachment("a.bin", "application/octet-stream", MAX_BLOB_BYTES, "ab" * 32, None)
+    doc = dataclasses.replace(
+        new_document(MINISTRY, [NGHE_AN], "Hai lần một GiB"),
+        attachments=(big, dataclasses.replace(big, name="b.bin")),
+    )
+    with pytest.raises(DocbusError) as refused:
+        check_bounds(doc)
+    assert refused.value.reason is Reason.TOO_LARGE
+
+
+def test_an_empty_token_file_never_means_no_token(tmp_path: Path) -> None:
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="shorter than 16"):
+        api_token(empty, tmp_path)
+    made = api_token(None, tmp_path / "node")
+    assert len(made) >= 32 and (tmp_path / "node" / "token").stat().st_mode & 0o077 == 0

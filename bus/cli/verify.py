@@ -99,7 +99,7 @@ def open_command(
     files = out / "attachments"  # apart from subject.txt: no attachment can replace it
     files.mkdir(parents=True, exist_ok=True)
     (out / "subject.txt").write_text(doc.subject + "\n", encoding="utf-8")
-    names = attachment_files([(a.name, a.sha256) for a in doc.attachments])
+    names = attachment_files([a.name for a in doc.attachments])
     for a, name in zip(doc.attachments, names, strict=True):
         (files / name).write_bytes(a.content or b"")
     click.echo(

@@ -9,9 +9,11 @@ document names, so integrity holds end to end whoever else writes to the folder.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,10 +78,21 @@ class BlobStore:
     def chunks(self, sha256: str, size: int) -> Iterator[bytes]:
         """The blob in chunks, checked: raises ``attachment_hash_mismatch`` after the last
         chunk if the bytes are not the ones the hash names (or the blob is missing)."""
+        path = self.path(sha256)
+        # Whoever else can write to the folder cannot make a reader follow a link, block on
+        # a pipe, or read a device: only a regular file is a blob.
         try:
-            f: BinaryIO = self.path(sha256).open("rb")
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError):
             raise _mismatch(sha256, "is not in the blob store") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _mismatch(sha256, "is a link, not a blob") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or path.parent.is_symlink():
+            os.close(fd)
+            raise _mismatch(sha256, "is not a regular file in the blob store")
+        f: BinaryIO = os.fdopen(fd, "rb")
         h = hashlib.sha256()
         seen = 0
         with f:
@@ -94,6 +107,7 @@ class BlobStore:
 
     def copy_to(self, sha256: str, size: int, target: Path) -> None:
         """Write the blob to ``target`` (atomically, checked); a bad blob leaves nothing."""
+        self.path(sha256)  # a name that is not a hash is refused before anything is opened
         tmp = target.with_name(f".{target.name}.part")
         try:
             with tmp.open("wb") as out:

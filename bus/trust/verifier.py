@@ -8,6 +8,7 @@ validation once per signer rather than once per event.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from bus.wire.model import (
 from bus.wire.names import check_names
 
 log = structlog.get_logger(__name__)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -418,6 +420,10 @@ class Verifier:
         check_bounds(doc)
         check_names(doc)
         for a in doc.attachments:
+            if not _SHA256.fullmatch(a.sha256) or a.size < 0:
+                raise DocbusError(
+                    Reason.MALFORMED, f"attachment {a.name!r}: sha256 is not 64 lowercase hex"
+                )
             if a.content is None:
                 # Content-addressed: a location names the hash, never a place to fetch from.
                 if a.location != blob_location(a.sha256):

@@ -15,8 +15,11 @@ MAX_RECORD_BYTES = 4 * 1024 * 1024
 #: What a topic must accept: one record plus its batch framing and headers.
 MAX_MESSAGE_BYTES = MAX_RECORD_BYTES + 64 * 1024
 BLOB_THRESHOLD = 512 * 1024
-#: The largest attachment the blob store takes (DESIGN §7: 100 MiB is the tested case).
+#: The largest attachment, and all of a document's attachments together (DESIGN §7: 100 MiB
+#: is the tested case): one document cannot make a reader copy or hash more than this.
 MAX_BLOB_BYTES = 1024 * 1024 * 1024
+#: A sealed document's parts are opened in memory: together at most this.
+MAX_SEALED_BYTES = 128 * 1024 * 1024
 
 MAX_PARTIES = 1000
 MAX_ATTACHMENTS = 256
@@ -50,9 +53,11 @@ def check_bounds(doc: Document) -> None:
     ):
         if text is not None and len(text) > MAX_TEXT:
             raise _too_large(f"{name} of {len(text)} characters (at most {MAX_TEXT})")
-    for a in doc.attachments:
-        if a.size > MAX_BLOB_BYTES:
-            raise _too_large(f"attachment {a.name[:40]!r} of {a.size} bytes")
+    total = sum(max(a.size, 0) for a in doc.attachments)
+    if total > MAX_BLOB_BYTES:
+        raise _too_large(f"attachments of {total} bytes together (at most {MAX_BLOB_BYTES})")
+    if doc.sealed is not None and total > MAX_SEALED_BYTES:
+        raise _too_large(f"sealed attachments of {total} bytes (at most {MAX_SEALED_BYTES})")
 
 
 def check_record_size(size: int) -> None:

@@ -72,13 +72,14 @@ def path_segment(text: str) -> str:
     return _bounded(quoted) or "_"  # an empty name still names a folder of its own
 
 
-def attachment_files(names: list[tuple[str, str]]) -> list[str]:
-    """Safe, distinct file names for a document's attachments, given (name, sha256) pairs:
-    two attachments with one base name never overwrite each other."""
+def attachment_files(names: list[str]) -> list[str]:
+    """Safe, distinct file names for a document's attachments: two attachments with one
+    base name never overwrite each other, and a name with nothing usable left becomes
+    ``attachment-N`` (never anything the sender chose, such as its hash)."""
     taken: set[str] = set()
     out = []
-    for name, digest in names:
-        base = safe_file_name(name, digest)
+    for i, name in enumerate(names):
+        base = safe_file_name(name, f"attachment-{i + 1}")
         chosen, n = base, 1
         while chosen.lower() in taken:
             n += 1

@@ -269,7 +269,14 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
         path = node.folder(sender, document_id, revision) / "attachments" / files[n]
         if not path.is_file():
             raise Problem(404, f"attachment {n} is not kept here (sealed and not opened?)")
-        return FileResponse(path, media_type=meta["media_types"][n])
+        # The sender chose the media type: never let a browser render it as this origin's.
+        return FileResponse(
+            path,
+            media_type=meta["media_types"][n],
+            headers={"X-Content-Type-Options": "nosniff"},
+            content_disposition_type="attachment",
+            filename=files[n],
+        )
 
     @app.get(
         base + "/event",

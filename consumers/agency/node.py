@@ -195,9 +195,13 @@ class AgencyNode:
         if not event.is_file():
             raise FileNotFoundError(f"{document_id} revision {revision} is not in the inbox")
         record = await asyncio.to_thread(event.read_bytes)
+        # The status names what the kept record says, whatever the URL spelled.
+        received = self.inbox.verifier.codec.claims(record)
+        if not isinstance(received, Document):
+            raise DocbusError(Reason.MALFORMED, "the kept record is not a document")
         output = self.inbox.status(
-            document_id,
-            revision,
+            received.document_id,
+            received.revision,
             code,
             message,
             event_digest(record),
@@ -208,16 +212,20 @@ class AgencyNode:
 
 def api_token(token_file: Path | None, data_dir: Path) -> str:
     """The API's bearer token: the file's, else the one in ``data_dir/token`` (made once,
-    readable by its owner only)."""
-    if token_file is not None:
-        token = token_file.read_text("utf-8").strip()
-        if len(token) < 16:
-            raise ValueError(f"the token in {token_file} is shorter than 16 characters")
-        return token
-    path = data_dir / "token"
-    if not path.exists():
+    readable by its owner only). A token under 16 characters is refused: an empty file
+    must never mean that no token is needed."""
+    path = token_file or data_dir / "token"
+    if token_file is None and not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = data_dir / ".token.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text("utf-8").strip()
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    token = path.read_text("utf-8").strip()
+    if len(token) < 16:
+        raise ValueError(f"the token in {path} is shorter than 16 characters")
+    return token
