@@ -137,6 +137,7 @@ def serve_agency(
         blob_store(),
         address_book,
         settings().trust_reload_seconds,
+        settings().blob_threshold,
     )
     token = api_token(token_file, data_dir)
     server = uvicorn.Server(

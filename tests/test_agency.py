@@ -401,3 +401,35 @@ async def test_a_node_killed_mid_stream_loses_and_duplicates_nothing(
             assert not entry.conflict
             inbox = stack.inbox_folder(NGHE_AN) / path_segment(MINISTRY) / document_id
             assert [p.name for p in inbox.iterdir()] == ["0"]
+
+
+async def test_files_sent_as_multipart_arrive_whole_small_inline_large_by_hash(
+    nodes: tuple[Stack, Node, Node],
+) -> None:
+    _, ministry, nghe_an = nodes
+    small, large = b"Phu luc", os.urandom(700 * 1024)  # the large one goes by the blob store
+    posted = await ministry.client.post(
+        "/v1/documents",
+        data={"metadata": json.dumps({"recipients": [NGHE_AN], "subject": "Hồ sơ kèm tệp"})},
+        files=[
+            ("file", ("phu-luc.txt", small, "text/plain")),
+            ("file", ("ban-ve.dwg", large, "application/octet-stream")),
+        ],
+    )
+    assert posted.status_code == 202, posted.text
+    document_id = posted.json()["document_id"]
+    base = f"/v1/inbox/{MINISTRY}/{document_id}/0"
+
+    async def received() -> bool:
+        return (await nghe_an.client.get(base)).status_code == 200
+
+    await _until(received)
+    got = [(await nghe_an.client.get(f"{base}/attachments/{n}")) for n in (0, 1)]
+    assert [g.content for g in got] == [small, large]
+    assert got[1].headers["x-content-type-options"] == "nosniff"
+    record = (await nghe_an.client.get(f"{base}/event")).content
+    assert len(record) < 64 * 1024  # the large file travelled by hash
+    missing = await ministry.client.post(
+        "/v1/documents", files=[("file", ("a.txt", b"x", "text/plain"))]
+    )
+    assert missing.status_code == 400 and missing.json()["reason"] == "malformed"

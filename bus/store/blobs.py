@@ -52,16 +52,21 @@ class BlobStore:
 
     def put_file(self, source: Path) -> tuple[str, int]:
         """Keep a file, read once in chunks: (SHA-256, size)."""
+        with source.open("rb") as f:
+            return self.put_stream(f, source.name)
+
+    def put_stream(self, stream: BinaryIO, what: str) -> tuple[str, int]:
+        """Keep what ``stream`` holds, read once in chunks: (SHA-256, size)."""
         h = hashlib.sha256()
         size = 0
         tmp = self._temporary()
         try:
-            with source.open("rb") as f, tmp.open("wb") as out:
-                while chunk := f.read(CHUNK):
+            with tmp.open("wb") as out:
+                while chunk := stream.read(CHUNK):
                     size += len(chunk)
                     if size > MAX_BLOB_BYTES:
                         raise DocbusError(
-                            Reason.TOO_LARGE, f"{source.name} is over {MAX_BLOB_BYTES} bytes"
+                            Reason.TOO_LARGE, f"{what} is over {MAX_BLOB_BYTES} bytes"
                         )
                     h.update(chunk)
                     out.write(chunk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -11,20 +12,33 @@ from datetime import date
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bus.wire.codec import default_codec
-from bus.wire.limits import MAX_ATTACHMENTS, MAX_NAME, MAX_PARTIES, MAX_RECORD_BYTES, MAX_TEXT
+from bus.wire.limits import (
+    MAX_ATTACHMENTS,
+    MAX_BLOB_BYTES,
+    MAX_NAME,
+    MAX_PARTIES,
+    MAX_RECORD_BYTES,
+    MAX_TEXT,
+)
 from bus.wire.model import (
+    Attachment,
     Confidentiality,
     Document,
     Priority,
     Status,
     StatusCode,
     attachment,
+    blob_location,
+    media_type_of,
     now_ms,
 )
 from consumers.agency.node import AgencyNode
@@ -33,6 +47,7 @@ from consumers.edxml import document_to_edxml
 
 EVENT_TYPE = "application/vnd.docbus.event+avro"
 JSON = "application/json"
+MULTIPART = "multipart/form-data"
 MAX_REVISION = 2**31 - 1  # an Avro int
 #: The largest request body: a document with its inline attachments in base64.
 MAX_BODY = MAX_RECORD_BYTES * 2
@@ -145,7 +160,8 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
         responses=ERRORS,
     )
     install(app)
-    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, limit=MAX_BODY, multipart_limit=MAX_BLOB_BYTES)
 
     def authorised(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
@@ -156,8 +172,39 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
 
     auth = [Depends(authorised)]
 
-    @app.post("/v1/documents", status_code=202, dependencies=auth, response_model=Queued)
-    async def post_document(draft: DocumentIn) -> Queued:
+    @app.post(
+        "/v1/documents",
+        status_code=202,
+        dependencies=auth,
+        response_model=Queued,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON: {"schema": {"$ref": "#/components/schemas/DocumentIn"}},
+                    MULTIPART: {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "metadata": {"$ref": "#/components/schemas/DocumentIn"},
+                                "file": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                },
+                            },
+                            "required": ["metadata"],
+                        },
+                        "encoding": {"metadata": {"contentType": JSON}},
+                    },
+                },
+            }
+        },
+    )
+    async def post_document(request: Request) -> Queued:
+        if _media_type(request) == MULTIPART:
+            draft, files = await _multipart(request, node)
+        else:
+            draft, files = _json_draft(await request.body()), []
         parts = []
         for a in draft.attachments:
             try:
@@ -180,7 +227,7 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
                 due_date=draft.due_date,
                 response_for=draft.response_for,
                 signer_name=draft.signer_name,
-                attachments=tuple(parts),
+                attachments=(*parts, *files),
             )
         )
         return Queued(document_id=doc.document_id, revision=doc.revision, state="PENDING")
@@ -335,23 +382,27 @@ class BodyLimit:
     Content-Length, so a chunked body is never buffered past the limit. Plain ASGI: no
     per-request task or stream, unlike Starlette's BaseHTTPMiddleware."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, multipart_limit: int) -> None:
         self.app = app
         self.limit = limit
+        self.multipart_limit = multipart_limit  # files stream to disk, not to memory
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        kind = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        limit = self.multipart_limit if kind == MULTIPART else self.limit
         length = headers.get(b"content-length", b"0").decode("latin-1")
-        if not length.isdigit() or int(length) > self.limit:
-            too_large = problem_response(413, f"the body is over {self.limit} bytes", "too_large")
+        if not length.isdigit() or int(length) > limit:
+            too_large = problem_response(413, f"the body is over {limit} bytes", "too_large")
             await too_large(scope, receive, send)
             return
-        kind = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        if scope["method"] == "POST" and kind not in (JSON, EVENT_TYPE):
-            wrong = problem_response(415, f"send {JSON} (or {EVENT_TYPE} to /v1/events)")
+        if scope["method"] == "POST" and kind not in (JSON, MULTIPART, EVENT_TYPE):
+            wrong = problem_response(
+                415, f"send {JSON} or {MULTIPART} (or {EVENT_TYPE} to /v1/events)"
+            )
             await wrong(scope, receive, send)
             return
         seen = 0
@@ -364,10 +415,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     answered = True  # the app sees a client gone; its own answer is dropped
                     too_large = problem_response(
-                        413, f"the body is over {self.limit} bytes", "too_large"
+                        413, f"the body is over {limit} bytes", "too_large"
                     )
                     await too_large(scope, receive, send)
                     return {"type": "http.disconnect"}
@@ -382,6 +433,64 @@ class BodyLimit:
         except Exception:
             if not answered:
                 raise
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with the schemas of the bodies /v1/documents reads by hand."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+        )
+        _, defs = models_json_schema(
+            [(DocumentIn, "validation")], ref_template="#/components/schemas/{model}"
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _json_draft(body: bytes | str) -> DocumentIn:
+    try:
+        return DocumentIn.model_validate_json(body)
+    except ValidationError as exc:
+        where = "; ".join(
+            f"{'/'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise Problem(400, where or "malformed document", "malformed") from None
+
+
+async def _multipart(request: Request, node: AgencyNode) -> tuple[DocumentIn, list[Attachment]]:
+    """A ``metadata`` JSON part and file parts. Python-multipart spools each file to disk
+    past 1 MiB; files over the blob threshold are streamed into the blob store from there
+    (unless the document is sealed: those are sealed in one piece)."""
+    try:
+        form = await request.form(max_files=MAX_ATTACHMENTS, max_fields=10)
+    except (HTTPException, ValueError) as exc:
+        raise Problem(400, f"not a readable multipart body: {exc}", "malformed") from None
+    metadata = form.get("metadata")
+    if metadata is None:
+        raise Problem(400, "the metadata part is missing", "malformed")
+    draft = _json_draft(metadata if isinstance(metadata, str) else await metadata.read())
+    sealed = draft.confidentiality not in (Confidentiality.NONE, Confidentiality.UNKNOWN)
+    files = []
+    for upload in form.getlist("file"):
+        if isinstance(upload, str):
+            raise Problem(400, "a file part must be a file", "malformed")
+        name = upload.filename or "attachment"
+        kind = upload.content_type or media_type_of(name)
+        if sealed or (upload.size or 0) <= node.blob_threshold:
+            files.append(attachment(name, await upload.read(), kind))
+            continue
+        digest, size = await asyncio.to_thread(node.blobs.put_stream, upload.file, name)
+        files.append(Attachment(name, kind, size, digest, location=blob_location(digest)))
+    return draft, files
 
 
 def _meta(node: AgencyNode, sender: str, document_id: str, revision: int) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Rejected, Verifier
 from bus.wire.errors import DocbusError, Reason
+from bus.wire.limits import BLOB_THRESHOLD
 from bus.wire.model import (
     Confidentiality,
     Document,
@@ -83,6 +84,7 @@ class AgencyNode:
         blobs: BlobStore,
         address_book: Path | None = None,
         reload_seconds: float = 10,
+        blob_threshold: int = BLOB_THRESHOLD,
     ) -> None:
         if keys.agency.agency != agency:
             raise ValueError(f"the AGENCY key is for {keys.agency.agency}, not {agency}")
@@ -92,6 +94,7 @@ class AgencyNode:
         self.settings = settings
         self.registry = registry
         self.blobs = blobs
+        self.blob_threshold = blob_threshold
         self.address_book = address_book
         every = timedelta(seconds=reload_seconds)
         statuses = Verifier(TrustStore.load(trust), Policy(issued_at_tolerance=None), registry)
@@ -103,6 +106,7 @@ class AgencyNode:
             statuses,
             resend_after=timedelta(seconds=30),
             blobs=blobs,
+            blob_threshold=blob_threshold,
         )
         self.received = ReceivedIndex(data_dir / "received.sqlite")
         self.inbox = Inbox(
