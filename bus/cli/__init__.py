@@ -23,6 +23,7 @@ _OWN = {
     "demo": "bus.cli.demo:demo",
     "dev": "bus.cli.demo:dev",
     "audit": "bus.cli.audit:audit",
+    "evidence": "bus.cli.evidence:evidence",
     "edxml": "bus.cli:edxml",
 }
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bus.registry import Registry, vietnam_date
 from bus.tlog.checkpoint import Checkpoint, open_checkpoint
@@ -245,6 +246,12 @@ class Verifier:
                 f"({until:%Y-%m-%d %H:%M}) at {at:%Y-%m-%d %H:%M:%S}",
             )
 
+    def chain_path(self, chain: Sequence[bytes]) -> tuple[bytes, ...]:
+        """The certificates (DER) of the path ``chain`` builds to, leaf first; a
+        certificate given but not on the path proves nothing. Raises DocbusError."""
+        self.refresh()
+        return tuple(c.public_bytes(Encoding.DER) for c in self._chains.chain(chain).path)
+
     def log_key(self, chain: Sequence[bytes], at: datetime | None = None) -> NoteVerifier:
         """The checkpoint-note key of a log: a pinned archiver's certificate (DER, leaf
         first), chained to an anchor, SERVICE role, Ed25519, valid and not revoked at
@@ -289,15 +296,19 @@ class Verifier:
         witnesses_required: int = 0,
         witnesses: Sequence[NoteVerifier] = (),
         at: datetime | None = None,
+        strict: bool = False,
     ) -> Checkpoint:
         """A C2SP checkpoint note signed by the pinned archiver whose certificate is
         ``chain``, with at least ``witnesses_required`` cosignatures of pinned witnesses
-        (keys from policy.toml or ``witnesses``, from :meth:`witness_key`).
+        (keys from policy.toml or ``witnesses``, from :meth:`witness_key`). With ``strict``
+        every signature line must verify: none may be there that proves nothing.
 
         Raises DocbusError.
         """
         known = {(w.name, w.hash): w for w in (*self._witnesses, *witnesses)}
         checkpoint, opened = open_checkpoint(note, self.log_key(chain, at), tuple(known.values()))
+        if strict and opened.unverified:
+            raise DocbusError(Reason.BAD_SIGNATURE, "the checkpoint carries unverifiable lines")
         if len(opened.cosigned_at) < witnesses_required:
             raise DocbusError(
                 Reason.POLICY,
