@@ -451,16 +451,16 @@ def test_an_evidence_bundle_proves_one_document_offline_and_catches_any_changed_
     proven = json.loads(checked.stdout)
     assert proven["valid"] and proven["document_id"] == entry.document_id
     assert proven["tree_size"] == len(archived) and proven["log"] == "docbus.archiver"
-    # Any changed byte is caught: a sample of positions across every field, each flipped.
+    # Any changed byte is caught: every byte flipped in turn, and spaces slipped in.
     data = out.read_bytes()
     verifier = Verifier(pki.trust, Policy(issued_at_tolerance=None))
-    for position in range(0, len(data), max(1, len(data) // 400)):
-        for changed in (
-            data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1 :],
-            data[:position] + b" " + data[position:],
-        ):
-            with pytest.raises(DocbusError):
-                check_evidence(Evidence.from_bytes(changed), verifier)
+    for position in range(len(data)):
+        changed = data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1 :]
+        with pytest.raises(DocbusError):
+            check_evidence(Evidence.from_bytes(changed), verifier)
+    for position in range(0, len(data), 97):
+        with pytest.raises(DocbusError):
+            check_evidence(Evidence.from_bytes(data[:position] + b" " + data[position:]), verifier)
     bad = tmp_path / "changed.json"
     bad.write_bytes(data.replace(b'"index":', b'"index": ', 1))
     refused = subprocess.run(
