@@ -19,19 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.bench_audit import PEAK
 from bus.demo.stack import MINISTRY, NGHE_AN, CertRole, Stack, pair, running
 from bus.wire.names import path_segment
-
-#: Runs the docbus command line and prints its own peak RSS (KiB) on the last stderr line.
-PEAK = (
-    "import resource, sys\n"
-    "from bus.cli import cli\n"
-    "try:\n"
-    "    cli(sys.argv[1:])\n"
-    "except SystemExit:\n"
-    "    pass\n"
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-)
 
 
 def peak_mib(pid: int) -> float:
