@@ -13,6 +13,7 @@ import uvicorn
 from bus.cli.options import (
     DocbusGroup,
     KeyPair,
+    UsageProblem,
     blob_store,
     bootstrap_option,
     data_dir_option,
@@ -26,7 +27,7 @@ from bus.cli.options import (
 )
 from bus.kafka.runtime import ConsumerRuntime, run_until_signalled
 from bus.registry import Registry
-from bus.store.archive import open_archive
+from bus.store.archive import ARCHIVE_FILE, Archive, open_archive
 from bus.trust.sealing import EncryptionKey
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
@@ -36,6 +37,7 @@ from bus.wire.model import Document, Role
 from bus.wire.names import attachment_files, path_segment
 from consumers.agency.app import create_app
 from consumers.agency.node import AgencyNode, NodeKeys, api_token
+from consumers.archive_api import create_archive_app
 from consumers.archiver import Archiver
 from consumers.edxml import document_to_edxml, status_to_edxml
 from consumers.gateway import Gateway
@@ -154,6 +156,33 @@ def serve_agency(
         f"agency node {agency} on http://{listen} (token: {token_file or data_dir / 'token'})"
     )
     server.run()
+
+
+@serve.command("archive-api")
+@data_dir_option
+@click.option(
+    "--listen", default="127.0.0.1:8480", show_default=True, help="HOST:PORT of the HTTP API."
+)
+def serve_archive_api(data_dir: Path, listen: str) -> None:
+    """The read-only archive API: search, documents, evidence bundles (DESIGN §12)."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    path = data_dir / ARCHIVE_FILE
+    if not path.is_file():
+        raise UsageProblem(f"no archive at {path}")
+    archive = Archive(path, read_only=True)
+    click.echo(f"archive API on http://{listen} (read-only: {path})")
+    try:
+        uvicorn.run(
+            create_archive_app(archive),
+            host=host,
+            port=int(port),
+            log_config=None,
+            access_log=False,
+        )
+    finally:
+        archive.close()
 
 
 @serve.command("inbox")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bus.store.blobs import BlobStore
-from bus.store.sqlite import open_database
+from bus.store.sqlite import open_database, open_read_only
 from bus.tlog.checkpoint import Checkpoint, note_text
 from bus.tlog.merkle import (
     completed_nodes,
@@ -160,6 +161,38 @@ _COLUMNS = (
 )
 
 
+def fold(text: str | None) -> str:
+    """``text`` lower-cased without diacritics: "Kế hoạch" and "ke hoach" meet."""
+    if not text:
+        return ""
+    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _code_number(entry: Entry) -> str | None:
+    """A document's code number, from its record (the archive keeps no column for it)."""
+    codec = default_codec()
+    return codec.decode_document(codec.decode_event(entry.event).payload).code_number
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the archive API searches by (DESIGN §12); ``cursor`` is the last seq seen."""
+
+    sender: str | None = None
+    recipient: str | None = None
+    received_from: datetime | None = None
+    received_to: datetime | None = None
+    code_number: str | None = None
+    text: str | None = None
+    cursor: int = 0
+    limit: int = 50
+
+
 def _entry(row: sqlite3.Row) -> Entry:
     return Entry(
         seq=row["seq"],
@@ -184,12 +217,13 @@ def _entry(row: sqlite3.Row) -> Entry:
 class Archive:
     """An SQLite archive file. Thread-safe: calls are serialised."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
         #: Blob-store attachments, kept beside the database (checked copies).
         self.blobs = BlobStore(path.parent / "blobs")
         self._lock = threading.Lock()
-        self._db = open_database(path, SCHEMA, page_size=65536)
+        self._db = open_read_only(path) if read_only else open_database(path, SCHEMA, 65536)
+        self._db.create_function("fold", 1, fold, deterministic=True)
 
     def close(self) -> None:
         with self._lock:
@@ -430,6 +464,44 @@ class Archive:
                 "SELECT chain FROM log_keys WHERE origin = ?", (origin,)
             ).fetchone()
         return [] if row is None else _unpack(bytes(row[0]))
+
+    def search(self, query: Search) -> tuple[list[Entry], int | None]:
+        """Archived entries (no conflicts) matching ``query``, oldest first, and the cursor
+        of the next page (None on the last). Subjects match with or without diacritics."""
+        where, args = ["conflict = 0"], list[object]()
+        if query.sender:
+            where.append("sender = ?")
+            args.append(query.sender)
+        if query.recipient:
+            where.append("recipients LIKE ? ESCAPE '\\'")
+            args.append(f'%"{_like(query.recipient)}"%')
+        if query.received_from:
+            where.append("received_at >= ?")
+            args.append(query.received_from.astimezone(UTC).isoformat())
+        if query.received_to:
+            where.append("received_at < ?")
+            args.append(query.received_to.astimezone(UTC).isoformat())
+        if query.text:
+            where.append("fold(subject) LIKE ? ESCAPE '\\'")
+            args.append(f"%{_like(fold(query.text))}%")
+        sql = (
+            f"SELECT {_COLUMNS} FROM entries WHERE {' AND '.join(where)} AND seq > ?"
+            " ORDER BY seq LIMIT ?"
+        )
+        found: list[Entry] = []
+        after = query.cursor
+        while True:
+            with self._lock:
+                rows = self._db.execute(sql, (*args, after, query.limit)).fetchall()
+            if not rows:
+                return found, None
+            for row in rows:
+                entry = _entry(row)
+                after = entry.seq
+                if query.code_number is None or _code_number(entry) == query.code_number:
+                    found.append(entry)
+                    if len(found) == query.limit:
+                        return found, entry.seq
 
     def by_digest(self, digest: str) -> Entry | None:
         with self._lock:

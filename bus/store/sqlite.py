@@ -23,3 +23,14 @@ def open_database(path: Path, schema: str, page_size: int | None = None) -> sqli
     db.execute("PRAGMA busy_timeout = 10000")
     db.executescript(schema)
     return db
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """Open an existing database so that nothing can be written through the connection
+    (SQLite refuses every write: read-only by construction, not by care)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no database at {path}")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA busy_timeout = 10000")
+    return db

@@ -1,0 +1,159 @@
+"""The archive API (DESIGN §12): search, documents and evidence bundles for the unified
+document management system and auditors. Read-only by construction: the archive is opened
+through a connection SQLite refuses every write on."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Response
+from pydantic import BaseModel
+
+from bus.audit.evidence import export_evidence
+from bus.registry import VIETNAM
+from bus.store.archive import Archive, Entry, Search
+from bus.wire.codec import default_codec
+from bus.wire.errors import DocbusError
+from consumers.agency.problems import MEDIA_TYPE, Problem, install
+
+EVIDENCE_TYPE = "application/vnd.docbus.evidence+json"
+MAX_REVISION = 2**31 - 1
+
+
+class Item(BaseModel):
+    sender: str
+    document_id: str
+    revision: int
+    subject: str
+    recipients: list[str]
+    confidentiality: str
+    received_at: str
+    log_index: int
+
+
+class Page(BaseModel):
+    items: list[Item]
+    next: int | None
+
+
+class ProblemOut(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    reason: str | None = None
+
+
+_PROBLEM = {"model": ProblemOut, "content": {MEDIA_TYPE: {}}, "description": "a problem"}
+
+
+def create_archive_app(archive: Archive) -> FastAPI:
+    """The read-only API over ``archive``."""
+    app = FastAPI(
+        title="docbus archive",
+        version="1",
+        summary="Search the national archive; fetch documents and their evidence.",
+        responses={code: _PROBLEM for code in (400, 404, 422)},
+    )
+    install(app)
+
+    @app.get("/v1/archive/documents", response_model=Page)
+    async def search(
+        sender: str | None = None,
+        recipient: str | None = None,
+        from_: Annotated[date | None, Query(alias="from")] = None,
+        to: date | None = None,
+        code_number: str | None = None,
+        q: Annotated[str | None, Query(max_length=500)] = None,
+        cursor: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> Page:
+        """Documents by sender, recipient, receipt date (Vietnam time, ``to`` inclusive),
+        code number and subject words, with or without diacritics ("ke hoach" finds "Kế
+        hoạch"), oldest first; ``next`` is the cursor of the following page."""
+        found, after = archive.search(
+            Search(
+                sender=sender,
+                recipient=recipient,
+                received_from=_start(from_),
+                received_to=_start(to, days=1),
+                code_number=code_number,
+                text=q,
+                cursor=cursor,
+                limit=limit,
+            )
+        )
+        return Page(items=[_item(e) for e in found], next=after)
+
+    base = "/v1/archive/documents/{sender}/{document_id:path}/{revision:int}"
+
+    @app.get(
+        base + "/evidence",
+        response_class=Response,
+        responses={200: {"content": {EVIDENCE_TYPE: {}}, "description": "evidence bundle"}},
+    )
+    async def evidence(sender: str, document_id: str, revision: int) -> Response:
+        _revision(revision)
+        try:
+            bundle = export_evidence(archive, document_id, revision, sender)
+        except DocbusError as exc:
+            raise Problem(404, exc.message) from None
+        return Response(bundle.to_bytes(), media_type=EVIDENCE_TYPE)
+
+    @app.get(base)
+    async def document(sender: str, document_id: str, revision: int) -> dict[str, Any]:
+        """Every field of the archived document (a sealed one's stay sealed), where it sits
+        in the log, and when it was received."""
+        _revision(revision)
+        entries = [
+            e
+            for e in archive.find(document_id)
+            if e.sender == sender and e.revision == revision and not e.conflict
+        ]
+        if not entries:
+            raise Problem(404, f"{document_id} revision {revision} from {sender} is not archived")
+        entry = entries[0]
+        codec = default_codec()
+        doc = codec.decode_document(codec.decode_event(entry.event).payload)
+        avro = doc.to_avro()
+        for a in avro["attachments"]:
+            a.pop("content")  # the bytes are not metadata
+        return {
+            **{k: (v.isoformat() if isinstance(v, date) else v) for k, v in avro.items()},
+            "issued_at": doc.issued_at.isoformat(),
+            "sealed": doc.sealed is not None,
+            "received_at": entry.received_at.isoformat(),
+            "log_index": entry.log_index,
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _revision(revision: int) -> None:
+    if revision > MAX_REVISION:
+        raise Problem(404, "no such revision")
+
+
+def _start(day: date | None, days: int = 0) -> datetime | None:
+    """The first instant of ``day`` (plus ``days``) in Vietnam's time zone."""
+    if day is None:
+        return None
+    return datetime.combine(day + timedelta(days=days), time(), VIETNAM)
+
+
+def _item(e: Entry) -> Item:
+    return Item(
+        sender=e.sender,
+        document_id=e.document_id,
+        revision=e.revision,
+        subject=e.subject,
+        recipients=list(e.recipients),
+        confidentiality=e.confidentiality,
+        received_at=e.received_at.isoformat(),
+        log_index=e.log_index,
+    )

@@ -1,0 +1,108 @@
+"""The archive API over real HTTP, on an archive the real archiver wrote: search with and
+without diacritics, paging, a document, an evidence bundle that verifies offline; and
+nothing can be written through it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from bus.audit.evidence import Evidence, check_evidence
+from bus.store.archive import Archive
+from bus.trust.verifier import Policy, Verifier
+from consumers.archive_api import create_archive_app
+from tests.conftest import MINISTRY, Pki
+from tests.stack import NGHE_AN
+from tests.test_audit import archive_file, archiver_key  # noqa: F401  (the fixtures)
+
+
+@pytest.fixture
+async def api(archive_file: Path) -> AsyncIterator[tuple[str, Archive]]:  # noqa: F811
+    archive = Archive(archive_file, read_only=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(create_archive_app(archive), host="127.0.0.1", port=port, log_config=None)
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  (uvicorn offers only this flag)
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", archive
+    finally:
+        server.should_exit = True
+        await task
+        archive.close()
+
+
+async def test_search_finds_subjects_without_their_diacritics_and_pages(
+    api: tuple[str, Archive], pki: Pki
+) -> None:
+    url, _ = api
+    async with httpx.AsyncClient(base_url=url) as client:
+        found = (await client.get("/v1/archive/documents", params={"q": "van ban 3"})).json()
+        assert [i["subject"] for i in found["items"]] == ["Văn bản 3"]
+        assert (await client.get("/v1/archive/documents", params={"q": "VĂN BẢN 3"})).json()[
+            "items"
+        ] == found["items"]
+        by = {"sender": MINISTRY, "recipient": NGHE_AN, "limit": 3}
+        first = (await client.get("/v1/archive/documents", params=by)).json()
+        second = (
+            await client.get("/v1/archive/documents", params={**by, "cursor": first["next"]})
+        ).json()
+        assert len(first["items"]) == 3 and first["next"] is not None
+        assert {i["document_id"] for i in first["items"]}.isdisjoint(
+            i["document_id"] for i in second["items"]
+        )
+        nobody = await client.get("/v1/archive/documents", params={"sender": "000.00.00.H99"})
+        assert nobody.json() == {"items": [], "next": None}
+        item = found["items"][0]
+        base = f"/v1/archive/documents/{item['sender']}/{item['document_id']}/0"
+        shown = (await client.get(base)).json()
+        assert shown["subject"] == "Văn bản 3" and shown["log_index"] == item["log_index"]
+        bundle = await client.get(f"{base}/evidence")
+        assert bundle.status_code == 200
+        proven = check_evidence(
+            Evidence.from_bytes(bundle.content),
+            Verifier(pki.trust, Policy(issued_at_tolerance=None)),
+        )
+        assert proven.document.subject == "Văn bản 3"
+        missing = await client.get(f"/v1/archive/documents/{MINISTRY}/never/0")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+
+
+async def test_nothing_can_be_written_through_the_api_and_schemathesis_finds_nothing(
+    api: tuple[str, Archive], tmp_path: Path
+) -> None:
+    url, archive = api
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        archive._db.execute("DELETE FROM entries")
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "run",
+            f"{url}/openapi.json",
+            "--max-examples",
+            "15",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_schema_conformance",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
