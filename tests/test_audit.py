@@ -493,3 +493,18 @@ def test_evidence_from_a_log_the_attacker_signs_is_refused(archive_file: Path, p
     with pytest.raises(DocbusError) as refused:
         check_evidence(Evidence.from_bytes(forged.to_bytes()), verifier)
     assert refused.value.reason in (Reason.POLICY, Reason.ROLE_MISMATCH)
+
+
+def test_base64_with_other_spare_bits_is_another_byte_and_refused() -> None:
+    # b64decode ignores the spare low bits of the last character: "…A=" and "…B=" decode
+    # alike, so only encoding again shows the change.
+    bundle = Evidence(b"record", b"receipt", (b"cert",), b"note\n", 0, 1, (bytes(32),))
+    data = bundle.to_bytes()
+    spare = data.replace(
+        b'"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="',
+        b'"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB="',
+    )
+    assert spare != data
+    assert base64.b64decode(b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=") == bytes(32)
+    with pytest.raises(DocbusError, match="canonical"):
+        Evidence.from_bytes(spare)

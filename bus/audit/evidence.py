@@ -60,10 +60,8 @@ class Evidence:
             body = json.loads(data)
             if not isinstance(body, dict) or set(body) != _FIELDS or body["format"] != FORMAT:
                 raise ValueError("not a docbus evidence bundle")
-            if _canonical(body) != data:
-                raise ValueError("not in canonical form: a byte was changed")
             b64 = base64.b64decode
-            return cls(
+            evidence = cls(
                 record=b64(body["record"], validate=True),
                 receipt=b64(body["receipt"], validate=True),
                 log_key=tuple(b64(c, validate=True) for c in body["log_key"]),
@@ -72,6 +70,11 @@ class Evidence:
                 tree_size=int(body["tree_size"]),
                 proof=tuple(b64(h, validate=True) for h in body["proof"]),
             )
+            # Encoded again, it must be these very bytes: spacing, key order and the spare
+            # bits of base64 (which decoding ignores) are all pinned down.
+            if evidence.to_bytes() != data:
+                raise ValueError("not in canonical form: a byte was changed")
+            return evidence
         except (ValueError, TypeError, KeyError) as exc:
             raise DocbusError(Reason.MALFORMED, f"evidence bundle: {exc}") from None
 
