@@ -15,10 +15,10 @@ from bus.registry import VIETNAM
 from bus.store.archive import Archive, Entry, Search
 from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError
-from consumers.agency.problems import MEDIA_TYPE, Problem, install
+from bus.wire.limits import MAX_REVISION
+from consumers.agency.problems import Problem, install, problem_responses
 
 EVIDENCE_TYPE = "application/vnd.docbus.evidence+json"
-MAX_REVISION = 2**31 - 1
 
 
 class Item(BaseModel):
@@ -37,24 +37,13 @@ class Page(BaseModel):
     next: int | None
 
 
-class ProblemOut(BaseModel):
-    type: str
-    title: str
-    status: int
-    detail: str
-    reason: str | None = None
-
-
-_PROBLEM = {"model": ProblemOut, "content": {MEDIA_TYPE: {}}, "description": "a problem"}
-
-
 def create_archive_app(archive: Archive) -> FastAPI:
     """The read-only API over ``archive``."""
     app = FastAPI(
         title="docbus archive",
         version="1",
         summary="Search the national archive; fetch documents and their evidence.",
-        responses={code: _PROBLEM for code in (400, 404, 422)},
+        responses=problem_responses(400, 404, 422),
     )
     install(app)
 

@@ -28,6 +28,8 @@ MAX_EXTRA_KEY = 512
 MAX_TEXT = 64 * 1024
 #: Longest document id or attachment name: both become file names (255-byte limit).
 MAX_NAME = 200
+#: The largest revision: an Avro int.
+MAX_REVISION = 2**31 - 1
 
 
 def check_bounds(doc: Document) -> None:

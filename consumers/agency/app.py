@@ -27,6 +27,7 @@ from bus.wire.limits import (
     MAX_NAME,
     MAX_PARTIES,
     MAX_RECORD_BYTES,
+    MAX_REVISION,
     MAX_TEXT,
 )
 from bus.wire.model import (
@@ -42,13 +43,12 @@ from bus.wire.model import (
     now_ms,
 )
 from consumers.agency.node import AgencyNode
-from consumers.agency.problems import MEDIA_TYPE, Problem, install, problem_response
+from consumers.agency.problems import Problem, install, problem_response, problem_responses
 from consumers.edxml import document_to_edxml
 
 EVENT_TYPE = "application/vnd.docbus.event+avro"
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
-MAX_REVISION = 2**31 - 1  # an Avro int
 #: The largest request body: a document with its inline attachments in base64.
 MAX_BODY = MAX_RECORD_BYTES * 2
 _BEARER = HTTPBearer(auto_error=False)
@@ -77,23 +77,6 @@ class DocumentIn(BaseModel):
     response_for: str | None = Field(None, max_length=MAX_NAME)
     signer_name: str | None = Field(None, max_length=200)
     attachments: list[AttachmentIn] = Field([], max_length=MAX_ATTACHMENTS)
-
-
-class ProblemOut(BaseModel):
-    """RFC 9457 problem details."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    reason: str | None = None
-
-
-_PROBLEM = {"model": ProblemOut, "content": {MEDIA_TYPE: {}}, "description": "a problem"}
-#: Every route may answer these, as problem+json.
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: _PROBLEM for code in (400, 401, 404, 409, 413, 415, 422, 503)
-}
 
 
 class Queued(BaseModel):
@@ -157,7 +140,7 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
         version="1",
         summary="Send, follow and receive signed documents on the bus over HTTP.",
         lifespan=lifespan,
-        responses=ERRORS,
+        responses=problem_responses(400, 401, 404, 409, 413, 415, 422, 503),
     )
     install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

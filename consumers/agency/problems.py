@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from bus.wire.errors import DocbusError, Reason
@@ -26,6 +27,22 @@ _TITLES = {
 }
 #: The HTTP status that answers each reason code of the bus (DESIGN §7).
 STATUS_OF = {Reason.TOO_LARGE: 413, Reason.DUPLICATE_CONFLICT: 409, Reason.MALFORMED: 400}
+
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    reason: str | None = None
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of an app whose routes may answer ``codes`` as problems."""
+    problem = {"model": ProblemOut, "content": {MEDIA_TYPE: {}}, "description": "a problem"}
+    return {code: problem for code in codes}
 
 
 class Problem(Exception):
