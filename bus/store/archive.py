@@ -34,6 +34,9 @@ from bus.wire.codec import default_codec
 from bus.wire.model import Document
 
 ARCHIVE_FILE = "archive.sqlite"
+#: Log nodes kept in memory: a perfect subtree's hash never changes once written, and every
+#: inclusion proof of a batch reads the same upper nodes.
+_NODE_CACHE = 1 << 16
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -224,6 +227,9 @@ class Archive:
         self._lock = threading.Lock()
         self._db = open_read_only(path) if read_only else open_database(path, SCHEMA, 65536)
         self._db.create_function("fold", 1, fold, deterministic=True)
+        self._nodes: dict[tuple[int, int], bytes] = {}
+        #: Nodes written by the transaction in progress: cached only once it commits.
+        self._pending: dict[tuple[int, int], bytes] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -269,10 +275,9 @@ class Archive:
                     original = self._original_payload(e.sender, e.document_id, e.revision)
                     conflict = original is not None and original != e.payload_digest
                     index = self._size()
-                    self._db.executemany(
-                        "INSERT INTO log_nodes VALUES (?, ?, ?)",
-                        completed_nodes(index, leaf_hash(e.event), self._node),
-                    )
+                    nodes = completed_nodes(index, leaf_hash(e.event), self._node)
+                    self._db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)", nodes)
+                    self._pending.update(((level, i), h) for level, i, h in nodes)
                     self._db.execute(
                         f"INSERT INTO entries ({_COLUMNS}) VALUES "
                         "(NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -296,9 +301,12 @@ class Archive:
                     )
                     results.append((Stored.CONFLICT if conflict else Stored.NEW, index))
                 self._db.execute("COMMIT")
+                self._cache(self._pending)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._pending = {}
         return results
 
     def _follows(self, e: NewEntry) -> bool:
@@ -395,12 +403,24 @@ class Archive:
     # The transparency log. The caller holds no lock: each method takes it.
 
     def _node(self, level: int, index: int) -> bytes:
+        key = (level, index)
+        found = self._pending.get(key) or self._nodes.get(key)
+        if found is not None:
+            return found
         row = self._db.execute(
-            "SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", (level, index)
+            "SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", key
         ).fetchone()
         if row is None:
             raise KeyError(f"log node ({level}, {index}) is missing")
-        return bytes(row[0])
+        found = bytes(row[0])
+        if not self._pending:  # read outside a write: the stored node is committed
+            self._cache({key: found})
+        return found
+
+    def _cache(self, nodes: dict[tuple[int, int], bytes]) -> None:
+        if len(self._nodes) + len(nodes) > _NODE_CACHE:
+            self._nodes.clear()
+        self._nodes.update(nodes)
 
     def _size(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log_nodes WHERE level = 0")

@@ -8,7 +8,6 @@ revocation time the CRLs give.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -76,7 +75,7 @@ class ChainBuilder:
         self.trust = trust
         self._key_check = key_check
         self._usage = usage
-        self._chains: OrderedDict[bytes, Chain | DocbusError] = OrderedDict()
+        self._chains: OrderedDict[tuple[bytes, ...], Chain | DocbusError] = OrderedDict()
         ee = ExtensionPolicy.permit_all()  # agency certificates often lack SAN/EKU
         ca = ExtensionPolicy.webpki_defaults_ca()
         self._builder = (
@@ -88,7 +87,7 @@ class ChainBuilder:
 
         Raises DocbusError: untrusted_certificate, weak_algorithm (from the key check).
         """
-        cache_key = hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in ders)).digest()
+        cache_key = tuple(ders)  # the DER bytes themselves: no hashing per use
         found = self._chains.get(cache_key)
         if found is None:
             found = self._build(tuple(ders))

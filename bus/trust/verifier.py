@@ -30,6 +30,7 @@ from bus.wire.codec import Codec, default_codec
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.limits import check_bounds
 from bus.wire.model import (
+    STATUS_TYPE,
     Algorithm,
     Confidentiality,
     Document,
@@ -168,23 +169,28 @@ class Verifier:
             return Rejected(Reason.POLICY, "no gateway receipt: the record bypassed the gateway")
         try:
             event = self.codec.decode_event(receipt)
+            if event.payload_type != STATUS_TYPE:
+                raise DocbusError(Reason.MALFORMED, "it is not a status")
             status = self.codec.decode_status(event.payload)
         except DocbusError as exc:
             return Rejected(exc.reason, f"gateway receipt: {exc.message}")
         self.refresh()
-        checked = self.verify_event(event, status.at)
+        checked = self.verify_event(event, status.at, status)
         if isinstance(checked, Rejected):
             return Rejected(checked.reason, f"gateway receipt: {checked.message}")
         if status.code is not StatusCode.DELIVERED or status.event_digest != event_digest(record):
             return Rejected(Reason.POLICY, "the gateway receipt is for other bytes")
         return self.verify(record, status.at)
 
-    def verify_event(self, event: SignedEvent, at: datetime) -> Verified | Rejected:
-        """Verify an already decoded event as received at ``at``."""
+    def verify_event(
+        self, event: SignedEvent, at: datetime, decoded: Document | Status | None = None
+    ) -> Verified | Rejected:
+        """Verify an already decoded event as received at ``at`` (``decoded``: its payload,
+        when the caller decoded it from ``event.payload`` already)."""
         payload: Document | Status | None = None
         try:
             signers = self._check_signatures(event, at)
-            payload = self.codec.decode_payload(event)
+            payload = decoded or self.codec.decode_payload(event)
             self._check_payload(payload, signers, at)
         except DocbusError as exc:
             return Rejected(exc.reason, exc.message, event, payload or self._identify(event))
