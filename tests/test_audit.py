@@ -28,7 +28,7 @@ from bus.store.archive import Archive, NewEntry
 from bus.store.blobs import BlobStore
 from bus.store.outbox import State
 from bus.tlog.checkpoint import Checkpoint
-from bus.tlog.merkle import leaf_hash
+from bus.tlog.merkle import MemoryTree, leaf_hash, verify_inclusion
 from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey, sign_checkpoint
 from bus.trust.verifier import Policy, Verifier
@@ -508,3 +508,32 @@ def test_base64_with_other_spare_bits_is_another_byte_and_refused() -> None:
     assert base64.b64decode(b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=") == bytes(32)
     with pytest.raises(DocbusError, match="canonical"):
         Evidence.from_bytes(spare)
+
+
+def test_log_nodes_of_a_rolled_back_batch_are_never_remembered(pki: Pki, tmp_path: Path) -> None:
+    # The archive keeps committed log nodes in memory. A batch that fails after writing its
+    # nodes is rolled back; the roots and proofs that follow must be those of the leaves the
+    # log holds, exactly as a reader with nothing in memory computes them from the file.
+    keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
+    values = [
+        document_record(new_document(MINISTRY, [NGHE_AN], f"Văn bản {i}"), keys) for i in range(7)
+    ]
+    entries = [NewEntry.of(_doc_of(v), v, "docbus.deliver.nghe-an", now_ms()) for v in values]
+    path = tmp_path / "archive.sqlite"
+    with Archive(path) as archive:
+        archive.store(entries[:3])
+        archive.inclusion_proof(0, 3)  # committed nodes now in memory
+        broken = dataclasses.replace(entries[4], subject=None)  # type: ignore[arg-type]
+        with pytest.raises(sqlite3.IntegrityError):
+            archive.store([entries[3], broken])
+        assert archive.log_size() == 3
+        archive.store(entries[4:])
+        archive.store(entries[3:4])
+        order = [*values[:3], *values[4:], values[3]]
+        tree = MemoryTree(order)
+        assert archive.root(7) == tree.root()
+        remembered = [archive.inclusion_proof(i, 7) for i in range(7)]
+    with Archive(path) as fresh:  # nothing in memory: every node read from the file
+        assert [fresh.inclusion_proof(i, 7) for i in range(7)] == remembered
+        for i, value in enumerate(order):
+            assert verify_inclusion(leaf_hash(value), i, 7, remembered[i], tree.root())
