@@ -30,7 +30,7 @@ from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.records import document_record
 from bus.kafka.topics import Topics, ensure_topics
 from bus.registry import load_registry
-from bus.store.archive import Archive, NewEntry
+from bus.store.archive import NewEntry, SqliteArchive
 from bus.store.blobs import BlobStore
 from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey
@@ -43,7 +43,7 @@ from tests.records import delivered, receipt_headers
 
 
 def append(folder: Path, n: int) -> None:
-    archive = Archive(folder / "log.sqlite")
+    archive = SqliteArchive(folder / "log.sqlite")
     at = now_ms()
     rates, done, batch = [], 0, 1000
     bare_start = time.perf_counter()
@@ -109,7 +109,7 @@ def replay_rate(folder: Path, m: int) -> None:
         doc = new_document("000.00.00.G22", ["000.00.00.H41"], f"Văn bản {i}")
         doc = dataclasses.replace(doc, attachments=(attachment("a.bin", body),))
         records.append(document_record(doc, keys))
-    archive = Archive(folder / "archive.sqlite")
+    archive = SqliteArchive(folder / "archive.sqlite")
     topic = Topics().deliver("nghe-an")
     gateway = SigningKey.load(
         Role.SERVICE, *pki.issue("docbus.gateway", CertRole.SERVICE, KeyAlgorithm.ED25519)

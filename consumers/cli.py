@@ -27,7 +27,7 @@ from bus.cli.options import (
 )
 from bus.kafka.runtime import ConsumerRuntime, run_until_signalled
 from bus.registry import Registry
-from bus.store.archive import ARCHIVE_FILE, Archive, open_archive
+from bus.store.archive import ARCHIVE_FILE, SqliteArchive, open_archive
 from bus.trust.sealing import EncryptionKey
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
@@ -171,7 +171,7 @@ def serve_archive_api(data_dir: Path, listen: str) -> None:
     path = data_dir / ARCHIVE_FILE
     if not path.is_file():
         raise UsageProblem(f"no archive at {path}")
-    archive = Archive(path, read_only=True)
+    archive = SqliteArchive(path, read_only=True)
     click.echo(f"archive API on http://{listen} (read-only: {path})")
     try:
         uvicorn.run(

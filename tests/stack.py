@@ -18,7 +18,7 @@ from bus.kafka.publisher import Publisher
 from bus.kafka.runtime import ConsumerRuntime
 from bus.kafka.topics import ensure_topics
 from bus.registry import Registry
-from bus.store.archive import Archive
+from bus.store.archive import Archive, SqliteArchive
 from bus.store.blobs import BlobStore
 from bus.store.outbox import Outbox
 from bus.trust.pki import KeyAlgorithm
@@ -156,7 +156,7 @@ async def running_stack(
         pki.key(MINISTRY, Role.SIGNER),
         pki.key(MINISTRY, Role.AGENCY, KeyAlgorithm.ED25519),
     ]
-    archive = Archive(folder / "archive.sqlite")
+    archive = SqliteArchive(folder / "archive.sqlite")
     outbox = Outbox(folder / "outbox.sqlite")
     verifier = Verifier(pki.trust, Policy(), registry)
     publisher = Publisher(

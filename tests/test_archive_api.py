@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from bus.audit.evidence import Evidence, check_evidence
-from bus.store.archive import Archive
+from bus.store.archive import Archive, SqliteArchive
 from bus.trust.verifier import Policy, Verifier
 from consumers.archive_api import create_archive_app
 from tests.conftest import MINISTRY, Pki
@@ -27,7 +27,7 @@ from tests.test_audit import archive_file, archiver_key  # noqa: F401  (the fixt
 
 @pytest.fixture
 async def api(archive_file: Path) -> AsyncIterator[tuple[str, Archive]]:  # noqa: F811
-    archive = Archive(archive_file, read_only=True)
+    archive = SqliteArchive(archive_file, read_only=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])

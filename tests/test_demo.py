@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.store.archive import Archive
+from bus.store.archive import SqliteArchive
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def test_the_demo_meets_every_expected_outcome(tmp_path: Path) -> None:
         and "✗" not in done.stdout
     )
     assert "Traceback" not in done.stdout + done.stderr
-    archive = Archive(tmp_path / "archive" / "archive.sqlite")
+    archive = SqliteArchive(tmp_path / "archive" / "archive.sqlite")
     try:
         # plain, two-jurisdiction, merged-province, secret and edXML documents, the one
         # forged statuses could not settle and the one signed before its key was revoked;

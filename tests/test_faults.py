@@ -19,7 +19,7 @@ from bus.kafka.records import document_record
 from bus.kafka.runtime import ConsumerRuntime, Output, Record, Result
 from bus.kafka.topics import ensure_topics
 from bus.registry import Registry
-from bus.store.archive import Archive
+from bus.store.archive import SqliteArchive
 from bus.store.outbox import State
 from bus.trust.pki import CertRole, KeyAlgorithm
 from bus.wire.model import Role
@@ -58,7 +58,7 @@ def _start_archiver(
 def _count(path: Path) -> int:
     if not path.exists():
         return 0
-    archive = Archive(path)
+    archive = SqliteArchive(path)
     try:
         return archive.count()
     finally:
@@ -115,7 +115,7 @@ async def test_an_archiver_killed_mid_batch_archives_each_document_exactly_once(
         second.terminate()
         second.wait(timeout=20)
     assert second.returncode == 0  # a graceful stop on SIGTERM
-    archive = Archive(db)
+    archive = SqliteArchive(db)
     entries = archive.entries()
     archive.close()
     assert len(entries) == len(docs)

@@ -34,7 +34,7 @@ def verify_archive(
     conflict flag, every entry whose signatures no longer verify at its receipt time,
     every forged or inconsistent checkpoint and every checkpoint the rows do not reproduce.
     """
-    report = Report(f"verify-archive {archive.path}")
+    report = Report(f"verify-archive {archive.name}")
     roots = _check_checkpoints(archive, verifier, report, witnesses_required, topic or Published())
     if topic is not None:
         _check_published(archive, verifier, topic, roots, report)

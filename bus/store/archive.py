@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, Protocol, Self
 
 from bus.store.blobs import BlobStore
 from bus.store.sqlite import open_database, open_read_only
@@ -38,8 +38,15 @@ ARCHIVE_FILE = "archive.sqlite"
 #: inclusion proof of a batch reads the same upper nodes.
 _NODE_CACHE = 1 << 16
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
+#: Schema version 2 folds subjects into a column (search with or without diacritics).
+FOLDED_SUBJECTS = 2
+
+#: SQLite's schema, by version (see :attr:`Archive.MIGRATIONS`).
+SQLITE_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY,
     document_id TEXT NOT NULL,
     revision INTEGER NOT NULL,
@@ -57,26 +64,43 @@ CREATE TABLE IF NOT EXISTS entries (
     receipt BLOB NOT NULL DEFAULT x'',
     log_index INTEGER NOT NULL UNIQUE,
     UNIQUE (sender, document_id, revision, digest)
-);
-CREATE INDEX IF NOT EXISTS entries_document ON entries (sender, document_id, revision);
-CREATE INDEX IF NOT EXISTS entries_digest ON entries (digest);
-CREATE TABLE IF NOT EXISTS log_nodes (
+)""",
+            "CREATE INDEX IF NOT EXISTS entries_document"
+            " ON entries (sender, document_id, revision)",
+            "CREATE INDEX IF NOT EXISTS entries_digest ON entries (digest)",
+            """CREATE TABLE IF NOT EXISTS log_nodes (
     level INTEGER NOT NULL,
     idx INTEGER NOT NULL,
     hash BLOB NOT NULL,
     PRIMARY KEY (level, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS checkpoints (
+) WITHOUT ROWID""",
+            """CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
     root BLOB NOT NULL,
     at TEXT NOT NULL,
     signed BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS log_keys (
-    origin TEXT PRIMARY KEY,
-    chain BLOB NOT NULL
-);
-"""
+)""",
+            "CREATE TABLE IF NOT EXISTS log_keys (origin TEXT PRIMARY KEY, chain BLOB NOT NULL)",
+        ),
+    ),
+    (FOLDED_SUBJECTS, ("ALTER TABLE entries ADD COLUMN subject_fold TEXT NOT NULL DEFAULT ''",)),
+)
+
+
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Db(Protocol):
+    """A DB-API connection as both stores use it (sqlite3's and psycopg's)."""
+
+    def execute(self, sql: str, params: Sequence[object] = ...) -> Cursor: ...
+
+    def close(self) -> None: ...
 
 
 class Stored(StrEnum):
@@ -157,10 +181,14 @@ class StoredCheckpoint:
     at: datetime
 
 
+_INSERTED = (
+    "document_id, revision, digest, payload_digest, sender, recipients, subject, "
+    "confidentiality, topic, received_at, archived_at, conflict, event, receipt, log_index, "
+    "subject_fold"
+)
 _COLUMNS = (
     "seq, document_id, revision, digest, payload_digest, sender, recipients, subject, "
-    "confidentiality, topic, "
-    "received_at, archived_at, conflict, event, receipt, log_index"
+    "confidentiality, topic, received_at, archived_at, conflict, event, receipt, log_index"
 )
 
 
@@ -196,7 +224,7 @@ class Search:
     limit: int = 50
 
 
-def _entry(row: sqlite3.Row) -> Entry:
+def _entry(row: Any) -> Entry:
     return Entry(
         seq=row["seq"],
         document_id=row["document_id"],
@@ -218,24 +246,81 @@ def _entry(row: sqlite3.Row) -> Entry:
 
 
 class Archive:
-    """An SQLite archive file. Thread-safe: calls are serialised."""
+    """The archive, whatever holds it: the logic of storing, the log and the queries, over
+    one database connection (:class:`SqliteArchive`, :class:`~bus.store.postgres.PostgresArchive`).
 
-    def __init__(self, path: Path, read_only: bool = False) -> None:
-        self.path = path
-        #: Blob-store attachments, kept beside the database (checked copies).
-        self.blobs = BlobStore(path.parent / "blobs")
+    Thread-safe: calls are serialised. Subclasses give the connection, how a write begins
+    (one writer at a time appends to the log) and their dialect's schema migrations.
+    """
+
+    #: The schema, one step per version: (version, statements). Applied in order on open,
+    #: each once; the version reached is kept in ``schema_version``.
+    MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ()
+
+    def __init__(self, name: str, blobs: BlobStore, db: Db) -> None:
+        #: What to call it in reports (a path, or a database URL without its password).
+        self.name = name
+        #: Blob-store attachments (checked copies), kept in a folder beside the database.
+        self.blobs = blobs
         self._lock = threading.Lock()
-        self._db = open_read_only(path) if read_only else open_database(path, SCHEMA, 65536)
-        self._db.create_function("fold", 1, fold, deterministic=True)
+        self._db = db
         self._nodes: dict[tuple[int, int], bytes] = {}
         #: Nodes written by the transaction in progress: cached only once it commits.
         self._pending: dict[tuple[int, int], bytes] = {}
+
+    def _sql(self, sql: str) -> str:
+        """A statement written with ``?`` placeholders, in this database's dialect."""
+        return sql
+
+    def _exec(self, sql: str, params: Sequence[object] = ()) -> Cursor:
+        return self._db.execute(self._sql(sql), params)
+
+    def _exec_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        raise NotImplementedError
+
+    def _begin(self) -> None:
+        """Begin a write transaction that no other writer of the log runs beside."""
+        raise NotImplementedError
+
+    def _migrate(self) -> None:
+        """Bring the schema to the newest version, each step once, in one transaction."""
+        with self._lock:
+            self._begin()
+            try:
+                self._exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                row = self._exec("SELECT MAX(version) FROM schema_version").fetchone()
+                current = int(row[0]) if row is not None and row[0] is not None else 0
+                for version, statements in self.MIGRATIONS:
+                    if version <= current:
+                        continue
+                    for statement in statements:
+                        self._exec(statement)
+                    if version == FOLDED_SUBJECTS:
+                        self._fold_subjects()
+                    self._exec("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                self._exec("COMMIT")
+            except BaseException:
+                self._exec("ROLLBACK")
+                raise
+
+    def _fold_subjects(self) -> None:
+        rows = self._exec("SELECT seq, subject FROM entries").fetchall()
+        self._exec_many(
+            "UPDATE entries SET subject_fold = ? WHERE seq = ?",
+            [(fold(r[1]), r[0]) for r in rows],
+        )
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._exec("SELECT MAX(version) FROM schema_version").fetchone()
+            return int(row[0])
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> Archive:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -250,12 +335,12 @@ class Archive:
         now = datetime.now(UTC).isoformat()
         results: list[tuple[Stored, int]] = []
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 for e in entries:
                     digests = {
                         r[0]: (r[1], r[2])
-                        for r in self._db.execute(
+                        for r in self._exec(
                             "SELECT digest, conflict, log_index FROM entries"
                             " WHERE sender = ? AND document_id = ? AND revision = ?",
                             (e.sender, e.document_id, e.revision),
@@ -276,11 +361,11 @@ class Archive:
                     conflict = original is not None and original != e.payload_digest
                     index = self._size()
                     nodes = completed_nodes(index, leaf_hash(e.event), self._node)
-                    self._db.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)", nodes)
+                    self._exec_many("INSERT INTO log_nodes VALUES (?, ?, ?)", nodes)
                     self._pending.update(((level, i), h) for level, i, h in nodes)
-                    self._db.execute(
-                        f"INSERT INTO entries ({_COLUMNS}) VALUES "
-                        "(NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    self._exec(
+                        f"INSERT INTO entries ({_INSERTED}) VALUES "
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             e.document_id,
                             e.revision,
@@ -297,13 +382,14 @@ class Archive:
                             e.event,
                             e.receipt,
                             index,
+                            fold(e.subject),
                         ),
                     )
                     results.append((Stored.CONFLICT if conflict else Stored.NEW, index))
-                self._db.execute("COMMIT")
+                self._exec("COMMIT")
                 self._cache(self._pending)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._exec("ROLLBACK")
                 raise
             finally:
                 self._pending = {}
@@ -316,7 +402,7 @@ class Archive:
             return True
         senders = sorted({e.sender, *e.originators})
         marks = ", ".join("?" * len(senders))
-        row = self._db.execute(
+        row = self._exec(
             "SELECT MAX(revision) FROM entries WHERE document_id = ? AND conflict = 0"
             f" AND sender IN ({marks})",
             (e.document_id, *senders),
@@ -327,7 +413,7 @@ class Archive:
         """Entries in archive order (oldest first)."""
         sql = f"SELECT {_COLUMNS} FROM entries ORDER BY seq"
         with self._lock:
-            rows = self._db.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
+            rows = self._exec(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
             return [_entry(r) for r in rows]
 
     def stream(self, chunk: int = 1000) -> Iterator[Entry]:
@@ -335,7 +421,7 @@ class Archive:
         after = -1
         while True:
             with self._lock:
-                rows = self._db.execute(
+                rows = self._exec(
                     f"SELECT {_COLUMNS} FROM entries WHERE log_index > ?"
                     " ORDER BY log_index LIMIT ?",
                     (after, chunk),
@@ -351,7 +437,7 @@ class Archive:
         after = 0
         while True:
             with self._lock:
-                rows = self._db.execute(
+                rows = self._exec(
                     "SELECT seq, log_index FROM entries WHERE seq > ? ORDER BY seq LIMIT ?",
                     (after, chunk),
                 ).fetchall()
@@ -367,7 +453,7 @@ class Archive:
             return self._original_payload(sender, document_id, revision)
 
     def _original_payload(self, sender: str, document_id: str, revision: int) -> str | None:
-        row = self._db.execute(
+        row = self._exec(
             "SELECT payload_digest FROM entries WHERE sender = ? AND document_id = ?"
             " AND revision = ? ORDER BY seq LIMIT 1",
             (sender, document_id, revision),
@@ -390,14 +476,14 @@ class Archive:
     def find(self, document_id: str) -> list[Entry]:
         """Every stored entry of a document, all revisions, conflicts included."""
         with self._lock:
-            rows = self._db.execute(
+            rows = self._exec(
                 f"SELECT {_COLUMNS} FROM entries WHERE document_id = ? ORDER BY seq", (document_id,)
             )
             return [_entry(r) for r in rows]
 
     def count(self) -> int:
         with self._lock:
-            row = self._db.execute("SELECT count(*) FROM entries").fetchone()
+            row = self._exec("SELECT count(*) FROM entries").fetchone()
             return int(row[0])
 
     # The transparency log. The caller holds no lock: each method takes it.
@@ -407,9 +493,7 @@ class Archive:
         found = self._pending.get(key) or self._nodes.get(key)
         if found is not None:
             return found
-        row = self._db.execute(
-            "SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", key
-        ).fetchone()
+        row = self._exec("SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", key).fetchone()
         if row is None:
             raise KeyError(f"log node ({level}, {index}) is missing")
         found = bytes(row[0])
@@ -423,7 +507,7 @@ class Archive:
         self._nodes.update(nodes)
 
     def _size(self) -> int:
-        row = self._db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log_nodes WHERE level = 0")
+        row = self._exec("SELECT COALESCE(MAX(idx) + 1, 0) FROM log_nodes WHERE level = 0")
         return int(row.fetchone()[0])
 
     def log_size(self) -> int:
@@ -441,23 +525,24 @@ class Archive:
     def leaf_hashes(self) -> list[bytes]:
         """The log's stored leaf hashes, in log order."""
         with self._lock:
-            rows = self._db.execute("SELECT hash FROM log_nodes WHERE level = 0 ORDER BY idx")
+            rows = self._exec("SELECT hash FROM log_nodes WHERE level = 0 ORDER BY idx")
             return [bytes(r[0]) for r in rows]
 
     def add_checkpoint(self, checkpoint: Checkpoint, signed: bytes, at: datetime) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?)",
+            self._exec(
+                "INSERT INTO checkpoints (size, root, at, signed) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (checkpoint.size, checkpoint.root, at.isoformat(), signed),
             )
 
     def checkpoints(self) -> Iterator[StoredCheckpoint]:
         """Every stored signed checkpoint, smallest first (as stored: audits re-check them)."""
         with self._lock:
-            sizes = [r[0] for r in self._db.execute("SELECT size FROM checkpoints ORDER BY size")]
+            sizes = [r[0] for r in self._exec("SELECT size FROM checkpoints ORDER BY size")]
         for size in sizes:  # one row at a time: memory stays bounded
             with self._lock:
-                row = self._db.execute(
+                row = self._exec(
                     "SELECT signed, at FROM checkpoints WHERE size = ?", (size,)
                 ).fetchone()
             if row is not None:
@@ -465,7 +550,7 @@ class Archive:
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         with self._lock:
-            row = self._db.execute(
+            row = self._exec(
                 "SELECT signed, at FROM checkpoints ORDER BY size DESC LIMIT 1"
             ).fetchone()
         return None if row is None else _stored(row)
@@ -473,16 +558,16 @@ class Archive:
     def set_log_key(self, origin: str, chain: Sequence[bytes]) -> None:
         """Keep the certificate chain (DER, leaf first) whose key signs ``origin``'s notes."""
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO log_keys VALUES (?, ?)", (origin, _pack(chain))
+            self._exec(
+                "INSERT INTO log_keys (origin, chain) VALUES (?, ?)"
+                " ON CONFLICT (origin) DO UPDATE SET chain = excluded.chain",
+                (origin, _pack(chain)),
             )
 
     def log_key(self, origin: str) -> list[bytes]:
         """The certificate chain that signs ``origin``'s checkpoints (empty if unknown)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT chain FROM log_keys WHERE origin = ?", (origin,)
-            ).fetchone()
+            row = self._exec("SELECT chain FROM log_keys WHERE origin = ?", (origin,)).fetchone()
         return [] if row is None else _unpack(bytes(row[0]))
 
     def search(self, query: Search) -> tuple[list[Entry], int | None]:
@@ -502,7 +587,7 @@ class Archive:
             where.append("received_at < ?")
             args.append(query.received_to.astimezone(UTC).isoformat())
         if query.text:
-            where.append("fold(subject) LIKE ? ESCAPE '\\'")
+            where.append("subject_fold LIKE ? ESCAPE '\\'")
             args.append(f"%{_like(fold(query.text))}%")
         sql = (
             f"SELECT {_COLUMNS} FROM entries WHERE {' AND '.join(where)} AND seq > ?"
@@ -512,7 +597,7 @@ class Archive:
         after = query.cursor
         while True:
             with self._lock:
-                rows = self._db.execute(sql, (*args, after, query.limit)).fetchall()
+                rows = self._exec(sql, (*args, after, query.limit)).fetchall()
             if not rows:
                 return found, None
             for row in rows:
@@ -525,21 +610,55 @@ class Archive:
 
     def by_digest(self, digest: str) -> Entry | None:
         with self._lock:
-            row = self._db.execute(
+            row = self._exec(
                 f"SELECT {_COLUMNS} FROM entries WHERE digest = ?", (digest,)
             ).fetchone()
         return None if row is None else _entry(row)
 
 
-def open_archive(data_dir: Path, create: bool = False) -> Archive:
-    """The archive kept in ``data_dir``; FileNotFoundError unless it exists or ``create``."""
+class SqliteArchive(Archive):
+    """An archive in one SQLite file (WAL), written by one process; its blobs beside it."""
+
+    MIGRATIONS = SQLITE_MIGRATIONS
+
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        self.path = path
+        db = open_read_only(path) if read_only else open_database(path, "", 65536)
+        super().__init__(str(path), BlobStore(path.parent / "blobs"), db)
+        if not read_only:
+            self._migrate()
+
+    def _exec_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        self._db.executemany(sql, rows)  # type: ignore[attr-defined]
+
+    def _begin(self) -> None:
+        self._exec("BEGIN IMMEDIATE")
+
+
+def open_archive(
+    data_dir: Path | None, create: bool = False, database: str | None = None
+) -> Archive:
+    """The archive in PostgreSQL at ``database`` (its blobs in ``data_dir/blobs``), else the
+    SQLite one kept in ``data_dir``; FileNotFoundError unless it exists or ``create``."""
+    if database:
+        from bus.store.postgres import PostgresArchive  # psycopg only where it is used
+
+        return PostgresArchive(database, archive_blobs(data_dir))
+    if data_dir is None:
+        raise FileNotFoundError("no archive: give a data folder or a database URL")
     path = data_dir / ARCHIVE_FILE
     if not create and not path.is_file():
         raise FileNotFoundError(f"no archive at {path}")
-    return Archive(path)
+    return SqliteArchive(path)
 
 
-def _stored(row: sqlite3.Row) -> StoredCheckpoint:
+def archive_blobs(data_dir: Path | None) -> BlobStore:
+    """Where a PostgreSQL archive keeps its blob copies: ``data_dir/blobs`` (else
+    ``./archive-blobs``, for commands that only read rows)."""
+    return BlobStore(data_dir / "blobs" if data_dir else Path("archive-blobs"))
+
+
+def _stored(row: Any) -> StoredCheckpoint:
     signed = bytes(row["signed"])
     return StoredCheckpoint(
         Checkpoint.parse(note_text(signed)), signed, datetime.fromisoformat(row["at"])

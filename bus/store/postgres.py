@@ -1,0 +1,133 @@
+"""The archive in PostgreSQL (DESIGN §6): several archiver processes on one database.
+
+The logic is :class:`~bus.store.archive.Archive`'s, the same as SQLite's; this module gives
+the connection, the dialect and the schema. Archivers run side by side as one consumer group
+over the delivery partitions; each batch is one transaction that first takes a
+transaction-scoped advisory lock, so log indexes are assigned inside the transaction and the
+log stays one append-only sequence whoever writes it. Verification, the expensive part,
+runs in every archiver at once; only the appends take turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import RowMaker
+
+from bus.store.archive import FOLDED_SUBJECTS, Archive, Cursor
+from bus.store.blobs import BlobStore
+
+#: The advisory lock every writer of the log takes (any fixed 64-bit number: "docbus").
+_LOG_LOCK = int.from_bytes(b"docbus", "big")
+
+#: PostgreSQL's schema, by version: the same tables and versions as SQLite's.
+POSTGRES_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE IF NOT EXISTS entries (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    document_id TEXT NOT NULL,
+    revision BIGINT NOT NULL,
+    digest TEXT NOT NULL,
+    payload_digest TEXT NOT NULL DEFAULT '',
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    confidentiality TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    archived_at TEXT NOT NULL,
+    conflict INTEGER NOT NULL DEFAULT 0,
+    event BYTEA NOT NULL,
+    receipt BYTEA NOT NULL DEFAULT '',
+    log_index BIGINT NOT NULL UNIQUE,
+    UNIQUE (sender, document_id, revision, digest)
+)""",
+            "CREATE INDEX IF NOT EXISTS entries_document"
+            " ON entries (sender, document_id, revision)",
+            "CREATE INDEX IF NOT EXISTS entries_digest ON entries (digest)",
+            """CREATE TABLE IF NOT EXISTS log_nodes (
+    level INTEGER NOT NULL,
+    idx BIGINT NOT NULL,
+    hash BYTEA NOT NULL,
+    PRIMARY KEY (level, idx)
+)""",
+            """CREATE TABLE IF NOT EXISTS checkpoints (
+    size BIGINT PRIMARY KEY,
+    root BYTEA NOT NULL,
+    at TEXT NOT NULL,
+    signed BYTEA NOT NULL
+)""",
+            "CREATE TABLE IF NOT EXISTS log_keys (origin TEXT PRIMARY KEY, chain BYTEA NOT NULL)",
+        ),
+    ),
+    (FOLDED_SUBJECTS, ("ALTER TABLE entries ADD COLUMN subject_fold TEXT NOT NULL DEFAULT ''",)),
+)
+
+
+class _Row(tuple[Any, ...]):
+    """A row read by position or by column name, as sqlite3.Row is."""
+
+    names: dict[str, int]
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return super().__getitem__(self.names[key])
+        return super().__getitem__(key)
+
+
+def _rows(cursor: Any) -> RowMaker[_Row]:
+    names = {c.name: i for i, c in enumerate(cursor.description or ())}
+
+    def make(values: Sequence[Any]) -> _Row:
+        row = _Row(bytes(v) if isinstance(v, memoryview) else v for v in values)
+        row.names = names
+        return row
+
+    return make
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, to name it in reports and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresArchive(Archive):
+    """An archive in a PostgreSQL database, shared by any number of archiver processes.
+
+    :param url: a libpq connection URL (``postgresql://user@host:5432/db``).
+    :param blobs: where blob-store attachments are copied (a folder).
+    :param read_only: every transaction of the connection is read-only.
+    """
+
+    MIGRATIONS = POSTGRES_MIGRATIONS
+
+    def __init__(self, url: str, blobs: BlobStore, read_only: bool = False) -> None:
+        options = "-c default_transaction_read_only=on" if read_only else ""
+        db = psycopg.connect(url, autocommit=True, row_factory=_rows, options=options)
+        super().__init__(redacted(url), blobs, db)
+        if not read_only:
+            self._migrate()
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def _exec(self, sql: str, params: Sequence[object] = ()) -> Cursor:
+        return self._db.execute(self._sql(sql), params or None)  # type: ignore[arg-type]
+
+    def _exec_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        with self._db.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.executemany(self._sql(sql), rows)
+
+    def _begin(self) -> None:
+        self._exec("BEGIN")
+        self._exec("SELECT pg_advisory_xact_lock(?)", (_LOG_LOCK,))
