@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     )
     registry: Path | None = Field(None, description="an operator's registry file")
     outbox: Path = Field(DEFAULT_OUTBOX, description="the publisher's outbox file")
+    database: SecretStr | None = Field(
+        None,
+        description="the archive's PostgreSQL URL, `postgresql://user@host:5432/db` "
+        "(unset: SQLite in `--data-dir`)",
+    )
     blob_dir: Path = Field(
         DEFAULT_BLOBS, description="the blob store shared by publishers and services"
     )

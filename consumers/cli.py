@@ -14,9 +14,10 @@ from bus.cli.options import (
     DocbusGroup,
     KeyPair,
     UsageProblem,
+    archive_option,
     blob_store,
     bootstrap_option,
-    data_dir_option,
+    database_url,
     existing_archive,
     kafka,
     key_password,
@@ -27,7 +28,7 @@ from bus.cli.options import (
 )
 from bus.kafka.runtime import ConsumerRuntime, run_until_signalled
 from bus.registry import Registry
-from bus.store.archive import ARCHIVE_FILE, SqliteArchive, open_archive
+from bus.store.archive import ARCHIVE_FILE, Archive, SqliteArchive, archive_blobs
 from bus.trust.sealing import EncryptionKey
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
@@ -67,19 +68,27 @@ def serve_gateway(bootstrap: str | None, trust: Path, key: SigningKey, registry:
 
 @serve.command("archiver")
 @bootstrap_option
-@data_dir_option
+@archive_option
 @trust_option
 @click.option(
     "--key", required=True, type=KeyPair(Role.SERVICE), help="The archiver's SERVICE key."
 )
 @registry_option
 def serve_archiver(
-    bootstrap: str | None, data_dir: Path, trust: Path, key: SigningKey, registry: Registry
+    bootstrap: str | None,
+    data_dir: Path | None,
+    database: str | None,
+    trust: Path,
+    key: SigningKey,
+    registry: Registry,
 ) -> None:
-    """Verify and archive every delivery topic into DATA_DIR/archive.sqlite."""
+    """Verify and archive every delivery topic into DATA_DIR/archive.sqlite, or into
+    PostgreSQL (--database), where any number of archivers may run at once."""
+    if data_dir is None:
+        raise UsageProblem("--data-dir is required: the archive's blob copies are kept there")
     settings = kafka(bootstrap)
     verifier = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=_reload())
-    archive = open_archive(data_dir, create=True)
+    archive = existing_archive(data_dir, database, create=True)
     archiver = Archiver(archive, key, settings.topics, verifier, blob_store())
     runtime = ConsumerRuntime(
         settings, archiver, "docbus.archiver", pattern=settings.topics.deliver_pattern
@@ -88,6 +97,20 @@ def serve_archiver(
         asyncio.run(run_until_signalled([runtime]))
     finally:
         archive.close()
+
+
+def _read_only_archive(data_dir: Path | None, url: str | None) -> Archive:
+    """An archive opened so that nothing can be written through it."""
+    if url is not None:
+        from bus.store.postgres import PostgresArchive
+
+        return PostgresArchive(url, archive_blobs(data_dir), read_only=True)
+    if data_dir is None:
+        raise UsageProblem("name the archive: --data-dir DIR or --database URL (DOCBUS_DATABASE)")
+    path = data_dir / ARCHIVE_FILE
+    if not path.is_file():
+        raise UsageProblem(f"no archive at {path}")
+    return SqliteArchive(path, read_only=True)
 
 
 @serve.command("agency")
@@ -159,20 +182,17 @@ def serve_agency(
 
 
 @serve.command("archive-api")
-@data_dir_option
+@archive_option
 @click.option(
     "--listen", default="127.0.0.1:8480", show_default=True, help="HOST:PORT of the HTTP API."
 )
-def serve_archive_api(data_dir: Path, listen: str) -> None:
+def serve_archive_api(data_dir: Path | None, database: str | None, listen: str) -> None:
     """The read-only archive API: search, documents, evidence bundles (DESIGN §12)."""
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
-    path = data_dir / ARCHIVE_FILE
-    if not path.is_file():
-        raise UsageProblem(f"no archive at {path}")
-    archive = SqliteArchive(path, read_only=True)
-    click.echo(f"archive API on http://{listen} (read-only: {path})")
+    archive = _read_only_archive(data_dir, database_url(database))
+    click.echo(f"archive API on http://{listen} (read-only: {archive.name})")
     try:
         uvicorn.run(
             create_archive_app(archive),
@@ -230,11 +250,12 @@ def archive() -> None:
 
 
 @archive.command("list")
-@data_dir_option
+@archive_option
 @click.option("--json", "as_json", is_flag=True)
-def archive_list(data_dir: Path, as_json: bool) -> None:
+def archive_list(data_dir: Path | None, database: str | None, as_json: bool) -> None:
     """Every archived entry, oldest first."""
-    entries = existing_archive(data_dir).entries()
+    with existing_archive(data_dir, database) as archived:
+        entries = archived.entries()
     if as_json:
         rows = [
             {
@@ -261,10 +282,11 @@ def archive_list(data_dir: Path, as_json: bool) -> None:
 
 @archive.command("show")
 @click.argument("document_id")
-@data_dir_option
-def archive_show(document_id: str, data_dir: Path) -> None:
+@archive_option
+def archive_show(document_id: str, data_dir: Path | None, database: str | None) -> None:
     """A document's archived entries and metadata."""
-    entries = existing_archive(data_dir).find(document_id)
+    with existing_archive(data_dir, database) as archived:
+        entries = archived.find(document_id)
     if not entries:
         raise click.ClickException(f"{document_id} is not in the archive")
     codec = default_codec()
@@ -299,11 +321,13 @@ def archive_show(document_id: str, data_dir: Path) -> None:
 
 @archive.command("export")
 @click.argument("document_id")
-@data_dir_option
+@archive_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
-def archive_export(document_id: str, data_dir: Path, out: Path) -> None:
+def archive_export(
+    document_id: str, data_dir: Path | None, database: str | None, out: Path
+) -> None:
     """Write a document's exact event bytes and its attachments into OUT."""
-    archived = existing_archive(data_dir)
+    archived = existing_archive(data_dir, database)
     entries = [e for e in archived.find(document_id) if not e.conflict]
     if not entries:
         raise click.ClickException(f"{document_id} is not in the archive")

@@ -136,6 +136,7 @@ async def running_stack(
     folder: Path,
     services: bool = True,
     resend_after: timedelta = timedelta(seconds=30),
+    partitions: int = 2,
 ) -> AsyncIterator[Stack]:
     settings = KafkaSettings(bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
     topics = settings.topics
@@ -150,7 +151,7 @@ async def running_stack(
             topics.checkpoints,
             *map(topics.deliver, today),
         ],
-        partitions=2,
+        partitions=partitions,
     )
     ministry = [
         pki.key(MINISTRY, Role.SIGNER),

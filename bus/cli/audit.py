@@ -20,8 +20,8 @@ from bus.audit.witness import Published, Witness, WitnessState, published, witne
 from bus.cli.options import (
     DocbusGroup,
     KeyPair,
+    archive_option,
     bootstrap_option,
-    data_dir_option,
     existing_archive,
     kafka,
     parse_time,
@@ -57,7 +57,7 @@ def audit() -> None:
 
 
 @audit.command("verify-archive")
-@data_dir_option
+@archive_option
 @trust_option
 @click.option(
     "--witnesses",
@@ -68,12 +68,17 @@ def audit() -> None:
 @bootstrap_option
 @_report_option
 def verify_archive_command(
-    data_dir: Path, trust: Path, witnesses: int | None, bootstrap: str | None, out: Path | None
+    data_dir: Path | None,
+    database: str | None,
+    trust: Path,
+    witnesses: int | None,
+    bootstrap: str | None,
+    out: Path | None,
 ) -> None:
     """Re-verify every entry at its signed receipt time, every column against the event
     bytes, every row against the signed checkpoints and those against each other; with a
     broker (--bootstrap or DOCBUS_BOOTSTRAP), also against every published checkpoint."""
-    archive = existing_archive(data_dir)
+    archive = existing_archive(data_dir, database)
     verifier = Verifier(TrustStore.load(trust))
     required = verifier.trust.policy.witness_quorum if witnesses is None else witnesses
     topic: Published | None = None
@@ -145,27 +150,33 @@ def witness_command(
 
 
 @audit.command("checkpoint")
-@data_dir_option
-def checkpoint_command(data_dir: Path) -> None:
+@archive_option
+def checkpoint_command(data_dir: Path | None, database: str | None) -> None:
     """Print the latest checkpoint note exactly as it was signed and published."""
-    with existing_archive(data_dir) as archive:
+    with existing_archive(data_dir, database) as archive:
         latest = archive.latest_checkpoint()
+        name = archive.name
     if latest is None:
-        raise click.ClickException(f"the archive in {data_dir} has no checkpoint yet")
+        raise click.ClickException(f"the archive {name} has no checkpoint yet")
     click.echo(latest.signed.decode("utf-8"), nl=False)
 
 
 @audit.command("prove")
 @click.argument("document_id")
-@data_dir_option
+@archive_option
 @click.option("--sender", help="The sender, when several agencies used this id.")
 @click.option("--revision", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def prove_command(
-    document_id: str, data_dir: Path, sender: str | None, revision: int, as_json: bool
+    document_id: str,
+    data_dir: Path | None,
+    database: str | None,
+    sender: str | None,
+    revision: int,
+    as_json: bool,
 ) -> None:
     """The inclusion proof of a document against the latest checkpoint."""
-    with existing_archive(data_dir) as archive:
+    with existing_archive(data_dir, database) as archive:
         found = [
             e
             for e in archive.find(document_id)

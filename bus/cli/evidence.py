@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from bus.audit.evidence import Evidence, check_evidence, export_evidence
-from bus.cli.options import DocbusGroup, data_dir_option, existing_archive, trust_option
+from bus.cli.options import DocbusGroup, archive_option, existing_archive, trust_option
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Verifier
 from bus.wire.errors import DocbusError
@@ -22,15 +22,20 @@ def evidence() -> None:
 
 @evidence.command("export")
 @click.argument("document_id")
-@data_dir_option
+@archive_option
 @click.option("--revision", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--sender", help="The sender, when several agencies used this id.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def export_command(
-    document_id: str, data_dir: Path, revision: int, sender: str | None, out: Path
+    document_id: str,
+    data_dir: Path | None,
+    database: str | None,
+    revision: int,
+    sender: str | None,
+    out: Path,
 ) -> None:
     """Write the evidence bundle of an archived document to OUT."""
-    with existing_archive(data_dir) as archive:
+    with existing_archive(data_dir, database) as archive:
         bundle = export_evidence(archive, document_id, revision, sender)
     out.write_bytes(bundle.to_bytes())
     click.echo(f"{document_id} r{revision}: leaf {bundle.index} of {bundle.tree_size} -> {out}")

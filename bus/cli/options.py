@@ -75,10 +75,20 @@ class DocbusGroup(click.Group):
         except Exception as exc:  # a bug or a library's own error: one line, no traceback
             if os.environ.get("DOCBUS_DEBUG"):
                 raise
+            if _database_unavailable(exc):
+                raise Unavailable(f"database unavailable, try again later: {exc}") from None
             known = type(exc).__module__.split(".")[0] in ("aiokafka", "bus")
             raise click.ClickException(
                 str(exc) if known else f"internal error: {exc!r} (DOCBUS_DEBUG=1 for the traceback)"
             ) from None
+
+
+def _database_unavailable(exc: Exception) -> bool:
+    """A PostgreSQL connection refused or lost (psycopg is imported only where it is used)."""
+    return any(
+        c.__name__ == "OperationalError" and c.__module__.startswith("psycopg")
+        for c in type(exc).__mro__
+    )
 
 
 class LazyGroup(DocbusGroup):
@@ -221,9 +231,31 @@ def choice_option(
 trust_option = path_option(
     "--trust", folder=True, exists=True, required=True, help="Trust store folder."
 )
-data_dir_option = path_option(
-    "--data-dir", folder=True, required=True, help="The archiver's data folder."
-)
+
+
+def archive_option(f: Any) -> Any:
+    """``--data-dir DIR`` and ``--database URL``: where an archive is (DESIGN §6).
+
+    With a database URL (or DOCBUS_DATABASE) the rows are in PostgreSQL and DIR holds the
+    blob copies; without, DIR holds the SQLite archive and its blobs."""
+    f = click.option(
+        "--database",
+        metavar="URL",
+        help="The archive in PostgreSQL (default: DOCBUS_DATABASE; unset: SQLite in --data-dir).",
+    )(f)
+    return path_option(
+        "--data-dir", folder=True, help="The archive's folder (SQLite file and blob copies)."
+    )(f)
+
+
+def database_url(given: str | None) -> str | None:
+    """``--database`` if given, else DOCBUS_DATABASE, else None (SQLite)."""
+    if given:
+        return given
+    configured = settings().database
+    return configured.get_secret_value() if configured is not None else None
+
+
 output_option = path_option("--output", help="Write the exact record bytes here, do not send.")
 
 
@@ -241,9 +273,15 @@ def registry_option(f: Any) -> Any:
     )(f)
 
 
-def existing_archive(data_dir: Path) -> Archive:
-    """The archive in ``data_dir``; a usage error if there is none."""
+def existing_archive(
+    data_dir: Path | None, database: str | None = None, create: bool = False
+) -> Archive:
+    """The archive in PostgreSQL (``database`` or DOCBUS_DATABASE) or in ``data_dir``; a
+    usage error if neither names one, or there is none and ``create`` is not asked."""
+    url = database_url(database)
+    if data_dir is None and url is None:
+        raise UsageProblem("name the archive: --data-dir DIR or --database URL (DOCBUS_DATABASE)")
     try:
-        return open_archive(data_dir)
+        return open_archive(data_dir, create=create, database=url)
     except FileNotFoundError as exc:
         raise UsageProblem(str(exc)) from None
