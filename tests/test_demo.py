@@ -8,27 +8,33 @@ from pathlib import Path
 
 import pytest
 
-from bus.store.archive import SqliteArchive
+from bus.store.archive import open_archive
+from tests.conftest import Store
 
 pytestmark = pytest.mark.integration
 
 
-def test_the_demo_meets_every_expected_outcome(tmp_path: Path) -> None:
+def test_the_demo_meets_every_expected_outcome(tmp_path: Path, store: Store) -> None:
+    # On SQLite and on PostgreSQL (`docbus demo --database URL`).
+    database = ["--database", store.database] if store.database else []
     done = subprocess.run(
-        [sys.executable, "-m", "bus", "demo", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "bus", "demo", "--data-dir", str(tmp_path), *database],
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all outcomes as expected" in done.stdout
-    assert done.stdout.count("✓") == 13
+    assert done.stdout.count("✓") == 14
+    # Among them: the plain document found by its subject typed without diacritics, and
+    # its evidence bundle proven offline.
+    assert "archive: search, then" in done.stdout
     assert (
         "final checkpoint: docbus.archiver, 7 entries, root " in done.stdout
         and "✗" not in done.stdout
     )
     assert "Traceback" not in done.stdout + done.stderr
-    archive = SqliteArchive(tmp_path / "archive" / "archive.sqlite")
+    archive = open_archive(tmp_path / "archive", database=store.database)
     try:
         # plain, two-jurisdiction, merged-province, secret and edXML documents, the one
         # forged statuses could not settle and the one signed before its key was revoked;

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import click
 
-from bus.cli.options import settings
+from bus.cli.options import database_url, settings
 from bus.demo import run_demo, run_dev
+
+_database_option = click.option(
+    "--database",
+    metavar="URL",
+    help="Keep the archive in this (empty) PostgreSQL database (default: DOCBUS_DATABASE).",
+)
 
 
 @click.command()
@@ -17,9 +23,10 @@ from bus.demo import run_demo, run_dev
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the archive, outboxes, inboxes and PKI here (default: a fresh temp folder).",
 )
-def demo(data_dir: Path | None) -> None:
+@_database_option
+def demo(data_dir: Path | None, database: str | None) -> None:
     """Run the whole bus on an embedded broker, publish real-looking documents, check fates."""
-    if not run_demo(data_dir, settings().tansu_bin):
+    if not run_demo(data_dir, settings().tansu_bin, database_url(database)):
         sys.exit(1)
 
 
@@ -29,6 +36,7 @@ def demo(data_dir: Path | None) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the archive, inboxes and PKI here (default: a fresh temp folder).",
 )
-def dev(data_dir: Path | None) -> None:
+@_database_option
+def dev(data_dir: Path | None, database: str | None) -> None:
     """Run the embedded broker and every service until Ctrl-C."""
-    run_dev(data_dir, settings().tansu_bin)
+    run_dev(data_dir, settings().tansu_bin, database_url(database))

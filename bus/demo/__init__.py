@@ -18,23 +18,40 @@ from rich.console import Console
 from rich.table import Table
 
 from bus.demo.attacks import run_attacks
-from bus.demo.scenarios import audit, run_scenarios
+from bus.demo.scenarios import audit, run_scenarios, search_with_evidence
 from bus.demo.stack import INBOXES, NODES, running
+from bus.store.archive import open_archive
+from bus.store.postgres import redacted
+from bus.wire.errors import DocbusError, Reason
 
 
-def run_demo(data_dir: Path | None, broker_binary: Path | None = None) -> bool:
-    """Run every scenario; True only if every document met its expected fate."""
+def run_demo(
+    data_dir: Path | None, broker_binary: Path | None = None, database: str | None = None
+) -> bool:
+    """Run every scenario; True only if every document met its expected fate.
+
+    With ``database`` the archive is in PostgreSQL, which must hold no archive yet: the
+    demo's fates and its audit are judged over the entries it makes itself.
+    """
     folder = data_dir or Path(tempfile.mkdtemp(prefix="docbus-demo-"))
+    if database is not None:
+        with open_archive(folder / "archive", create=True, database=database) as archive:
+            if archive.count():
+                raise DocbusError(
+                    Reason.POLICY, f"the demo needs an empty archive; {archive.name} holds one"
+                )
     console = Console(width=None if sys.stdout.isatty() else 120)
     started = time.monotonic()
-    console.print(f"[bold]docbus demo[/] in {folder}")
-    with running(folder, broker_binary) as stack:
+    where = f"; archive in {redacted(database)}" if database else ""
+    console.print(f"[bold]docbus demo[/] in {folder}{where}")
+    with running(folder, broker_binary, database=database) as stack:
         console.print(
             f"broker {stack.broker.bootstrap}; gateway, archiver and inboxes of "
             f"{', '.join(INBOXES)} running"
         )
         scenarios = run_scenarios(stack)
         scenarios.extend(run_attacks(stack))
+        scenarios.append(search_with_evidence(stack, scenarios[0].document_id))
         scenarios.append(audit(stack))
     table = Table(title="What happened")
     for column in ("scenario", "document", "expected", "outcome", ""):
@@ -53,16 +70,18 @@ def run_demo(data_dir: Path | None, broker_binary: Path | None = None) -> bool:
     return ok
 
 
-def run_dev(data_dir: Path | None, broker_binary: Path | None = None) -> None:
+def run_dev(
+    data_dir: Path | None, broker_binary: Path | None = None, database: str | None = None
+) -> None:
     """The same stack as the demo, left running until Ctrl-C."""
     folder = data_dir or Path(tempfile.mkdtemp(prefix="docbus-dev-"))
     console = Console(width=None if sys.stdout.isatty() else 160)
-    with running(folder, broker_binary, nodes=True) as stack:
+    with running(folder, broker_binary, nodes=True, database=database) as stack:
         bootstrap = stack.broker.bootstrap
         console.print(f"broker:      {bootstrap}  (export DOCBUS_BOOTSTRAP={bootstrap})")
         console.print(f"trust store: {stack.trust}")
         console.print(f"keys:        {stack.pki / 'agencies'}")
-        console.print(f"archive:     {folder / 'archive'}")
+        console.print(f"archive:     {redacted(database) if database else folder / 'archive'}")
         console.print(f"logs:        {folder / 'logs'}")
         table = Table(title="agency nodes (HTTP API; send the token as Authorization: Bearer)")
         for column in ("agency", "url", "token file"):

@@ -50,6 +50,8 @@ class Stack:
     #: ``docbus dev``: an agency node (HTTP API) for each agency instead of bare inboxes.
     nodes: bool = False
     ports: dict[str, int] = field(default_factory=dict)
+    #: The archive in PostgreSQL (a URL) instead of SQLite in ``folder/archive``.
+    database: str | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started: dict[str, int] = field(default_factory=dict)
 
@@ -69,6 +71,8 @@ class Stack:
             **self.broker.client_env(),
             "DOCBUS_TRUST_RELOAD_SECONDS": "1",
             "DOCBUS_BLOB_DIR": str(self.folder / "blobs"),
+            # Every command that opens the archive finds it there (DOCBUS_DATABASE).
+            **({"DOCBUS_DATABASE": self.database} if self.database else {}),
         }
 
     @property
@@ -248,10 +252,13 @@ class Stack:
 
 @contextlib.contextmanager
 def running(
-    folder: Path, broker_binary: Path | None = None, nodes: bool = False
+    folder: Path,
+    broker_binary: Path | None = None,
+    nodes: bool = False,
+    database: str | None = None,
 ) -> Iterator[Stack]:
     """Broker up, topics made, PKI made, services started and consuming."""
-    stack = Stack(folder, EmbeddedBroker(binary=broker_binary), nodes=nodes)
+    stack = Stack(folder, EmbeddedBroker(binary=broker_binary), nodes=nodes, database=database)
     folder.mkdir(parents=True, exist_ok=True)
     with stack.broker:
         asyncio.run(
