@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -21,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from aiokafka import AIOKafkaConsumer
 
@@ -197,12 +200,37 @@ def crypto_in_process(
     return len(docs) / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def fresh_database(server: str | None) -> Iterator[str | None]:
+    """A new, empty database on the PostgreSQL ``server`` (dropped afterwards), or None."""
+    if server is None:
+        yield None
+        return
+    import psycopg
+
+    name = f"docbus_bench_{os.getpid()}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--documents", type=int, default=20000)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--archivers", type=int, default=1, help="archiver processes")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="archive in a fresh database on this PostgreSQL server (default: SQLite)",
+    )
     args = parser.parse_args()
+    if args.archivers > 1 and not args.postgres:
+        parser.error("several archivers share one PostgreSQL archive: give --postgres")
 
     tmp = Path(tempfile.mkdtemp(prefix="docbus-bench-"))
     pki = DevPki(tmp / "pki")
@@ -220,7 +248,7 @@ def main() -> None:
     docs = make_documents(args.documents + n_latency, keys)
     record_size = len(docs[0][1])
 
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker() as broker, fresh_database(args.postgres) as database:
         settings = broker.settings()
         asyncio.run(ensure_topics(settings, all_topics(settings.topics, load_registry()), 3))
         env = broker.client_env()
@@ -243,24 +271,28 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             ),
-            "archiver": subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bus",
-                    "serve",
-                    "archiver",
-                    "--data-dir",
-                    str(tmp / "archive"),
-                    "--trust",
-                    str(pki.trust_dir),
-                    "--key",
-                    f"{ak},{ac}",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            ),
+            **{
+                f"archiver-{i}": subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bus",
+                        "serve",
+                        "archiver",
+                        "--data-dir",
+                        str(tmp / f"archive-{i}"),
+                        *(["--database", database] if database else []),
+                        "--trust",
+                        str(pki.trust_dir),
+                        "--key",
+                        f"{ak},{ac}",
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for i in range(args.archivers)
+            },
         }
         try:
             time.sleep(3)
@@ -287,6 +319,8 @@ def main() -> None:
 
     p50 = statistics.median(lat)
     p99 = lat[int(len(lat) * 0.99) - 1]
+    store = f"PostgreSQL, {args.archivers} archiver(s)" if database else "SQLite, 1 archiver"
+    print(f"archive                             {store}")
     print(f"record size                         {record_size} bytes")
     print(
         f"pipeline publish → ARCHIVED         {result['docs_per_s']:,.0f} documents/s "

@@ -337,15 +337,15 @@ class Archive:
         with self._lock:
             self._begin()
             try:
+                size = self._size()  # appends take turns (_begin), so it grows only here
                 for e in entries:
-                    digests = {
-                        r[0]: (r[1], r[2])
-                        for r in self._exec(
-                            "SELECT digest, conflict, log_index FROM entries"
-                            " WHERE sender = ? AND document_id = ? AND revision = ?",
-                            (e.sender, e.document_id, e.revision),
-                        )
-                    }
+                    # Every row of the identity, oldest first: the first is the original.
+                    rows = self._exec(
+                        "SELECT digest, conflict, log_index, payload_digest FROM entries"
+                        " WHERE sender = ? AND document_id = ? AND revision = ? ORDER BY seq",
+                        (e.sender, e.document_id, e.revision),
+                    ).fetchall()
+                    digests = {r[0]: (r[1], r[2]) for r in rows}
                     if e.digest in digests:
                         was_conflict, index = digests[e.digest]
                         results.append(
@@ -357,11 +357,9 @@ class Archive:
                         continue
                     # Another envelope of the same signed document (signatures reordered,
                     # chains trimmed) is the same document, never a conflict.
-                    original = self._original_payload(e.sender, e.document_id, e.revision)
-                    conflict = original is not None and original != e.payload_digest
-                    index = self._size()
+                    conflict = bool(rows) and str(rows[0][3]) != e.payload_digest
+                    index, size = size, size + 1
                     nodes = completed_nodes(index, leaf_hash(e.event), self._node)
-                    self._exec_many("INSERT INTO log_nodes VALUES (?, ?, ?)", nodes)
                     self._pending.update(((level, i), h) for level, i, h in nodes)
                     self._exec(
                         f"INSERT INTO entries ({_INSERTED}) VALUES "
@@ -386,6 +384,11 @@ class Archive:
                         ),
                     )
                     results.append((Stored.CONFLICT if conflict else Stored.NEW, index))
+                # The batch's log nodes in one statement (readers of this transaction find
+                # them in _pending meanwhile).
+                written = [(level, i, h) for (level, i), h in self._pending.items()]
+                if written:
+                    self._exec_many("INSERT INTO log_nodes VALUES (?, ?, ?)", written)
                 self._exec("COMMIT")
                 self._cache(self._pending)
             except BaseException:
