@@ -22,6 +22,7 @@ from bus.cli.options import (
     KeyPair,
     archive_option,
     bootstrap_option,
+    database_url,
     existing_archive,
     kafka,
     parse_time,
@@ -216,6 +217,11 @@ def prove_command(
     type=click.Path(file_okay=False, path_type=Path),
     help="The archiver's data dir, to check each event is archived.",
 )
+@click.option(
+    "--database",
+    metavar="URL",
+    help="The archive in PostgreSQL, to check each event is archived (default: DOCBUS_DATABASE).",
+)
 @bootstrap_option
 @registry_option
 @_report_option
@@ -225,6 +231,7 @@ def replay_command(
     end: str | None,
     trust: Path,
     data_dir: Path | None,
+    database: str | None,
     bootstrap: str | None,
     registry: Registry,
     out: Path | None,
@@ -232,7 +239,8 @@ def replay_command(
     """Re-read a topic over a time range, without a consumer group, and re-verify every event."""
     settings = kafka(bootstrap)
     verifier = Verifier(TrustStore.load(trust), Policy(), registry)
-    archive = existing_archive(data_dir) if data_dir else None
+    url = database_url(database)
+    archive = existing_archive(data_dir, url) if data_dir or url else None
     begin, finish = (parse_time(start) if start else None), (parse_time(end) if end else None)
     try:
         if sys.stdout.isatty():
