@@ -4,8 +4,9 @@ through a connection SQLite refuses every write on."""
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, time, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import FastAPI, Query, Response
 from pydantic import BaseModel
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 from bus.audit.evidence import export_evidence
 from bus.registry import VIETNAM
 from bus.store.archive import Archive, Entry, Search
+from bus.store.lifecycle import history, lineage
 from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError
 from bus.wire.limits import MAX_REVISION
@@ -35,6 +37,26 @@ class Item(BaseModel):
 class Page(BaseModel):
     items: list[Item]
     next: int | None
+
+
+class RevisionOut(BaseModel):
+    revision: int
+    action: str
+    sender: str
+    state: str
+    by: int | None
+    received_at: str
+    log_index: int
+
+
+class HistoryOut(BaseModel):
+    """A document's revisions, oldest first; ``current`` is the one in force (None: revoked)."""
+
+    sender: str
+    document_id: str
+    current: int | None
+    revoked: bool
+    revisions: list[RevisionOut]
 
 
 def create_archive_app(archive: Archive) -> FastAPI:
@@ -90,6 +112,32 @@ def create_archive_app(archive: Archive) -> FastAPI:
             raise Problem(404, exc.message) from None
         return Response(bundle.to_bytes(), media_type=EVIDENCE_TYPE)
 
+    @app.get("/v1/archive/documents/{sender}/{document_id:path}/history", response_model=HistoryOut)
+    async def revisions(sender: str, document_id: str) -> HistoryOut:
+        """Every revision of the document, which one is in force, and whether it was
+        revoked: UPDATE and REPLACE supersede what came before, REVOKE withdraws."""
+        found = history(lineage(archive.find(document_id), sender))
+        if found is None or sender not in {r.sender for r in found.revisions}:
+            raise Problem(404, f"{document_id} from {sender} is not archived")
+        return HistoryOut(
+            sender=sender,
+            document_id=found.document_id,
+            current=found.current,
+            revoked=found.revoked,
+            revisions=[
+                RevisionOut(
+                    revision=r.revision,
+                    action=r.action.value,
+                    sender=r.sender,
+                    state=r.state.value,
+                    by=r.by,
+                    received_at=r.received_at.isoformat(),
+                    log_index=r.log_index,
+                )
+                for r in found.revisions
+            ],
+        )
+
     @app.get(base)
     async def document(sender: str, document_id: str, revision: int) -> dict[str, Any]:
         """Every field of the archived document (a sealed one's stay sealed), where it sits
@@ -103,6 +151,8 @@ def create_archive_app(archive: Archive) -> FastAPI:
         if not entries:
             raise Problem(404, f"{document_id} revision {revision} from {sender} is not archived")
         entry = entries[0]
+        life = history(lineage(archive.find(document_id), sender))
+        states = {r.revision: r.state.value for r in life.revisions} if life else {}
         codec = default_codec()
         doc = codec.decode_document(codec.decode_event(entry.event).payload)
         avro = doc.to_avro()
@@ -114,6 +164,8 @@ def create_archive_app(archive: Archive) -> FastAPI:
             "sealed": doc.sealed is not None,
             "received_at": entry.received_at.isoformat(),
             "log_index": entry.log_index,
+            "state": states.get(revision, ""),
+            "current_revision": life.current if life else None,
         }
 
     @app.get("/healthz")
@@ -146,3 +198,16 @@ def _item(e: Entry) -> Item:
         received_at=e.received_at.isoformat(),
         log_index=e.log_index,
     )
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI document (committed as docs/openapi/archive.json):
+
+    python -m consumers.archive_api > docs/openapi/archive.json
+    """
+    # Only the document is built: no handler runs, so no archive is needed behind it.
+    return create_archive_app(cast(Archive, None)).openapi()
+
+
+if __name__ == "__main__":
+    print(json.dumps(openapi_document(), ensure_ascii=False, indent=2))

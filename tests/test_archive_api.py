@@ -5,6 +5,8 @@ nothing can be written through it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import socket
 import sqlite3
 import subprocess
@@ -17,12 +19,23 @@ import pytest
 import uvicorn
 
 from bus.audit.evidence import Evidence, check_evidence
+from bus.kafka.records import document_record
+from bus.kafka.topics import Topics
+from bus.registry import load_registry
 from bus.store.archive import Archive, SqliteArchive
+from bus.store.blobs import BlobStore
+from bus.trust.signing import SigningKey
 from bus.trust.verifier import Policy, Verifier
+from bus.wire.model import Action, Role
 from consumers.archive_api import create_archive_app
+from consumers.archiver import Archiver
+from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
+from tests.records import delivered
 from tests.stack import NGHE_AN
 from tests.test_audit import archive_file, archiver_key  # noqa: F401  (the fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -106,3 +119,60 @@ async def test_nothing_can_be_written_through_the_api_and_schemathesis_finds_not
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_the_committed_openapi_is_the_served_one() -> None:
+    served = create_archive_app(SqliteArchive.__new__(SqliteArchive)).openapi()
+    committed = json.loads((ROOT / "docs" / "openapi" / "archive.json").read_text("utf-8"))
+    assert served == committed, "run: python -m consumers.archive_api > docs/openapi/archive.json"
+
+
+async def test_a_documents_history_says_which_revision_is_in_force_and_when_it_is_revoked(
+    pki: Pki,
+    archiver_key: SigningKey,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
+    gateway = pki.key("docbus.gateway", Role.SERVICE)
+    archive = SqliteArchive(tmp_path / "archive.sqlite")
+    archiver = Archiver(
+        archive,
+        archiver_key,
+        Topics(),
+        Verifier(pki.trust, Policy(), load_registry()),
+        BlobStore(tmp_path / "blobs"),
+    )
+    doc = new_document(MINISTRY, [NGHE_AN], "Quyết định ban hành quy chế")
+    lives = [
+        doc,
+        dataclasses.replace(doc, revision=1, action=Action.UPDATE, subject="Quyết định (sửa đổi)"),
+        dataclasses.replace(doc, revision=2, action=Action.REPLACE, subject="Quyết định thay thế"),
+    ]
+    records = [document_record(d, keys) for d in lives]
+    await archiver.handle([delivered(v, gateway, i) for i, v in enumerate(records)])
+    app = create_archive_app(archive)
+    base = f"/v1/archive/documents/{MINISTRY}/{doc.document_id}"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://a") as c:
+        life = (await c.get(f"{base}/history")).json()
+        assert life["current"] == 2 and not life["revoked"]
+        assert [(r["action"], r["state"], r["by"]) for r in life["revisions"]] == [
+            ("NEW", "superseded", 1),
+            ("UPDATE", "superseded", 2),
+            ("REPLACE", "current", None),
+        ]
+        first = (await c.get(f"{base}/0")).json()
+        assert first["state"] == "superseded" and first["current_revision"] == 2
+        revoke = dataclasses.replace(doc, revision=3, action=Action.REVOKE, attachments=())
+        await archiver.handle([delivered(document_record(revoke, keys), gateway, 3)])
+        life = (await c.get(f"{base}/history")).json()
+        assert life["current"] is None and life["revoked"]
+        assert [r["state"] for r in life["revisions"]] == [
+            "superseded",
+            "superseded",
+            "withdrawn",
+            "revocation",
+        ]
+        assert (
+            await c.get(f"/v1/archive/documents/{NGHE_AN}/{doc.document_id}/history")
+        ).status_code == 404
+    archive.close()
