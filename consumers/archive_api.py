@@ -9,6 +9,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, cast
 
 from fastapi import FastAPI, Query, Response
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from bus.audit.evidence import export_evidence
@@ -19,6 +20,7 @@ from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError
 from bus.wire.limits import MAX_REVISION
 from consumers.agency.problems import Problem, install, problem_responses
+from consumers.audit_page import audit_html
 
 EVIDENCE_TYPE = "application/vnd.docbus.evidence+json"
 
@@ -167,6 +169,12 @@ def create_archive_app(archive: Archive) -> FastAPI:
             "state": states.get(revision, ""),
             "current_revision": life.current if life else None,
         }
+
+    @app.get("/audit", response_class=HTMLResponse)
+    async def audit_page() -> HTMLResponse:
+        """The auditor's page: the log's checkpoints with their witness cosignatures, the
+        last verify-archive result, and the conflicts kept."""
+        return HTMLResponse(audit_html(archive))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -209,9 +209,9 @@ def test_search_finds_subjects_with_or_without_diacritics_page_by_page(
 
 def test_the_schema_is_versioned_and_migrated_once(store: Store) -> None:
     with store.open() as archive:
-        assert archive.schema_version == 2
+        assert archive.schema_version == 3
     with store.open() as again:
-        assert again.schema_version == 2
+        assert again.schema_version == 3
 
 
 def test_an_archive_made_before_versions_is_migrated_and_searchable(
@@ -227,7 +227,7 @@ def test_an_archive_made_before_versions_is_migrated_and_searchable(
         db.execute("DROP TABLE schema_version")
         db.execute("ALTER TABLE entries DROP COLUMN subject_fold")
     with SqliteArchive(folder / ARCHIVE_FILE) as archive:
-        assert archive.schema_version == 2
+        assert archive.schema_version == 3
         assert [e.subject for e in archive.search(Search(text="ke hoach cu"))[0]] == ["Kế hoạch cũ"]
 
 

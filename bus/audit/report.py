@@ -32,6 +32,8 @@ class CheckpointSeen:
     root: str
     at: str
     signed_ok: bool
+    #: The pinned witnesses whose cosignatures of it the checkpoint topic held, verified.
+    witnesses: tuple[str, ...] = ()
 
 
 @dataclass
@@ -59,8 +61,10 @@ class Report:
         }
 
 
-def checkpoint_seen(cp: Checkpoint, at: datetime | None, ok: bool) -> CheckpointSeen:
-    return CheckpointSeen(cp.size, cp.root.hex(), at.isoformat() if at else "-", ok)
+def checkpoint_seen(
+    cp: Checkpoint, at: datetime | None, ok: bool, witnesses: tuple[str, ...] = ()
+) -> CheckpointSeen:
+    return CheckpointSeen(cp.size, cp.root.hex(), at.isoformat() if at else "-", ok, witnesses)
 
 
 def print_report(report: Report, console: Console) -> None:

@@ -196,7 +196,8 @@ def _check_checkpoints(
                 Finding("forged checkpoint", f"checkpoint of size {cp.size}", exc.message)
             )
             continue
-        report.checkpoints.append(checkpoint_seen(verified, stored.at, True))
+        cosigners = tuple(line.split()[1] for line in topic.cosignatures.get(cp.text(), ()))
+        report.checkpoints.append(checkpoint_seen(verified, stored.at, True, cosigners))
         if previous is not None:
             try:
                 proof = archive.consistency_proof(previous.size, verified.size)

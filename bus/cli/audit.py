@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -100,6 +101,8 @@ def verify_archive_command(
                 )
         else:
             report = verify_archive(archive, verifier, None, required, topic)
+        # Kept beside the archive for the audit page (DESIGN §12): the last result.
+        archive.add_audit(datetime.now(UTC), report.clean, json.dumps(report.to_json()))
     finally:
         archive.close()
     _finish(report, out)

@@ -41,6 +41,12 @@ _NODE_CACHE = 1 << 16
 #: Schema version 2 folds subjects into a column (search with or without diacritics).
 FOLDED_SUBJECTS = 2
 
+#: Version 3 keeps what verify-archive found, for the audit page (either dialect).
+AUDITS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS audits (at TEXT NOT NULL, clean INTEGER NOT NULL,"
+    " report TEXT NOT NULL)"
+)
+
 #: SQLite's schema, by version (see :attr:`Archive.MIGRATIONS`).
 SQLITE_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
@@ -84,6 +90,7 @@ SQLITE_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         ),
     ),
     (FOLDED_SUBJECTS, ("ALTER TABLE entries ADD COLUMN subject_fold TEXT NOT NULL DEFAULT ''",)),
+    (3, (AUDITS_TABLE,)),
 )
 
 
@@ -551,6 +558,14 @@ class Archive:
             if row is not None:
                 yield _stored(row)
 
+    def recent_checkpoints(self, limit: int) -> list[StoredCheckpoint]:
+        """The ``limit`` largest stored checkpoints, largest first."""
+        with self._lock:
+            rows = self._exec(
+                "SELECT signed, at FROM checkpoints ORDER BY size DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_stored(r) for r in rows]
+
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         with self._lock:
             row = self._exec(
@@ -610,6 +625,33 @@ class Archive:
                     found.append(entry)
                     if len(found) == query.limit:
                         return found, entry.seq
+
+    def conflicts(self, limit: int = 100) -> list[Entry]:
+        """The newest rows flagged as conflicts (other bytes under an archived identity)."""
+        with self._lock:
+            rows = self._exec(
+                f"SELECT {_COLUMNS} FROM entries WHERE conflict = 1 ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def add_audit(self, at: datetime, clean: bool, report: str) -> None:
+        """Keep what a verify-archive run found (its JSON report), for the audit page."""
+        with self._lock:
+            self._exec(
+                "INSERT INTO audits (at, clean, report) VALUES (?, ?, ?)",
+                (at.isoformat(), int(clean), report),
+            )
+
+    def latest_audit(self) -> tuple[datetime, bool, str] | None:
+        """When the last verify-archive ran, whether it was clean, and its JSON report."""
+        with self._lock:
+            row = self._exec(
+                "SELECT at, clean, report FROM audits ORDER BY at DESC LIMIT 1"
+            ).fetchone()
+        if row is None:
+            return None
+        return datetime.fromisoformat(row[0]), bool(row[1]), str(row[2])
 
     def by_digest(self, digest: str) -> Entry | None:
         with self._lock:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg.rows import RowMaker
 
-from bus.store.archive import FOLDED_SUBJECTS, Archive, Cursor
+from bus.store.archive import AUDITS_TABLE, FOLDED_SUBJECTS, Archive, Cursor
 from bus.store.blobs import BlobStore
 
 #: The advisory lock every writer of the log takes (any fixed 64-bit number: "docbus").
@@ -66,6 +66,7 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         ),
     ),
     (FOLDED_SUBJECTS, ("ALTER TABLE entries ADD COLUMN subject_fold TEXT NOT NULL DEFAULT ''",)),
+    (3, (AUDITS_TABLE,)),
 )
 
 
