@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, cast
+from urllib.parse import quote
 
 from fastapi import FastAPI, Query, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel
+from starlette.concurrency import iterate_in_threadpool
 
 from bus.audit.evidence import export_evidence
 from bus.registry import VIETNAM
@@ -19,6 +21,7 @@ from bus.store.lifecycle import history, lineage
 from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError
 from bus.wire.limits import MAX_REVISION
+from bus.wire.model import Document
 from consumers.agency.problems import Problem, install, problem_responses
 from consumers.audit_page import audit_html
 
@@ -140,23 +143,41 @@ def create_archive_app(archive: Archive) -> FastAPI:
             ],
         )
 
+    @app.get(
+        base + "/attachments/{n:int}",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}, "description": "bytes"}},
+    )
+    async def attachment(sender: str, document_id: str, revision: int, n: int) -> Response:
+        """An attachment's bytes as archived (a sealed document's stay sealed: ciphertext),
+        checked against the signed hash as they are read."""
+        doc = _document(archive, sender, document_id, revision)[1]
+        if not 0 <= n < len(doc.attachments):
+            raise Problem(404, f"no attachment {n}")
+        a = doc.attachments[n]
+        # The sender chose the name and type: a download, never rendered as this origin's.
+        headers = {
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(a.name)}",
+        }
+        media = a.media_type if doc.sealed is None else "application/octet-stream"
+        if a.content is not None:
+            return Response(a.content, media_type=media, headers=headers)
+        if not archive.blobs.has(a.sha256, a.size):
+            raise Problem(404, f"attachment {n} is not in the archive's blob store")
+        return StreamingResponse(
+            iterate_in_threadpool(archive.blobs.chunks(a.sha256, a.size)),
+            media_type=media,
+            headers={**headers, "Content-Length": str(a.size)},
+        )
+
     @app.get(base)
     async def document(sender: str, document_id: str, revision: int) -> dict[str, Any]:
         """Every field of the archived document (a sealed one's stay sealed), where it sits
         in the log, and when it was received."""
-        _revision(revision)
-        entries = [
-            e
-            for e in archive.find(document_id)
-            if e.sender == sender and e.revision == revision and not e.conflict
-        ]
-        if not entries:
-            raise Problem(404, f"{document_id} revision {revision} from {sender} is not archived")
-        entry = entries[0]
+        entry, doc = _document(archive, sender, document_id, revision)
         life = history(lineage(archive.find(document_id), sender))
         states = {r.revision: r.state.value for r in life.revisions} if life else {}
-        codec = default_codec()
-        doc = codec.decode_document(codec.decode_event(entry.event).payload)
         avro = doc.to_avro()
         for a in avro["attachments"]:
             a.pop("content")  # the bytes are not metadata
@@ -181,6 +202,22 @@ def create_archive_app(archive: Archive) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _document(
+    archive: Archive, sender: str, document_id: str, revision: int
+) -> tuple[Entry, Document]:
+    """The archived entry of one identity (never a conflict row) and what it carries."""
+    _revision(revision)
+    entries = [
+        e
+        for e in archive.find(document_id)
+        if e.sender == sender and e.revision == revision and not e.conflict
+    ]
+    if not entries:
+        raise Problem(404, f"{document_id} revision {revision} from {sender} is not archived")
+    codec = default_codec()
+    return entries[0], codec.decode_document(codec.decode_event(entries[0].event).payload)
 
 
 def _revision(revision: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import socket
 import sqlite3
 import subprocess
@@ -26,7 +27,7 @@ from bus.store.archive import Archive, SqliteArchive
 from bus.store.blobs import BlobStore
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Policy, Verifier
-from bus.wire.model import Action, Role
+from bus.wire.model import Action, Role, attachment
 from consumers.archive_api import create_archive_app
 from consumers.archiver import Archiver
 from producers.document import new_document
@@ -175,4 +176,37 @@ async def test_a_documents_history_says_which_revision_is_in_force_and_when_it_i
         assert (
             await c.get(f"/v1/archive/documents/{NGHE_AN}/{doc.document_id}/history")
         ).status_code == 404
+    archive.close()
+
+
+async def test_attachments_come_back_as_archived_inline_or_from_the_archives_blob_store(
+    pki: Pki,
+    archiver_key: SigningKey,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
+    gateway = pki.key("docbus.gateway", Role.SERVICE)
+    bus_blobs = BlobStore(tmp_path / "bus-blobs")
+    archive = SqliteArchive(tmp_path / "archive" / "archive.sqlite")
+    archiver = Archiver(
+        archive, archiver_key, Topics(), Verifier(pki.trust, Policy(), load_registry()), bus_blobs
+    )
+    small, large = "Tờ trình".encode(), os.urandom(300_000)
+    doc = dataclasses.replace(
+        new_document(MINISTRY, [NGHE_AN], "Hồ sơ kèm tệp"),
+        attachments=(attachment("tờ trình.txt", small), attachment("bản vẽ.pdf", large)),
+    )
+    doc = bus_blobs.offload(doc, 100_000)
+    assert doc.attachments[1].content is None  # it travels by hash
+    await archiver.handle([delivered(document_record(doc, keys), gateway, 0)])
+    (tmp_path / "bus-blobs").rename(tmp_path / "gone")  # the archive keeps its own copy
+    app = create_archive_app(archive)
+    base = f"/v1/archive/documents/{MINISTRY}/{doc.document_id}/0/attachments"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://a") as c:
+        first, second = await c.get(f"{base}/0"), await c.get(f"{base}/1")
+        assert first.content == small and second.content == large
+        assert second.headers["content-type"] == "application/pdf"
+        assert second.headers["content-disposition"].startswith("attachment;")
+        assert second.headers["x-content-type-options"] == "nosniff"
+        assert (await c.get(f"{base}/2")).status_code == 404
     archive.close()
