@@ -17,12 +17,13 @@ from bus.kafka.runtime import Output, Record, Reject, Result
 from bus.kafka.topics import Topics
 from bus.registry import Registry
 from bus.store.blobs import BlobStore
+from bus.store.lifecycle import State, states
 from bus.trust.sealing import EncryptionKey, open_sealed
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verified, Verifier
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.headers import RECEIPT, header
-from bus.wire.model import Document, Status, StatusCode, event_digest, now_ms
+from bus.wire.model import Action, Document, Status, StatusCode, event_digest, now_ms
 from bus.wire.names import attachment_files, check_names, path_segment
 from consumers.edxml import document_to_edxml
 from consumers.received import ReceivedIndex
@@ -38,6 +39,23 @@ def document_folder(root: Path, sender: str, document_id: str, revision: int) ->
     revision), so another agency reusing an id never lands in the same folder (ids may
     hold '/', so they are quoted)."""
     return root / path_segment(sender) / path_segment(document_id) / str(revision)
+
+
+def revision_states(
+    root: Path, sender: str, document_id: str
+) -> dict[int, tuple[State, int | None]]:
+    """The state of each revision an inbox holds of one document from one sender: which is
+    in force, which a later UPDATE or REPLACE superseded, which a REVOKE withdrew."""
+    folder = document_folder(root, sender, document_id, 0).parent
+    held: list[tuple[int, Action]] = []
+    for r in folder.iterdir() if folder.is_dir() else ():
+        meta = r / "document.json"
+        if not (r.name.isdigit() and meta.is_file() and (r / "event.avro").is_file()):
+            continue
+        # Folders kept before the action was noted: an original is NEW, a revision amends.
+        action = json.loads(meta.read_text("utf-8")).get("action")
+        held.append((int(r.name), Action(action or ("NEW" if r.name == "0" else "UPDATE"))))
+    return states(held)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -208,6 +226,7 @@ class Inbox:
             "subject": doc.subject,
             "confidentiality": doc.confidentiality.value,
             "sealed": doc.sealed is not None,
+            "action": doc.action.value,
             "note": note,
             "code_number": doc.code_number,
             "issued_at": doc.issued_at.isoformat(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -23,7 +24,7 @@ import uvicorn
 from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.records import document_record
 from bus.registry import Registry
-from bus.wire.model import Role
+from bus.wire.model import Action, Role
 from bus.wire.names import path_segment
 from consumers.agency.app import EVENT_TYPE, create_app
 from consumers.agency.node import AgencyNode, NodeKeys
@@ -433,3 +434,40 @@ async def test_files_sent_as_multipart_arrive_whole_small_inline_large_by_hash(
         "/v1/documents", files=[("file", ("a.txt", b"x", "text/plain"))]
     )
     assert missing.status_code == 400 and missing.json()["reason"] == "malformed"
+
+
+async def test_a_revised_then_revoked_document_shows_its_state_in_the_recipients_node(
+    nodes: tuple[Stack, Node, Node],
+) -> None:
+    stack, ministry, nghe_an = nodes
+    doc = new_document(MINISTRY, [NGHE_AN], "Kế hoạch tập huấn năm 2027")
+    lives = [
+        doc,
+        dataclasses.replace(doc, revision=1, action=Action.UPDATE, subject="Kế hoạch (bổ sung)"),
+        dataclasses.replace(doc, revision=2, action=Action.REVOKE),
+    ]
+    view = f"/v1/inbox/{MINISTRY}/{doc.document_id}"
+    for life in lives:
+        queued = await ministry.client.post(
+            "/v1/events",
+            content=document_record(life, stack.ministry),
+            headers={"content-type": EVENT_TYPE},
+        )
+        assert queued.status_code == 202, queued.text
+
+        async def arrived(revision: int = life.revision) -> bool:
+            return (await nghe_an.client.get(f"{view}/{revision}")).status_code == 200
+
+        await _until(arrived)  # in order: a revision follows one the inbox holds
+    seen = [(await nghe_an.client.get(f"{view}/{r}")).json() for r in range(3)]
+    assert [(s["action"], s["state"], s["superseded_by"]) for s in seen] == [
+        ("NEW", "superseded", 1),
+        ("UPDATE", "withdrawn", 2),
+        ("REVOKE", "revocation", None),
+    ]
+    listed = (await nghe_an.client.get("/v1/inbox")).json()["items"]
+    assert [i["state"] for i in listed if i["document_id"] == doc.document_id] == [
+        "superseded",
+        "withdrawn",
+        "revocation",
+    ]

@@ -65,35 +65,48 @@ def lineage(entries: Sequence[Entry], sender: str) -> list[Entry]:
     return [e for e in entries if e.sender == sender or e.sender not in originators]
 
 
+def states(revisions: Sequence[tuple[int, Action]]) -> dict[int, tuple[State, int | None]]:
+    """Each revision's state, and the revision that superseded or withdrew it (for a REVOKE:
+    the one that put a version back in force), from the (revision, action) pairs held."""
+    ordered = sorted(revisions)
+    out: dict[int, tuple[State, int | None]] = {}
+    for i, (revision, action) in enumerate(ordered):
+        later = ordered[i + 1 :]
+        if action is Action.REVOKE:
+            out[revision] = (
+                State.REVOCATION,
+                next((r for r, a in later if a is not Action.REVOKE), None),
+            )
+        elif not later:
+            out[revision] = (State.CURRENT, None)
+        elif later[0][1] is Action.REVOKE:
+            out[revision] = (State.WITHDRAWN, later[0][0])
+        else:
+            out[revision] = (State.SUPERSEDED, later[0][0])
+    return out
+
+
 def history(entries: Sequence[Entry]) -> History | None:
     """The life of one document from its archived entries (one sender lineage, one id)."""
     rows = sorted((e for e in entries if not e.conflict), key=lambda e: e.revision)
     if not rows:
         return None
-    actions = [action_of(e) for e in rows]
-    states: list[tuple[State, int | None]] = []
-    for i, action in enumerate(actions):
-        later = [(rows[j].revision, actions[j]) for j in range(i + 1, len(rows))]
-        if action is Action.REVOKE:
-            revived = next((r for r, a in later if a is not Action.REVOKE), None)
-            states.append((State.REVOCATION, revived))
-            continue
-        successor = next(((r, a) for r, a in later), None)
-        if successor is None:
-            states.append((State.CURRENT, None))
-        elif successor[1] is Action.REVOKE:
-            states.append((State.WITHDRAWN, successor[0]))
-        else:
-            states.append((State.SUPERSEDED, successor[0]))
-    current = next(
-        (e.revision for e, (s, _) in zip(rows, states, strict=True) if s is State.CURRENT), None
-    )
+    actions = {e.revision: action_of(e) for e in rows}
+    life = states(list(actions.items()))
+    current = next((r for r, (s, _) in life.items() if s is State.CURRENT), None)
     return History(
         document_id=rows[0].document_id,
         sender=rows[-1].sender,
         current=current,
         revisions=tuple(
-            Revision(e.revision, a, e.sender, e.received_at, e.log_index, s, by)
-            for e, a, (s, by) in zip(rows, actions, states, strict=True)
+            Revision(
+                e.revision,
+                actions[e.revision],
+                e.sender,
+                e.received_at,
+                e.log_index,
+                *life[e.revision],
+            )
+            for e in rows
         ),
     )

@@ -20,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bus.store.lifecycle import State
 from bus.wire.codec import default_codec
 from bus.wire.limits import (
     MAX_ATTACHMENTS,
@@ -45,6 +46,7 @@ from bus.wire.model import (
 from consumers.agency.node import AgencyNode
 from consumers.agency.problems import Problem, install, problem_response, problem_responses
 from consumers.edxml import document_to_edxml
+from consumers.inbox import revision_states
 
 EVENT_TYPE = "application/vnd.docbus.event+avro"
 JSON = "application/json"
@@ -111,6 +113,9 @@ class InboxItem(BaseModel):
     subject: str
     received_at: str
     verified: dict[str, Any]
+    #: current, superseded (by a later UPDATE or REPLACE), withdrawn (by a REVOKE) or
+    #: revocation (the REVOKE itself), among the revisions this inbox holds.
+    state: str
 
 
 class InboxPage(BaseModel):
@@ -277,6 +282,7 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
                     subject=r.subject,
                     received_at=r.received_at.isoformat(),
                     verified=r.verification,
+                    state=_state(node, r.sender, r.document_id, r.revision)[0],
                 )
                 for r in found
             ],
@@ -345,7 +351,9 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
 
     @app.get(base, dependencies=auth)
     async def received(sender: str, document_id: str, revision: int) -> dict[str, Any]:
-        return _meta(node, sender, document_id, revision)
+        meta = _meta(node, sender, document_id, revision)
+        state, by = _state(node, sender, document_id, revision)
+        return {**meta, "state": state, "superseded_by": by}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -482,6 +490,16 @@ def _meta(node: AgencyNode, sender: str, document_id: str, revision: int) -> dic
         raise Problem(404, f"{document_id} revision {revision} from {sender} is not in the inbox")
     meta: dict[str, Any] = json.loads(path.read_text("utf-8"))
     return meta
+
+
+def _state(
+    node: AgencyNode, sender: str, document_id: str, revision: int
+) -> tuple[str, int | None]:
+    """A received revision's state among those the inbox holds, and what superseded it."""
+    state, by = revision_states(node.inbox.folder, sender, document_id).get(
+        revision, (State.CURRENT, None)
+    )
+    return state.value, by
 
 
 def _receipt(statuses: list[Status]) -> dict[str, Any] | None:
