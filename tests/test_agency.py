@@ -22,15 +22,16 @@ import pytest
 import uvicorn
 
 from bus.kafka.broker import EmbeddedBroker
-from bus.kafka.records import document_record
+from bus.kafka.records import document_record, send_once, status_record
+from bus.kafka.runtime import Output
 from bus.registry import Registry
-from bus.wire.model import Action, Role
+from bus.wire.model import Action, Role, Status, StatusCode, event_digest, now_ms
 from bus.wire.names import path_segment
 from consumers.agency.app import EVENT_TYPE, create_app
 from consumers.agency.node import AgencyNode, NodeKeys
 from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
-from tests.stack import NGHE_AN, Stack, running_stack
+from tests.stack import BAC_NINH, NGHE_AN, Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -471,3 +472,69 @@ async def test_a_revised_then_revoked_document_shows_its_state_in_the_recipients
         "withdrawn",
         "revocation",
     ]
+
+
+async def test_a_withdrawal_is_asked_by_the_sender_alone_and_answered_by_the_recipient(
+    nodes: tuple[Stack, Node, Node],
+) -> None:
+    # edXML 13 → 15/16 end to end: the ministry asks Nghệ An to withdraw a document; Nghệ
+    # An's node shows the request and its answer reaches the ministry's node. Another agency
+    # holding a genuine certificate, writing to the status topic, cannot ask in its stead.
+    stack, ministry, nghe_an = nodes
+    posted = await ministry.client.post(
+        "/v1/documents", json={"recipients": [NGHE_AN], "subject": "Công văn gửi nhầm"}
+    )
+    document_id = posted.json()["document_id"]
+    view = f"/v1/inbox/{MINISTRY}/{document_id}/0"
+
+    async def listed() -> bool:
+        return (await nghe_an.client.get(view)).status_code == 200
+
+    await _until(listed)
+    early = await nghe_an.client.post(f"{view}/status", json={"code": "CHANGE_ACCEPTED"})
+    assert early.status_code == 409  # nothing was asked yet
+    sent = ministry.node.outbox.get(document_id)
+    assert sent is not None
+    intruder = stack.pki.key(BAC_NINH, Role.AGENCY)
+    forged = [
+        # Bắc Ninh asks in its own name: it sent no such document.
+        Status(document_id, StatusCode.WITHDRAW_REQUESTED, BAC_NINH, now_ms(),
+               event_digest=event_digest(sent.record)),
+        # Bắc Ninh's key, the ministry's name: the signature is not the sender's.
+        Status(document_id, StatusCode.WITHDRAW_REQUESTED, MINISTRY, now_ms(),
+               event_digest=event_digest(sent.record)),
+    ]  # fmt: skip
+    for status in forged:
+        await send_once(
+            stack.settings,
+            Output(
+                stack.settings.topics.status,
+                document_id.encode(),
+                status_record(status, [intruder]),
+            ),
+        )
+    asked = await ministry.client.post(
+        f"/v1/documents/{document_id}/withdraw", json={"message": "Gửi nhầm, đề nghị thu hồi"}
+    )
+    assert asked.status_code == 202, asked.text
+
+    async def requested() -> list[dict[str, Any]]:
+        return list((await nghe_an.client.get(view)).json()["requests"])
+
+    [request] = await _until(requested)
+    assert (
+        request["code"] == "WITHDRAW_REQUESTED"
+        and request["message"] == "Gửi nhầm, đề nghị thu hồi"
+    )
+    answer = await nghe_an.client.post(f"{view}/status", json={"code": "CHANGE_ACCEPTED"})
+    assert answer.status_code == 202, answer.text
+
+    async def answered() -> set[tuple[str, str]]:
+        state = (await ministry.client.get(f"/v1/documents/{document_id}")).json()
+        codes = {(s["code"], s["by"]) for s in state["statuses"]}
+        return codes if ("CHANGE_ACCEPTED", NGHE_AN) in codes else set()
+
+    codes = await _until(answered)
+    assert ("WITHDRAW_REQUESTED", MINISTRY) in codes
+    assert ("WITHDRAW_REQUESTED", BAC_NINH) not in codes
+    assert len((await nghe_an.client.get(view)).json()["requests"]) == 1  # forgeries ignored

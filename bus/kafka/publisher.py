@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -29,14 +30,28 @@ from bus.wire.model import Document, Role, Status, StatusCode, now_ms
 log = structlog.get_logger(__name__)
 
 
+class Inbound(Protocol):
+    """Statuses about documents this side received rather than sent (a sender's request to
+    withdraw one, edXML 13): whether one is wanted, before paying for verification, and
+    what to do with it once verified."""
+
+    def wants(self, status: Status) -> bool: ...
+
+    def take(self, verdict: Verified, record: bytes) -> None: ...
+
+
 class StatusListener:
-    """Applies verified statuses about this outbox's documents; wakes whoever waits."""
+    """Applies verified statuses about this outbox's documents; wakes whoever waits.
+
+    :param inbound: also hands it the statuses it wants about documents received here.
+    """
 
     stage = "outbox"
 
-    def __init__(self, outbox: Outbox, verifier: Verifier) -> None:
+    def __init__(self, outbox: Outbox, verifier: Verifier, inbound: Inbound | None = None) -> None:
         self.outbox = outbox
         self.verifier = verifier
+        self.inbound = inbound
         self._final: dict[tuple[str, int], asyncio.Event] = {}
 
     def waiter(self, document_id: str, revision: int) -> asyncio.Event:
@@ -60,13 +75,23 @@ class StatusListener:
         out: list[OutboxEntry | Reject] = []
         for record in records:
             claimed = self.verifier.codec.claims(record.value or b"")
-            if isinstance(claimed, Status) and not self.outbox.knows(
-                claimed.document_id, claimed.revision
+            inbound = (
+                self.inbound is not None
+                and isinstance(claimed, Status)
+                and self.inbound.wants(claimed)
+            )
+            if (
+                isinstance(claimed, Status)
+                and not inbound
+                and not self.outbox.knows(claimed.document_id, claimed.revision)
             ):
                 continue  # about another sender's document: not worth verifying here
             verdict = self.verifier.verify(record.value or b"", now_ms())
             if isinstance(verdict, Rejected):
                 out.append(Reject(record, verdict.reason, verdict.message))
+                continue
+            if inbound and self.inbound is not None:
+                self.inbound.take(verdict, record.value or b"")
                 continue
             if isinstance(verdict.payload, Status):
                 if not self._proven(verdict):
@@ -114,6 +139,7 @@ class Publisher:
     :param resend_after: re-send an unanswered record after this long.
     :param deadline: raise an alarm (log error) for records unanswered this long.
     :param blobs: where attachments over the threshold go (else they travel inline).
+    :param inbound: takes the statuses about documents received here (the agency node's).
     """
 
     def __init__(
@@ -126,6 +152,7 @@ class Publisher:
         deadline: timedelta = timedelta(minutes=10),
         blobs: BlobStore | None = None,
         blob_threshold: int = BLOB_THRESHOLD,
+        inbound: Inbound | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
@@ -134,7 +161,7 @@ class Publisher:
         self.deadline = deadline
         self.blobs = blobs
         self.blob_threshold = blob_threshold
-        self.listener = StatusListener(outbox, verifier)
+        self.listener = StatusListener(outbox, verifier, inbound)
         self.runtime = ConsumerRuntime(
             settings, self.listener, f"docbus.outbox.{outbox.id}", topics=[settings.topics.status]
         )

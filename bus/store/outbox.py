@@ -214,6 +214,25 @@ class Outbox:
         ).fetchall()
         return {r["by"] for r in rows}
 
+    def own(self, status: Status) -> None:
+        """Record a status this outbox's own agency issued about a record it sent (a
+        withdrawal request): shown with the others, never a fate."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO statuses (document_id, revision, code, by, at, reason,"
+                " message, rerouted, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    status.document_id,
+                    status.revision,
+                    status.code.value,
+                    status.by,
+                    status.at.isoformat(),
+                    status.reason,
+                    status.message,
+                    json.dumps(status.rerouted),
+                ),
+            )
+
     def knows(self, document_id: str, revision: int) -> bool:
         """Whether this outbox sent that document revision (cheap: no record read)."""
         with self._lock:

@@ -43,7 +43,7 @@ from bus.wire.model import (
     media_type_of,
     now_ms,
 )
-from consumers.agency.node import AgencyNode
+from consumers.agency.node import AgencyNode, NothingAsked
 from consumers.agency.problems import Problem, install, problem_response, problem_responses
 from consumers.edxml import document_to_edxml
 from consumers.inbox import revision_states
@@ -54,7 +54,16 @@ MULTIPART = "multipart/form-data"
 #: The largest request body: a document with its inline attachments in base64.
 MAX_BODY = MAX_RECORD_BYTES * 2
 _BEARER = HTTPBearer(auto_error=False)
-FEEDBACK_CODES = ("RECEIVED", "ACCEPTED", "ASSIGNED", "PROCESSING", "COMPLETED", "REJECTED")
+FEEDBACK_CODES = (
+    "RECEIVED",
+    "ACCEPTED",
+    "ASSIGNED",
+    "PROCESSING",
+    "COMPLETED",
+    "REJECTED",
+    "CHANGE_ACCEPTED",  # the answers to a sender's withdrawal request (edXML 15, 16)
+    "CHANGE_REFUSED",
+)
 
 
 class AttachmentIn(BaseModel):
@@ -121,6 +130,12 @@ class InboxItem(BaseModel):
 class InboxPage(BaseModel):
     items: list[InboxItem]
     next: int | None
+
+
+class WithdrawIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    revision: int = Field(0, ge=0, le=MAX_REVISION)
+    message: str | None = Field(None, max_length=MAX_TEXT)
 
 
 class FeedbackIn(BaseModel):
@@ -239,6 +254,21 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
         doc = await node.queue_event(record)
         return Queued(document_id=doc.document_id, revision=doc.revision, state="PENDING")
 
+    @app.post("/v1/documents/{document_id:path}/withdraw", status_code=202, dependencies=auth)
+    async def withdraw(document_id: str, asked: WithdrawIn) -> dict[str, Any]:
+        """Ask the recipients to withdraw a document this node sent (edXML 13,
+        WITHDRAW_REQUESTED); their answers (CHANGE_ACCEPTED, CHANGE_REFUSED) appear among
+        the document's statuses."""
+        try:
+            await node.request_withdrawal(document_id, asked.revision, asked.message)
+        except FileNotFoundError as exc:
+            raise Problem(404, str(exc)) from None
+        return {
+            "document_id": document_id,
+            "revision": asked.revision,
+            "code": "WITHDRAW_REQUESTED",
+        }
+
     @app.get("/v1/documents/{document_id:path}", dependencies=auth, response_model=DocumentState)
     async def get_document(
         document_id: str, revision: Annotated[int, Query(ge=0, le=MAX_REVISION)] = 0
@@ -344,16 +374,20 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
         sender: str, document_id: str, revision: int, feedback: FeedbackIn
     ) -> dict[str, str]:
         _meta(node, sender, document_id, revision)
-        await node.feedback(
-            sender, document_id, revision, StatusCode(feedback.code), feedback.message
-        )
+        try:
+            await node.feedback(
+                sender, document_id, revision, StatusCode(feedback.code), feedback.message
+            )
+        except NothingAsked as exc:
+            raise Problem(409, str(exc)) from None
         return {"document_id": document_id, "code": feedback.code}
 
     @app.get(base, dependencies=auth)
     async def received(sender: str, document_id: str, revision: int) -> dict[str, Any]:
         meta = _meta(node, sender, document_id, revision)
         state, by = _state(node, sender, document_id, revision)
-        return {**meta, "state": state, "superseded_by": by}
+        requests = node.requests(sender, document_id, revision)
+        return {**meta, "state": state, "superseded_by": by, "requests": requests}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+import structlog
 
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.publisher import Publisher
-from bus.kafka.records import send_once
+from bus.kafka.records import send_once, status_output
 from bus.kafka.runtime import ConsumerRuntime
 from bus.registry import Registry, RegistryError, vietnam_date
 from bus.store.blobs import BlobStore
@@ -27,7 +31,7 @@ from bus.trust.addressbook import AddressBook
 from bus.trust.sealing import EncryptionKey, parties, seal
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
-from bus.trust.verifier import Policy, Rejected, Verifier
+from bus.trust.verifier import Policy, Rejected, Verified, Verifier
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.limits import BLOB_THRESHOLD
 from bus.wire.model import (
@@ -35,6 +39,7 @@ from bus.wire.model import (
     Document,
     Role,
     SealSuite,
+    Status,
     StatusCode,
     event_digest,
     now_ms,
@@ -42,6 +47,8 @@ from bus.wire.model import (
 from bus.wire.names import path_segment
 from consumers.inbox import FEEDBACK, Inbox
 from consumers.received import ReceivedIndex
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,7 @@ class AgencyNode:
             resend_after=timedelta(seconds=30),
             blobs=blobs,
             blob_threshold=blob_threshold,
+            inbound=self,
         )
         self.received = ReceivedIndex(data_dir / "received.sqlite")
         self.inbox = Inbox(
@@ -192,12 +200,17 @@ class AgencyNode:
     async def feedback(
         self, sender: str, document_id: str, revision: int, code: StatusCode, message: str | None
     ) -> None:
-        """The agency's signed feedback about a received document (its exact record)."""
-        if code not in FEEDBACK and code is not StatusCode.REJECTED:
+        """The agency's signed feedback about a received document (its exact record); the
+        answer to a withdrawal request (CHANGE_ACCEPTED or CHANGE_REFUSED) only once the
+        sender asked."""
+        answers = code in (StatusCode.CHANGE_ACCEPTED, StatusCode.CHANGE_REFUSED)
+        if code not in FEEDBACK and code is not StatusCode.REJECTED and not answers:
             raise DocbusError(Reason.MALFORMED, f"{code.value} is not an agency's feedback")
         event = self.folder(sender, document_id, revision) / "event.avro"
         if not event.is_file():
             raise FileNotFoundError(f"{document_id} revision {revision} is not in the inbox")
+        if answers and not self.requests(sender, document_id, revision):
+            raise NothingAsked(f"{sender} has not asked to withdraw {document_id}")
         record = await asyncio.to_thread(event.read_bytes)
         # The status names what the kept record says, whatever the URL spelled.
         received = self.inbox.verifier.codec.claims(record)
@@ -212,6 +225,77 @@ class AgencyNode:
             Reason.POLICY.value if code is StatusCode.REJECTED else None,
         )
         await send_once(self.settings, output)
+
+    # The sender's requests about what this node received (edXML 13), as an Inbound.
+
+    def wants(self, status: Status) -> bool:
+        """A withdrawal request that names a document this inbox holds from its sender."""
+        return (
+            status.code is StatusCode.WITHDRAW_REQUESTED
+            and self.received.get(status.by, status.document_id, status.revision) is not None
+        )
+
+    def take(self, verdict: Verified, record: bytes) -> None:
+        """Keep a verified withdrawal request beside the document it names, if it is the
+        sender's (its AGENCY seal) and names the exact record kept; ignore it otherwise."""
+        status = verdict.payload
+        assert isinstance(status, Status)
+        folder = self.folder(status.by, status.document_id, status.revision)
+        event = folder / "event.avro"
+        sealed = any(s.role is Role.AGENCY and s.agency == status.by for s in verdict.signers)
+        if (
+            not sealed
+            or not event.is_file()
+            or status.event_digest != event_digest(event.read_bytes())
+        ):
+            log.warning(
+                "withdrawal request ignored: not the sender's, or not for the bytes kept",
+                document_id=status.document_id,
+                by=status.by,
+            )
+            return
+        kept = self.requests(status.by, status.document_id, status.revision)
+        asked = {"code": status.code.value, "at": status.at.isoformat(), "message": status.message}
+        if asked not in kept:
+            path = folder / REQUESTS
+            path.write_text(json.dumps([*kept, asked], ensure_ascii=False), "utf-8")
+            log.info("withdrawal requested", document_id=status.document_id, by=status.by)
+
+    def requests(self, sender: str, document_id: str, revision: int) -> list[dict[str, Any]]:
+        """The sender's requests about a received document, oldest first."""
+        path = self.folder(sender, document_id, revision) / REQUESTS
+        kept: list[dict[str, Any]] = json.loads(path.read_text("utf-8")) if path.is_file() else []
+        return kept
+
+    async def request_withdrawal(
+        self, document_id: str, revision: int, message: str | None
+    ) -> None:
+        """Ask the recipients to withdraw a document this node sent (edXML 13): a status
+        signed with the agency's seal, for the exact record sent."""
+        sent = self.outbox.get(document_id, revision)
+        if sent is None:
+            raise FileNotFoundError(f"{document_id} revision {revision} was not sent from here")
+        status = Status(
+            document_id,
+            StatusCode.WITHDRAW_REQUESTED,
+            self.agency,
+            now_ms(),
+            revision,
+            message=message,
+            event_digest=event_digest(sent.record),
+        )
+        await send_once(
+            self.settings, status_output(status, self.keys.agency, self.settings.topics)
+        )
+        self.outbox.own(status)
+
+
+#: Beside a received document: what its sender asked about it since.
+REQUESTS = "requests.json"
+
+
+class NothingAsked(Exception):
+    """An answer to a request that was never made (CHANGE_ACCEPTED with nothing asked)."""
 
 
 def api_token(token_file: Path | None, data_dir: Path) -> str:
