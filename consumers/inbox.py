@@ -230,6 +230,7 @@ class Inbox:
             "note": note,
             "code_number": doc.code_number,
             "issued_at": doc.issued_at.isoformat(),
+            "due_date": doc.due_date.isoformat() if doc.due_date else None,
             "attachments": [a.name for a in doc.attachments],
             "files": names,
             "media_types": [a.media_type for a in doc.attachments],
@@ -250,6 +251,7 @@ class Inbox:
                 doc.subject,
                 now_ms(),
                 verified or {},
+                doc.due_date,
             )
 
     def status(

@@ -6,7 +6,7 @@ import json
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,15 @@ CREATE TABLE IF NOT EXISTS received (
     subject TEXT NOT NULL,
     received_at TEXT NOT NULL,
     verification TEXT NOT NULL,
+    due_date TEXT,
+    answered TEXT,
     UNIQUE (sender, document_id, revision)
 );
 """
+#: Columns added since the first index file: (column, type), added where missing.
+MIGRATIONS = (("due_date", "TEXT"), ("answered", "TEXT"))
+#: The feedback that closes a document for the agency: it is then never overdue.
+CLOSING = ("COMPLETED", "REJECTED")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,9 @@ class Received:
     subject: str
     received_at: datetime
     verification: dict[str, Any]
+    due_date: date | None = None
+    #: The closing feedback this agency sent (COMPLETED or REJECTED), if any.
+    answered: str | None = None
 
 
 class ReceivedIndex:
@@ -43,6 +52,10 @@ class ReceivedIndex:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         self._db = open_database(path, SCHEMA)
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(received)")}
+        for column, kind in MIGRATIONS:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE received ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -56,12 +69,13 @@ class ReceivedIndex:
         subject: str,
         received_at: datetime,
         verification: dict[str, Any],
+        due_date: date | None = None,
     ) -> None:
         """Note a document kept in the inbox; noting it again is a no-op."""
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO received (sender, document_id, revision, subject,"
-                " received_at, verification) VALUES (?, ?, ?, ?, ?, ?)",
+                " received_at, verification, due_date) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     sender,
                     document_id,
@@ -69,8 +83,31 @@ class ReceivedIndex:
                     subject,
                     received_at.isoformat(),
                     json.dumps(verification, ensure_ascii=False),
+                    due_date.isoformat() if due_date else None,
                 ),
             )
+
+    def answer(self, sender: str, document_id: str, revision: int, code: str) -> None:
+        """Note the feedback the agency sent; a closing one takes it off the overdue list."""
+        if code not in CLOSING:
+            return
+        with self._lock:
+            self._db.execute(
+                "UPDATE received SET answered = ? WHERE sender = ? AND document_id = ?"
+                " AND revision = ? AND answered IS NULL",
+                (code, sender, document_id, revision),
+            )
+
+    def overdue(self, on: date, limit: int) -> list[Received]:
+        """Documents due before ``on`` that the agency has not completed or refused, the
+        most overdue first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM received WHERE due_date < ? AND answered IS NULL"
+                " ORDER BY due_date, seq LIMIT ?",
+                (on.isoformat(), limit),
+            ).fetchall()
+        return [_received(r) for r in rows]
 
     def after(self, cursor: int, limit: int) -> list[Received]:
         """Up to ``limit`` documents received after ``cursor``, oldest first."""
@@ -98,4 +135,6 @@ def _received(row: sqlite3.Row) -> Received:
         subject=row["subject"],
         received_at=datetime.fromisoformat(row["received_at"]),
         verification=json.loads(row["verification"]),
+        due_date=date.fromisoformat(row["due_date"]) if row["due_date"] else None,
+        answered=row["answered"],
     )

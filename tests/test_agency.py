@@ -10,10 +10,12 @@ import dataclasses
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from bus.wire.model import Action, Role, Status, StatusCode, event_digest, now_m
 from bus.wire.names import path_segment
 from consumers.agency.app import EVENT_TYPE, create_app
 from consumers.agency.node import AgencyNode, NodeKeys
+from consumers.received import ReceivedIndex
 from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
 from tests.stack import BAC_NINH, NGHE_AN, Stack, running_stack
@@ -538,3 +541,55 @@ async def test_a_withdrawal_is_asked_by_the_sender_alone_and_answered_by_the_rec
     assert ("WITHDRAW_REQUESTED", MINISTRY) in codes
     assert ("WITHDRAW_REQUESTED", BAC_NINH) not in codes
     assert len((await nghe_an.client.get(view)).json()["requests"]) == 1  # forgeries ignored
+
+
+async def test_what_is_due_and_not_completed_is_overdue_until_the_recipient_completes_it(
+    nodes: tuple[Stack, Node, Node],
+) -> None:
+    _, ministry, nghe_an = nodes
+    sent = {}
+    for name, due in (("late", "2026-01-10"), ("later", "2099-01-01"), ("undated", None)):
+        body: dict[str, Any] = {"recipients": [NGHE_AN], "subject": f"Báo cáo {name}"}
+        if due:
+            body["due_date"] = due
+        sent[name] = (await ministry.client.post("/v1/documents", json=body)).json()["document_id"]
+
+    async def all_listed() -> bool:
+        items = (await nghe_an.client.get("/v1/inbox")).json()["items"]
+        return set(sent.values()) <= {i["document_id"] for i in items}
+
+    await _until(all_listed)
+    overdue = (await nghe_an.client.get("/v1/inbox/overdue", params={"on": "2026-06-01"})).json()
+    assert [(i["document_id"], i["due_date"]) for i in overdue["items"]] == [
+        (sent["late"], "2026-01-10")
+    ]
+    view = f"/v1/inbox/{MINISTRY}/{sent['late']}/0"
+    assert (await nghe_an.client.get(view)).json()["due_date"] == "2026-01-10"
+    for code in ("ACCEPTED", "COMPLETED"):  # only the closing feedback takes it off
+        answer = await nghe_an.client.post(f"{view}/status", json={"code": code})
+        assert answer.status_code == 202
+        still = (await nghe_an.client.get("/v1/inbox/overdue", params={"on": "2026-06-01"})).json()
+        assert bool(still["items"]) is (code == "ACCEPTED")
+    later = (await nghe_an.client.get("/v1/inbox/overdue", params={"on": "2100-01-01"})).json()
+    assert [i["document_id"] for i in later["items"]] == [sent["later"]]
+
+
+def test_an_inbox_index_made_before_due_dates_gains_them(tmp_path: Path) -> None:
+    old = tmp_path / "received.sqlite"
+    with sqlite3.connect(old) as db:
+        db.execute(
+            "CREATE TABLE received (seq INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL,"
+            " document_id TEXT NOT NULL, revision INTEGER NOT NULL, subject TEXT NOT NULL,"
+            " received_at TEXT NOT NULL, verification TEXT NOT NULL,"
+            " UNIQUE (sender, document_id, revision))"
+        )
+        db.execute(
+            "INSERT INTO received VALUES (1, ?, 'x', 0, 'cũ', '2026-01-01T00:00:00+00:00', '{}')",
+            (MINISTRY,),
+        )
+    index = ReceivedIndex(old)
+    [kept] = index.after(0, 10)
+    assert kept.subject == "cũ" and kept.due_date is None and kept.answered is None
+    index.add(MINISTRY, "y", 0, "mới", datetime.now(UTC), {}, date(2026, 2, 1))
+    assert [r.document_id for r in index.overdue(date(2026, 3, 1), 10)] == ["y"]
+    index.close()

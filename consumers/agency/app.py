@@ -20,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bus.registry import vietnam_date
 from bus.store.lifecycle import State
 from bus.wire.codec import default_codec
 from bus.wire.limits import (
@@ -130,6 +131,18 @@ class InboxItem(BaseModel):
 class InboxPage(BaseModel):
     items: list[InboxItem]
     next: int | None
+
+
+class OverdueItem(BaseModel):
+    sender: str
+    document_id: str
+    revision: int
+    subject: str
+    due_date: str
+
+
+class OverduePage(BaseModel):
+    items: list[OverdueItem]
 
 
 class WithdrawIn(BaseModel):
@@ -317,6 +330,26 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
                 for r in found
             ],
             next=found[-1].seq if len(found) == limit else None,
+        )
+
+    @app.get("/v1/inbox/overdue", dependencies=auth, response_model=OverduePage)
+    async def overdue(
+        on: date | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> OverduePage:
+        """Received documents due before ``on`` (default: today in Vietnam) that this agency
+        has not yet COMPLETED or REJECTED, the most overdue first."""
+        found = node.received.overdue(on or vietnam_date(now_ms()), limit)
+        return OverduePage(
+            items=[
+                OverdueItem(
+                    sender=r.sender,
+                    document_id=r.document_id,
+                    revision=r.revision,
+                    subject=r.subject,
+                    due_date=r.due_date.isoformat() if r.due_date else "",
+                )
+                for r in found
+            ]
         )
 
     base = "/v1/inbox/{sender}/{document_id:path}/{revision:int}"

@@ -225,6 +225,7 @@ class AgencyNode:
             Reason.POLICY.value if code is StatusCode.REJECTED else None,
         )
         await send_once(self.settings, output)
+        self.received.answer(sender, document_id, revision, code.value)
 
     # The sender's requests about what this node received (edXML 13), as an Inbound.
 
