@@ -65,7 +65,8 @@ class HistoryOut(BaseModel):
 
 
 def create_archive_app(archive: Archive) -> FastAPI:
-    """The read-only API over ``archive``."""
+    """The read-only API over ``archive``. Its handlers are plain functions: FastAPI runs
+    them in its thread pool, so a database query never holds up the event loop."""
     app = FastAPI(
         title="docbus archive",
         version="1",
@@ -75,7 +76,7 @@ def create_archive_app(archive: Archive) -> FastAPI:
     install(app)
 
     @app.get("/v1/archive/documents", response_model=Page)
-    async def search(
+    def search(
         sender: str | None = None,
         recipient: str | None = None,
         from_: Annotated[date | None, Query(alias="from")] = None,
@@ -109,7 +110,7 @@ def create_archive_app(archive: Archive) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {EVIDENCE_TYPE: {}}, "description": "evidence bundle"}},
     )
-    async def evidence(sender: str, document_id: str, revision: int) -> Response:
+    def evidence(sender: str, document_id: str, revision: int) -> Response:
         _revision(revision)
         try:
             bundle = export_evidence(archive, document_id, revision, sender)
@@ -118,7 +119,7 @@ def create_archive_app(archive: Archive) -> FastAPI:
         return Response(bundle.to_bytes(), media_type=EVIDENCE_TYPE)
 
     @app.get("/v1/archive/documents/{sender}/{document_id:path}/history", response_model=HistoryOut)
-    async def revisions(sender: str, document_id: str) -> HistoryOut:
+    def revisions(sender: str, document_id: str) -> HistoryOut:
         """Every revision of the document, which one is in force, and whether it was
         revoked: UPDATE and REPLACE supersede what came before, REVOKE withdraws."""
         found = history(lineage(archive.find(document_id), sender))
@@ -148,7 +149,7 @@ def create_archive_app(archive: Archive) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {"application/octet-stream": {}}, "description": "bytes"}},
     )
-    async def attachment(sender: str, document_id: str, revision: int, n: int) -> Response:
+    def attachment(sender: str, document_id: str, revision: int, n: int) -> Response:
         """An attachment's bytes as archived (a sealed document's stay sealed: ciphertext),
         checked against the signed hash as they are read."""
         doc = _document(archive, sender, document_id, revision)[1]
@@ -172,7 +173,7 @@ def create_archive_app(archive: Archive) -> FastAPI:
         )
 
     @app.get(base)
-    async def document(sender: str, document_id: str, revision: int) -> dict[str, Any]:
+    def document(sender: str, document_id: str, revision: int) -> dict[str, Any]:
         """Every field of the archived document (a sealed one's stay sealed), where it sits
         in the log, and when it was received."""
         entry, doc = _document(archive, sender, document_id, revision)
@@ -188,11 +189,12 @@ def create_archive_app(archive: Archive) -> FastAPI:
             "received_at": entry.received_at.isoformat(),
             "log_index": entry.log_index,
             "state": states.get(revision, ""),
+            "statuses": _receipts(entry),
             "current_revision": life.current if life else None,
         }
 
     @app.get("/audit", response_class=HTMLResponse)
-    async def audit_page() -> HTMLResponse:
+    def audit_page() -> HTMLResponse:
         """The auditor's page: the log's checkpoints with their witness cosignatures, the
         last verify-archive result, and the conflicts kept."""
         return HTMLResponse(audit_html(archive))
@@ -218,6 +220,16 @@ def _document(
         raise Problem(404, f"{document_id} revision {revision} from {sender} is not archived")
     codec = default_codec()
     return entries[0], codec.decode_document(codec.decode_event(entries[0].event).payload)
+
+
+def _receipts(entry: Entry) -> list[dict[str, Any]]:
+    """The statuses the archive holds for an entry: the gateway's signed receipt (verified
+    when it was archived, and again by every verify-archive)."""
+    if not entry.receipt:
+        return []
+    codec = default_codec()
+    status = codec.decode_status(codec.decode_event(entry.receipt).payload)
+    return [{"code": status.code.value, "by": status.by, "at": status.at.isoformat()}]
 
 
 def _revision(revision: int) -> None:

@@ -249,6 +249,21 @@ def archive() -> None:
     """Look inside an archive."""
 
 
+@archive.command("grant-reader")
+@click.argument("role")
+@click.option("--database", metavar="URL", help="The archive in PostgreSQL (DOCBUS_DATABASE).")
+def archive_grant_reader(role: str, database: str | None) -> None:
+    """Make ROLE a PostgreSQL login that can read the archive and write nothing: connect
+    `serve archive-api` as it."""
+    url = database_url(database)
+    if url is None:
+        raise UsageProblem("grant-reader is for an archive in PostgreSQL: give --database URL")
+    from bus.store.postgres import grant_reader
+
+    grant_reader(url, role)
+    click.echo(f"{role} may read the archive and write nothing")
+
+
 @archive.command("list")
 @archive_option
 @click.option("--json", "as_json", is_flag=True)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import secrets
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -33,7 +35,7 @@ from bus.wire.codec import default_codec
 from bus.wire.model import Action, Document, Role, now_ms
 from consumers.archiver import Archiver
 from producers.document import new_document
-from tests.conftest import MINISTRY, PROVINCE, Pki, Store
+from tests.conftest import MINISTRY, POSTGRES, PROVINCE, Pki, Store
 from tests.records import delivered
 
 TOPIC = "docbus.deliver.nghe-an"
@@ -368,3 +370,32 @@ def test_a_checkpoint_signed_with_a_pinned_archivers_other_key_is_forged(
         "UPDATE checkpoints SET signed = ? WHERE size = 7", (sign_checkpoint(forged, other),)
     )
     assert ("forged checkpoint", "checkpoint of size 7") in _kinds(_audit(audited, pki))
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)  # SQLite's reader is mode=ro
+def test_the_archive_apis_database_role_can_read_and_cannot_write(audited: Store) -> None:
+    # Read-only by construction on PostgreSQL: the API connects as a role that was never
+    # granted a write, so even a statement sent past the API's code is refused.
+    assert audited.database is not None
+    from bus.store.postgres import PostgresArchive, grant_reader
+
+    role = f"docbus_reader_{secrets.token_hex(4)}"
+    grant_reader(audited.database, role)
+    grant_reader(audited.database, role)  # again: nothing changes, nothing fails
+    reader_url = urlunsplit(urlsplit(audited.database)._replace(netloc=f"{role}@127.0.0.1:5432"))
+    try:
+        with PostgresArchive(reader_url, BlobStore(audited.data_dir), read_only=True) as reader:
+            assert reader.count() == 7 and len(reader.search(Search(text="van ban"))[0]) == 7
+        with psycopg.connect(reader_url, autocommit=True) as raw:
+            for statement in (
+                "DELETE FROM entries",
+                "UPDATE checkpoints SET signed = ''",
+                "INSERT INTO log_nodes VALUES (0, 99, '')",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    raw.execute(statement)  # type: ignore[arg-type]
+    finally:
+        with psycopg.connect(audited.database, autocommit=True) as admin:
+            admin.execute(f'DROP OWNED BY "{role}"')  # type: ignore[arg-type]
+        with psycopg.connect(POSTGRES, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')  # type: ignore[arg-type]

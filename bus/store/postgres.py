@@ -10,11 +10,13 @@ runs in every archiver at once; only the appends take turns.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import RowMaker
 
 from bus.store.archive import AUDITS_TABLE, FOLDED_SUBJECTS, Archive, Cursor
@@ -132,3 +134,31 @@ class PostgresArchive(Archive):
     def _begin(self) -> None:
         self._exec("BEGIN")
         self._exec("SELECT pg_advisory_xact_lock(?)", (_LOG_LOCK,))
+
+
+def grant_reader(url: str, role: str) -> None:
+    """Make ``role`` a login role that may read the archive at ``url`` and nothing else:
+    SELECT on its tables, now and after later migrations, and no right to write. The
+    archive API connects as it, so it is read-only in the database's own terms."""
+    if not _ROLE.fullmatch(role):
+        raise ValueError(f"{role!r} is not a role name (letters, digits, _; up to 63)")
+    name = sql.Identifier(role)
+    with psycopg.connect(url, autocommit=True) as db:
+        exists = db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if exists is None:
+            db.execute(sql.SQL("CREATE ROLE {} LOGIN NOINHERIT").format(name))
+        database = db.execute("SELECT current_database()").fetchone()
+        assert database is not None
+        db.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database[0]), name)
+        )
+        db.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(name))
+        db.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(name))
+        db.execute(
+            sql.SQL(
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}"
+            ).format(name)
+        )
+
+
+_ROLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
