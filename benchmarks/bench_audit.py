@@ -1,6 +1,6 @@
 """verify-archive: time and peak memory as the archive grows (DESIGN §6: bounded memory).
 
-Run: python -m benchmarks.bench_audit [--sizes 2000,10000,30000]
+Run: python -m benchmarks.bench_audit [--sizes 2000,10000,30000] [--body 4096]
 
 Signed 4 KiB documents go through the real archiver (each with a gateway receipt, so every
 entry is verified again by the audit); at each size ``docbus audit verify-archive`` runs as
@@ -70,6 +70,7 @@ def bare_verify(records: list[bytes]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="2000,10000,30000")
+    parser.add_argument("--body", type=int, default=4096, help="attachment bytes per document")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="docbus-audit-bench-"))
@@ -90,12 +91,12 @@ def main() -> None:
     archiver = Archiver(
         archive, service["docbus.archiver"], Topics(), verifier, BlobStore(folder / "blobs")
     )
-    body = os.urandom(4096)
+    body = os.urandom(args.body)
     done, sample = 0, []
     print("entries   verify-archive   entries/s   peak RSS   bare 3×Ed25519 /s   ratio")
     for size in sizes:
         while done < size:
-            n = min(500, size - done)
+            n = min(1000, size - done)
             records = [
                 document_record(
                     dataclasses.replace(

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         le=MAX_RECORD_BYTES // 2,
         description="attachments over this many bytes go to the blob store",
     )
+    listen: str | None = Field(
+        None,
+        pattern=r"^.+:[0-9]{1,5}$",
+        description="`host:port` of a service's /metrics, /healthz and /readyz",
+    )
     tansu_bin: Path | None = Field(None, description="another Tansu binary for `docbus dev`")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="the lowest level logged"

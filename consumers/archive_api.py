@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, Query, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
+from prometheus_client import make_asgi_app
 from pydantic import BaseModel
 from starlette.concurrency import iterate_in_threadpool
 
@@ -198,6 +199,8 @@ def create_archive_app(archive: Archive) -> FastAPI:
         """The auditor's page: the log's checkpoints with their witness cosignatures, the
         last verify-archive result, and the conflicts kept."""
         return HTMLResponse(audit_html(archive))
+
+    app.mount("/metrics", make_asgi_app())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -21,12 +21,14 @@ from bus.cli.options import (
     existing_archive,
     kafka,
     key_password,
+    listen_option,
     path_option,
     registry_option,
     settings,
     trust_option,
 )
-from bus.kafka.runtime import ConsumerRuntime, run_until_signalled
+from bus.kafka.metrics import CHECKPOINT_AGE
+from bus.kafka.runtime import ConsumerRuntime, serve_with_ops
 from bus.registry import Registry
 from bus.store.archive import ARCHIVE_FILE, Archive, SqliteArchive, archive_blobs
 from bus.trust.sealing import EncryptionKey
@@ -55,7 +57,10 @@ def serve() -> None:
 @trust_option
 @click.option("--key", required=True, type=KeyPair(Role.SERVICE), help="The gateway's SERVICE key.")
 @registry_option
-def serve_gateway(bootstrap: str | None, trust: Path, key: SigningKey, registry: Registry) -> None:
+@listen_option
+def serve_gateway(
+    bootstrap: str | None, trust: Path, key: SigningKey, registry: Registry, listen: str | None
+) -> None:
     """Verify docbus.submitted and route each document to its jurisdictions."""
     settings = kafka(bootstrap)
     verifier = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=_reload())
@@ -63,7 +68,7 @@ def serve_gateway(bootstrap: str | None, trust: Path, key: SigningKey, registry:
     runtime = ConsumerRuntime(
         settings, gateway, "docbus.gateway", topics=[settings.topics.submitted]
     )
-    asyncio.run(run_until_signalled([runtime]))
+    asyncio.run(serve_with_ops([runtime], listen))
 
 
 @serve.command("archiver")
@@ -74,6 +79,7 @@ def serve_gateway(bootstrap: str | None, trust: Path, key: SigningKey, registry:
     "--key", required=True, type=KeyPair(Role.SERVICE), help="The archiver's SERVICE key."
 )
 @registry_option
+@listen_option
 def serve_archiver(
     bootstrap: str | None,
     data_dir: Path | None,
@@ -81,6 +87,7 @@ def serve_archiver(
     trust: Path,
     key: SigningKey,
     registry: Registry,
+    listen: str | None,
 ) -> None:
     """Verify and archive every delivery topic into DATA_DIR/archive.sqlite, or into
     PostgreSQL (--database), where any number of archivers may run at once."""
@@ -93,10 +100,21 @@ def serve_archiver(
     runtime = ConsumerRuntime(
         settings, archiver, "docbus.archiver", pattern=settings.topics.deliver_pattern
     )
+    CHECKPOINT_AGE.set_function(lambda: _checkpoint_age(archive))
     try:
-        asyncio.run(run_until_signalled([runtime]))
+        asyncio.run(serve_with_ops([runtime], listen, [("archive", lambda: _answers(archive))]))
     finally:
         archive.close()
+
+
+def _checkpoint_age(archive: Archive) -> float:
+    latest = archive.latest_checkpoint()
+    return (datetime.now(UTC) - latest.at).total_seconds() if latest else float("nan")
+
+
+def _answers(archive: Archive) -> bool:
+    archive.log_size()  # a query: the database answers
+    return True
 
 
 def _read_only_archive(data_dir: Path | None, url: str | None) -> Archive:
@@ -218,6 +236,7 @@ def serve_archive_api(data_dir: Path | None, database: str | None, listen: str) 
 )
 @path_option("--edxml-dir", folder=True, help="Also write every document here as edXML.")
 @registry_option
+@listen_option
 def serve_inbox(
     bootstrap: str | None,
     agency: str,
@@ -227,6 +246,7 @@ def serve_inbox(
     decrypt_key: Path | None,
     edxml_dir: Path | None,
     registry: Registry,
+    listen: str | None,
 ) -> None:
     """Keep the documents addressed to AGENCY (or its predecessors) in DIR; say RECEIVED."""
     settings = kafka(bootstrap)
@@ -241,7 +261,7 @@ def serve_inbox(
         agency, registry, verifier, key, folder, settings.topics, blob_store(), opener, edxml_dir
     )
     runtime = ConsumerRuntime(settings, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic])
-    asyncio.run(run_until_signalled([runtime]))
+    asyncio.run(serve_with_ops([runtime], listen))
 
 
 @click.group(cls=DocbusGroup)

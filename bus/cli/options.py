@@ -20,6 +20,7 @@ import click
 from aiokafka.errors import KafkaConnectionError, KafkaError, NodeNotReadyError
 
 from bus.kafka.clients import KafkaSettings
+from bus.kafka.metrics import parse_listen
 from bus.registry import Registry, RegistryError, load_registry
 from bus.settings import Settings, load_settings
 from bus.store.archive import Archive, open_archive
@@ -197,6 +198,26 @@ def key_password(path: Path | None = None) -> bytes | None:
     if chosen is None:
         return None
     return chosen.read_bytes().removesuffix(b"\n")
+
+
+def listen_option(f: Any) -> Any:
+    """``--listen HOST:PORT``: where a service serves /metrics, /healthz and /readyz."""
+    return click.option(
+        "--listen",
+        callback=_listen,
+        metavar="HOST:PORT",
+        help="Serve /metrics, /healthz and /readyz here (default: DOCBUS_LISTEN; unset: none).",
+    )(f)
+
+
+def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    chosen = value or settings().listen
+    if chosen is None:
+        return None
+    try:
+        return parse_listen(chosen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
 
 
 def bootstrap_option(f: Any) -> Any:

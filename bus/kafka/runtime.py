@@ -17,6 +17,7 @@ import errno
 import random
 import signal
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,16 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from bus.kafka.clients import KafkaSettings
+from bus.kafka.metrics import (
+    BROKER_UP,
+    LAG,
+    RECORD_AGE,
+    RECORDS_IN,
+    Readiness,
+    broker_fresh,
+    count_outputs,
+    ops_server,
+)
 from bus.wire.errors import DocbusError, Reason
 from bus.wire.headers import Headers, error_headers
 
@@ -143,6 +154,8 @@ class ConsumerRuntime:
         self._consumer: AIOKafkaConsumer | None = None
         self._pending: dict[TopicPartition, int] = {}
         self.processed = 0
+        #: When the broker last answered this runtime's check (monotonic), for readiness.
+        self.broker_seen: float | None = None
 
     def request_stop(self) -> None:
         """Finish the batch in hand, commit, and close."""
@@ -159,13 +172,18 @@ class ConsumerRuntime:
                 return
             self._consumer = consumer
             stack.push_async_callback(self._closing)
+            watching = asyncio.create_task(self._watch(consumer))
+            stack.callback(watching.cancel)
             self.started.set()
-            log.info("consuming", stage=self.handler.stage, group=self.group_id)
+            stage = self.handler.stage
+            log.info("consuming", stage=stage, group=self.group_id)
             while not self._stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
                 records = [r for part in batch.values() for r in part]
                 if not records:
                     continue
+                for tp, part in batch.items():
+                    RECORDS_IN.labels(stage, tp.topic).inc(len(part))
                 try:
                     results = await self._handle(consumer, records)
                     await self._publish(producer, results)
@@ -175,6 +193,36 @@ class ConsumerRuntime:
                     self._pending[tp] = part[-1].offset + 1
                 self.processed += len(records)
                 await self.commit_pending()
+                now = time.time()
+                latency = RECORD_AGE.labels(stage)
+                for r in records:
+                    latency.observe(max(0.0, now - r.timestamp / 1000))
+
+    async def _watch(self, consumer: AIOKafkaConsumer, every: float = 5.0) -> None:
+        """Every few seconds: does the broker answer (readiness), and how far behind the end
+        of each assigned partition is what this group committed (lag)."""
+        stage = self.handler.stage
+        while True:
+            try:
+                await asyncio.wait_for(consumer.topics(), every)  # a metadata round trip
+            except (KafkaError, TimeoutError, OSError):
+                BROKER_UP.labels(stage).set(0)
+            else:
+                self.broker_seen = time.monotonic()
+                BROKER_UP.labels(stage).set(1)
+                with contextlib.suppress(KafkaError, TimeoutError, OSError):  # lag: next round
+                    async with asyncio.timeout(every):
+                        await self._measure_lag(consumer)
+            await asyncio.sleep(every)
+
+    async def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
+        assigned = list(consumer.assignment())
+        ends = await consumer.end_offsets(assigned)
+        for tp in assigned:
+            committed = await consumer.committed(tp)
+            LAG.labels(self.handler.stage, tp.topic, str(tp.partition)).set(
+                max(0, ends.get(tp, 0) - (committed or 0))
+            )
 
     def _subscribed(self) -> AIOKafkaConsumer:
         consumer = self.settings.consumer(self.group_id, **self._consumer_overrides)
@@ -319,6 +367,11 @@ class ConsumerRuntime:
                     for o in outputs
                 ]
                 await asyncio.gather(*sent)
+                count_outputs(
+                    self.handler.stage,
+                    [o.topic for o in outputs],
+                    [r.reason.value for r in results if isinstance(r, Reject)],
+                )
                 return
             except KafkaError as exc:
                 attempt += 1
@@ -346,3 +399,32 @@ async def run_until_signalled(runtimes: Sequence[ConsumerRuntime], deadline: flo
     for t in tasks:
         if t.done() and not t.cancelled() and t.exception() is not None:
             raise t.exception()  # type: ignore[misc]
+
+
+async def serve_with_ops(
+    runtimes: Sequence[ConsumerRuntime],
+    listen: str | None,
+    checks: Sequence[tuple[str, Callable[[], bool]]] = (),
+) -> None:
+    """Run a service's runtimes until signalled and, with ``listen``, its ops endpoints
+    (DESIGN §10): ready while every runtime sees the broker and every check passes."""
+    if listen is None:
+        await run_until_signalled(runtimes)
+        return
+    readiness = Readiness()
+    for runtime in runtimes:
+        readiness.add(f"broker ({runtime.group_id})", broker_fresh(seen_by(runtime)))
+    for name, check in checks:
+        readiness.add(name, check)
+    server = ops_server(listen, readiness)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await run_until_signalled(runtimes)
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def seen_by(runtime: ConsumerRuntime) -> Callable[[], float | None]:
+    """When the broker last answered ``runtime`` (for :func:`~bus.kafka.metrics.broker_fresh`)."""
+    return lambda: runtime.broker_seen

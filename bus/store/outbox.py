@@ -282,6 +282,15 @@ class Outbox:
             ).fetchall()
         return [_entry(r) for r in rows]
 
+    def pending_summary(self) -> tuple[int, datetime | None]:
+        """How many entries wait for a final status, and since when the oldest does."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM entries WHERE state = ?",
+                (State.PENDING.value,),
+            ).fetchone()
+        return int(row[0]), _ts(row[1])
+
     def entries(self) -> list[OutboxEntry]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM entries ORDER BY created_at").fetchall()

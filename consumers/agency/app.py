@@ -8,18 +8,20 @@ import hmac
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import make_asgi_app
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bus.kafka.metrics import OUTBOX_OLDEST, OUTBOX_PENDING
 from bus.registry import vietnam_date
 from bus.store.lifecycle import State
 from bus.wire.codec import default_codec
@@ -426,6 +428,12 @@ def create_app(node: AgencyNode, token: str) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    # Prometheus, like health, needs no token (DESIGN §10): the outbox's gauges with the
+    # runtime's counters.
+    app.mount("/metrics", make_asgi_app())
+    OUTBOX_PENDING.set_function(lambda: node.outbox.pending_summary()[0])
+    OUTBOX_OLDEST.set_function(lambda: _age(node.outbox.pending_summary()[1]))
+
     @app.get("/readyz", responses={503: {"description": "not ready"}})
     async def readyz() -> JSONResponse:
         ready = node.ready
@@ -567,6 +575,10 @@ def _state(
         revision, (State.CURRENT, None)
     )
     return state.value, by
+
+
+def _age(since: datetime | None) -> float:
+    return (datetime.now(UTC) - since).total_seconds() if since else 0.0
 
 
 def _receipt(statuses: list[Status]) -> dict[str, Any] | None:

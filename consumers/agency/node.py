@@ -21,9 +21,10 @@ from typing import Any
 import structlog
 
 from bus.kafka.clients import KafkaSettings
+from bus.kafka.metrics import broker_fresh
 from bus.kafka.publisher import Publisher
 from bus.kafka.records import send_once, status_output
-from bus.kafka.runtime import ConsumerRuntime
+from bus.kafka.runtime import ConsumerRuntime, seen_by
 from bus.registry import Registry, RegistryError, vietnam_date
 from bus.store.blobs import BlobStore
 from bus.store.outbox import Outbox
@@ -141,7 +142,9 @@ class AgencyNode:
 
     @property
     def ready(self) -> bool:
-        return self.publisher.runtime.started.is_set() and self.inbox_runtime.started.is_set()
+        """Both runtimes consume and the broker answered them lately."""
+        runtimes = (self.publisher.runtime, self.inbox_runtime)
+        return all(r.started.is_set() and broker_fresh(seen_by(r))() for r in runtimes)
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self.inbox_runtime.run())]

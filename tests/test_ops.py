@@ -1,0 +1,120 @@
+"""A service's ops endpoints (DESIGN §10) on the real broker: /metrics counts what the
+service did, its lag is measured, and /readyz follows the broker going away and back."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bus.kafka.broker import EmbeddedBroker, free_port
+from bus.kafka.records import document_record, send_once
+from bus.kafka.runtime import Output
+from bus.kafka.topics import all_topics, ensure_topics
+from bus.registry import Registry
+from bus.trust.pki import CertRole, KeyAlgorithm
+from bus.wire.model import Role
+from producers.document import new_document
+from tests.conftest import MINISTRY, Pki
+from tests.stack import NGHE_AN
+
+pytestmark = pytest.mark.integration
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _gateway(
+    broker: EmbeddedBroker, pki: Pki, key: tuple[Path, Path], port: int
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "bus", "serve", "gateway", "--trust", str(pki.dev.trust_dir)),
+            *("--key", f"{key[0]},{key[1]}", "--listen", f"127.0.0.1:{port}"),
+        ],
+        env=broker.client_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _until(check: Callable[[], bool], seconds: float) -> float:
+    """Poll until ``check`` holds; how long it took."""
+    start = time.monotonic()
+    async with asyncio.timeout(seconds):
+        while not await asyncio.to_thread(check):  # noqa: ASYNC110  (HTTP has no push)
+            await asyncio.sleep(0.5)
+    return time.monotonic() - start
+
+
+async def test_the_gateway_counts_its_work_and_is_ready_only_while_the_broker_answers(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    settings = broker.settings()
+    await ensure_topics(settings, all_topics(settings.topics, registry), 2)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    key = pki.dev.issue("docbus.gateway", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True)
+    gateway = _gateway(broker, pki, key, port)
+
+    def status(path: str) -> int:
+        try:
+            return httpx.get(base + path, timeout=2).status_code
+        except httpx.HTTPError:
+            return 0
+
+    def metrics() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return _samples(httpx.get(base + "/metrics", timeout=2).text)
+
+    try:
+        await _until(lambda: status("/readyz") == 200, 60)
+        assert status("/healthz") == 200
+        keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
+        for i in range(5):
+            value = document_record(new_document(MINISTRY, [NGHE_AN], f"Văn bản {i}"), keys)
+            await send_once(settings, Output(settings.topics.submitted, None, value))
+        forged = bytearray(document_record(new_document(MINISTRY, [NGHE_AN], "Giả"), keys))
+        forged[-3] ^= 1
+        await send_once(settings, Output(settings.topics.submitted, None, bytes(forged)))
+        read = ("docbus_records_in_total", (("stage", "gateway"), ("topic", "docbus.submitted")))
+        await _until(lambda: metrics().get(read) == 6, 30)
+        seen = metrics()
+        deliver = settings.topics.deliver(registry.resolve(NGHE_AN, date.today()).jurisdiction.id)
+        out = "docbus_records_out_total"
+        assert seen[(out, (("stage", "gateway"), ("topic", deliver)))] == 5
+        assert seen[(out, (("stage", "gateway"), ("topic", "docbus.status")))] == 6
+        assert seen[(out, (("stage", "gateway"), ("topic", "docbus.rejected")))] == 1
+        rejected = [
+            v for (name, labels), v in seen.items() if name == "docbus_rejected_total" and v
+        ]
+        assert rejected == [1]
+        latency = ("docbus_stage_latency_seconds_count", (("stage", "gateway"),))
+        assert seen[latency] == 6
+
+        def caught_up() -> bool:
+            lags = [v for (name, _), v in metrics().items() if name == "docbus_consumer_lag"]
+            return bool(lags) and sum(lags) == 0
+
+        await _until(caught_up, 30)  # committed offsets reach the end of every partition
+        broker.stop()
+        went = await _until(lambda: status("/readyz") == 503, 30)
+        assert status("/healthz") == 200  # alive, only not ready
+        broker.start()
+        await _until(lambda: status("/readyz") == 200, 60)
+        assert went <= 30
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
