@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka.admin import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from bus.kafka.broker import EmbeddedBroker, free_port
@@ -118,3 +119,36 @@ async def test_the_gateway_counts_its_work_and_is_ready_only_while_the_broker_an
     finally:
         gateway.terminate()
         gateway.wait(30)
+
+
+async def test_topics_check_names_what_differs_and_ensure_creates_what_is_missing(
+    broker: EmbeddedBroker,
+) -> None:
+    settings = broker.settings()
+    admin = settings.admin()
+    await admin.start()
+    try:  # made by hand: one partition, kept for a day
+        await admin.create_topics(
+            [NewTopic("docbus.status", 1, 1, topic_configs={"retention.ms": "86400000"})]
+        )
+    finally:
+        await admin.close()
+
+    def docbus(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bus", "topics", *args, "--bootstrap", broker.bootstrap],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    checked = await asyncio.to_thread(docbus, "check", "--partitions", "2")
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert "differs: docbus.status: partitions is 1, expected 2" in checked.stdout
+    assert "differs: docbus.status: retention.ms is 86400000, expected -1" in checked.stdout
+    assert "differs: docbus.submitted: topic is missing, expected present" in checked.stdout
+    ensured = await asyncio.to_thread(docbus, "ensure", "--partitions", "2")
+    assert "docbus.submitted: created" in ensured.stdout
+    assert "docbus.status: exists" in ensured.stdout
+    # What ensure cannot change by creating is still said, and still fails the command.
+    assert ensured.returncode == 1 and "39 topics, 3 differences" in ensured.stdout

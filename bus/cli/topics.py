@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import click
 
 from bus.cli.options import DocbusGroup, bootstrap_option, kafka, registry_option
-from bus.kafka.topics import all_topics, ensure_topics
+from bus.kafka.topics import Difference, all_topics, check_topics, ensure_topics
 from bus.registry import Registry
 
 
@@ -24,8 +25,34 @@ def topics() -> None:
 def topics_ensure(
     bootstrap: str | None, partitions: int, replication: int, registry: Registry
 ) -> None:
-    """Create the submitted, status and rejected topics and a delivery topic per jurisdiction."""
+    """Create the submitted, status and rejected topics and a delivery topic per jurisdiction
+    with DESIGN §8's configs; say what each topic is, and what still differs (exit 1)."""
     settings = kafka(bootstrap)
     names = all_topics(settings.topics, registry)
-    created = asyncio.run(ensure_topics(settings, names, partitions, replication))
-    click.echo(f"{len(names)} topics, {len(created)} created")
+    created = set(asyncio.run(ensure_topics(settings, names, partitions, replication)))
+    differences = asyncio.run(check_topics(settings, names, partitions, replication))
+    for name in names:
+        click.echo(f"{name}: {'created' if name in created else 'exists'}")
+    _report(len(names), differences)
+
+
+@topics.command("check")
+@bootstrap_option
+@click.option("--partitions", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--replication", default=1, show_default=True, type=click.IntRange(min=1))
+@registry_option
+def topics_check(
+    bootstrap: str | None, partitions: int, replication: int, registry: Registry
+) -> None:
+    """Say how the broker's topics differ from DESIGN §8 (exit 1 if they do); change nothing."""
+    settings = kafka(bootstrap)
+    names = all_topics(settings.topics, registry)
+    _report(len(names), asyncio.run(check_topics(settings, names, partitions, replication)))
+
+
+def _report(count: int, differences: list[Difference]) -> None:
+    for d in differences:
+        click.echo(f"differs: {d}")
+    click.echo(f"{count} topics, {len(differences)} differences")
+    if differences:
+        sys.exit(1)

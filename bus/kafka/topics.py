@@ -1,4 +1,4 @@
-"""The topic names of DESIGN §8, and creating them."""
+"""The topic names of DESIGN §8, creating them, and checking what the broker has."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from bus.registry import Registry
@@ -60,13 +61,68 @@ def all_topics(topics: Topics, registry: Registry, on: date | None = None) -> li
     return [*fixed, *map(topics.deliver, jurisdictions)]
 
 
-def topic_configs(name: str) -> dict[str, str]:
-    """DESIGN §8's configs: records as large as the one size limit allows, and kept for
-    as long as the archive must be replayable (``submitted`` alone may expire)."""
+def topic_configs(name: str, replication: int = 1) -> dict[str, str]:
+    """DESIGN §8's configs: records as large as the one size limit allows, kept for as long
+    as the archive must be replayable (``submitted`` alone may expire), and acknowledged by
+    two replicas where there are three (one may be down, none may be lost)."""
     configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
     if not name.endswith(".submitted"):
         configs["retention.ms"] = "-1"
+    if replication >= 3:
+        configs["min.insync.replicas"] = "2"
     return configs
+
+
+@dataclass(frozen=True)
+class Difference:
+    """What a topic has that DESIGN §8 says otherwise."""
+
+    topic: str
+    what: str
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.topic}: {self.what} is {self.found}, expected {self.expected}"
+
+
+async def check_topics(
+    settings: KafkaSettings, names: Iterable[str], partitions: int = 3, replication: int = 1
+) -> list[Difference]:
+    """Every way the broker's topics differ from DESIGN §8: missing topics, too few
+    partitions or replicas, configs other than :func:`topic_configs`."""
+    wanted = list(dict.fromkeys(names))
+    admin = settings.admin()
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        found = [n for n in wanted if n in existing]
+        differences = [
+            Difference(n, "topic", "present", "missing") for n in wanted if n not in existing
+        ]
+        if not found:
+            return differences
+        described = await admin.describe_topics(found)
+        for topic in described:
+            parts = topic["partitions"]
+            name = topic["topic"]
+            if len(parts) < partitions:
+                differences.append(Difference(name, "partitions", str(partitions), str(len(parts))))
+            replicas = min((len(p["replicas"]) for p in parts), default=0)
+            if replicas < replication:
+                differences.append(Difference(name, "replicas", str(replication), str(replicas)))
+        resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in found]
+        for response in await admin.describe_configs(resources):
+            for _code, _message, _kind, name, entries in response.resources:
+                have = {entry[0]: entry[1] for entry in entries}
+                for key, value in topic_configs(name, replication).items():
+                    if have.get(key) != value:
+                        differences.append(
+                            Difference(name, key, value, str(have.get(key, "unset")))
+                        )
+        return differences
+    finally:
+        await admin.close()
 
 
 async def ensure_topics(
@@ -85,7 +141,10 @@ async def ensure_topics(
         if not missing:
             return []
         response = await admin.create_topics(
-            [NewTopic(n, partitions, replication, topic_configs=topic_configs(n)) for n in missing]
+            [
+                NewTopic(n, partitions, replication, topic_configs=topic_configs(n, replication))
+                for n in missing
+            ]
         )
         # aiokafka returns per-topic error codes rather than raising: read them.
         for name, code, message in response.topic_errors:
