@@ -4,6 +4,8 @@ service did, its lag is measured, and /readyz follows the broker going away and 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -152,3 +154,44 @@ async def test_topics_check_names_what_differs_and_ensure_creates_what_is_missin
     assert "docbus.status: exists" in ensured.stdout
     # What ensure cannot change by creating is still said, and still fails the command.
     assert ensured.returncode == 1 and "39 topics, 3 differences" in ensured.stdout
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The processes ``pid`` started (and theirs), by pid, with their command lines."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid or parent in found:
+            found[int(entry.name)] = command
+    return found
+
+
+def test_docbus_dev_says_which_child_died_and_why(tmp_path: Path) -> None:
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "bus", "dev", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert dev.stdout is not None
+        lines = []
+        for line in dev.stdout:  # until it is up
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        [broker] = [p for p, c in _children(dev.pid).items() if "tansu" in c and " broker " in c]
+        os.kill(broker, signal.SIGKILL)
+        rest, _ = dev.communicate(timeout=60)
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+    assert dev.returncode == 1, "".join(lines) + rest
+    assert "the broker died: killed by SIGKILL" in rest
+    assert "Traceback" not in rest

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from bus.demo.attacks import run_attacks
 from bus.demo.scenarios import audit, run_scenarios, search_with_evidence
-from bus.demo.stack import INBOXES, NODES, running
+from bus.demo.stack import INBOXES, NODES, Stack, running
 from bus.store.archive import open_archive
 from bus.store.postgres import redacted
 from bus.wire.errors import DocbusError, Reason
@@ -92,8 +92,32 @@ def run_dev(
         console.print("Ctrl-C stops everything.")
         signal.signal(signal.SIGTERM, _interrupt)
         with contextlib.suppress(KeyboardInterrupt):
-            while all(p.poll() is None for p in stack.processes.values()):
+            while not (dead := died(stack)):
                 time.sleep(0.5)
+            for name, why in dead:
+                console.print(f"[red]{name} died: {why}[/]")
+            console.print("stopping everything else")
+            raise SystemExit(1)
+
+
+def died(stack: Stack) -> list[tuple[str, str]]:
+    """Which of ``stack``'s processes (the broker included) died by themselves, and why:
+    the exit code or signal, and the last lines of the service's log."""
+    dead = []
+    if (code := stack.broker.exit_code) is not None:
+        dead.append(("the broker", _ended(code)))
+    for name, process in stack.processes.items():
+        if (code := process.poll()) is not None:
+            log = stack.folder / "logs" / f"{name}.log"
+            tail = log.read_text("utf-8", "replace").splitlines()[-3:] if log.is_file() else []
+            dead.append((name, "; ".join([_ended(code), *tail])))
+    return dead
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def _interrupt(signum: int, frame: object) -> None:

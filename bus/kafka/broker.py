@@ -117,6 +117,12 @@ class EmbeddedBroker:
             f"the broker did not answer on {self.bootstrap} within {self.startup_timeout}s"
         )
 
+    @property
+    def exit_code(self) -> int | None:
+        """None while the broker runs (or was stopped here); its exit code once it died
+        by itself (negative: the signal that ended it)."""
+        return None if self._process is None else self._process.poll()
+
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after 5 s)."""
         process, self._process = self._process, None
