@@ -10,8 +10,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
+import os
 import secrets
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -399,3 +403,26 @@ def test_the_archive_apis_database_role_can_read_and_cannot_write(audited: Store
             admin.execute(f'DROP OWNED BY "{role}"')  # type: ignore[arg-type]
         with psycopg.connect(POSTGRES, autocommit=True) as admin:
             admin.execute(f'DROP ROLE "{role}"')  # type: ignore[arg-type]
+
+
+def test_verify_archive_from_the_command_line_on_either_store_says_how_far_it_got(
+    audited: Store, pki: Pki
+) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bus", "audit", "verify-archive"),
+            *(*audited.options(), "--trust", str(pki.dev.trust_dir)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DOCBUS_BOOTSTRAP": ""},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # No terminal: progress comes as JSON lines on stderr, the last one when it is done.
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    last = [line for line in lines if line.get("event") == "progress"][-1]
+    assert last["finished"] and last["done"] == last["total"] == 7
+    with audited.open(create=False) as archive:
+        _, clean, report = archive.latest_audit() or (None, False, "")
+    assert clean and json.loads(report)["counts"]["entries"] == 7  # kept for the audit page

@@ -3,6 +3,7 @@ receipts prove; its checkpoints must equal the original's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -21,7 +22,11 @@ from bus.wire.model import Document, Role, Status, StatusCode, now_ms
 
 
 async def rebuild(
-    settings: KafkaSettings, verifier: Verifier, into: Path, key: SigningKey
+    settings: KafkaSettings,
+    verifier: Verifier,
+    into: Path,
+    key: SigningKey,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> Report:
     """Replay the delivery topics into an empty archive, in the log order receipts prove.
 
@@ -38,7 +43,7 @@ async def rebuild(
             raise DocbusError(Reason.POLICY, f"{into} already holds an archive")
         assert key.agency is not None
         archive.set_log_key(key.agency, key.chain_der)
-        _store_in_log_order(archive, placed, report)
+        _store_in_log_order(archive, placed, report, progress)
         _sign_original_sizes(archive, originals, key, report)
     finally:
         archive.close()
@@ -97,9 +102,15 @@ async def _placed(
 
 
 def _store_in_log_order(
-    archive: Archive, placed: dict[int, tuple[Record, Document, datetime]], report: Report
+    archive: Archive,
+    placed: dict[int, tuple[Record, Document, datetime]],
+    report: Report,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> None:
-    for index in range(max(placed, default=-1) + 1):
+    total = max(placed, default=-1) + 1
+    for index in range(total):
+        if progress is not None:
+            progress(index, total)
         if index not in placed:
             report.findings.append(
                 Finding(

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import Progress
 
 from bus.audit.rebuild import rebuild
 from bus.audit.replay import read_topics, replay
@@ -32,6 +31,7 @@ from bus.cli.options import (
     settings,
     trust_option,
 )
+from bus.cli.progress import progress
 from bus.kafka.runtime import ConsumerRuntime, run_until_signalled
 from bus.registry import Registry
 from bus.tlog.merkle import leaf_hash
@@ -89,18 +89,8 @@ def verify_archive_command(
         records = read_topics(client, [client.topics.checkpoints], None, None)
         topic = asyncio.run(published(records, verifier))
     try:
-        if sys.stdout.isatty():
-            with Progress(transient=True) as bar:
-                task = bar.add_task("verifying the archive", total=None)
-                report = verify_archive(
-                    archive,
-                    verifier,
-                    lambda n, total: bar.update(task, completed=n, total=total),
-                    required,
-                    topic,
-                )
-        else:
-            report = verify_archive(archive, verifier, None, required, topic)
+        with progress("verifying the archive") as advance:
+            report = verify_archive(archive, verifier, advance, required, topic)
         # Kept beside the archive for the audit page (DESIGN §12): the last result.
         archive.add_audit(datetime.now(UTC), report.clean, json.dumps(report.to_json()))
     finally:
@@ -246,22 +236,12 @@ def replay_command(
     archive = existing_archive(data_dir, url) if data_dir or url else None
     begin, finish = (parse_time(start) if start else None), (parse_time(end) if end else None)
     try:
-        if sys.stdout.isatty():
-            with Progress(transient=True) as bar:
-                task = bar.add_task(f"replaying {topic}", total=None)
-                report = asyncio.run(
-                    replay(
-                        settings,
-                        topic,
-                        verifier,
-                        archive,
-                        begin,
-                        finish,
-                        lambda n: bar.update(task, completed=n),
-                    )
+        with progress(f"replaying {topic}") as advance:
+            report = asyncio.run(
+                replay(
+                    settings, topic, verifier, archive, begin, finish, lambda n: advance(n, None)
                 )
-        else:
-            report = asyncio.run(replay(settings, topic, verifier, archive, begin, finish))
+            )
     finally:
         if archive is not None:
             archive.close()
@@ -291,4 +271,6 @@ def rebuild_command(
     """Replay every delivery topic into an empty archive; checkpoints must equal the original's."""
     settings = kafka(bootstrap)
     verifier = Verifier(TrustStore.load(trust), Policy(issued_at_tolerance=None), registry)
-    _finish(asyncio.run(rebuild(settings, verifier, into, key)), out)
+    with progress(f"rebuilding into {into}") as advance:
+        report = asyncio.run(rebuild(settings, verifier, into, key, advance))
+    _finish(report, out)
