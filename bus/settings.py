@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     )
     sasl_username: str | None = Field(None, description="SASL user")
     sasl_password: SecretStr | None = Field(None, description="SASL password")
+    sasl_password_file: Path | None = Field(
+        None, description="a file holding the SASL password (a mounted secret)"
+    )
     ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers")
     ssl_certfile: Path | None = Field(None, description="client certificate (mTLS)")
     ssl_keyfile: Path | None = Field(None, description="client key (mTLS)")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, cast
 from urllib.parse import quote
 
 from fastapi import FastAPI, Query, Response
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from prometheus_client import make_asgi_app
 from pydantic import BaseModel
 from starlette.concurrency import iterate_in_threadpool
@@ -201,6 +201,14 @@ def create_archive_app(archive: Archive) -> FastAPI:
         return HTMLResponse(audit_html(archive))
 
     app.mount("/metrics", make_asgi_app())
+
+    @app.get("/readyz", responses={503: {"description": "the database does not answer"}})
+    def readyz() -> JSONResponse:
+        try:
+            archive.log_size()
+        except Exception:  # any failure to answer is a database that is not usable now
+            return JSONResponse({"ready": False}, status_code=503)
+        return JSONResponse({"ready": True})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

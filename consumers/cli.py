@@ -272,7 +272,8 @@ def archive() -> None:
 @archive.command("grant-reader")
 @click.argument("role")
 @click.option("--database", metavar="URL", help="The archive in PostgreSQL (DOCBUS_DATABASE).")
-def archive_grant_reader(role: str, database: str | None) -> None:
+@path_option("--password-file", exists=True, help="Give the role this password (first line).")
+def archive_grant_reader(role: str, database: str | None, password_file: Path | None) -> None:
     """Make ROLE a PostgreSQL login that can read the archive and write nothing: connect
     `serve archive-api` as it."""
     url = database_url(database)
@@ -280,7 +281,8 @@ def archive_grant_reader(role: str, database: str | None) -> None:
         raise UsageProblem("grant-reader is for an archive in PostgreSQL: give --database URL")
     from bus.store.postgres import grant_reader
 
-    grant_reader(url, role)
+    password = password_file.read_text("utf-8").splitlines()[0] if password_file else None
+    grant_reader(url, role, password)
     click.echo(f"{role} may read the archive and write nothing")
 
 

@@ -37,7 +37,9 @@ def test_the_compose_file_follows_the_compose_specification() -> None:
 
 def test_three_kraft_brokers_that_survive_losing_one() -> None:
     services = _compose()["services"]
-    brokers = {name: s for name, s in services.items() if name.startswith("kafka-")}
+    brokers = {
+        name: s for name, s in services.items() if name.startswith("kafka-") and name[-1].isdigit()
+    }
     assert len(brokers) == 3
     ids = {s["environment"]["KAFKA_NODE_ID"] for s in brokers.values()}
     assert ids == {"1", "2", "3"}
@@ -46,17 +48,20 @@ def test_three_kraft_brokers_that_survive_losing_one() -> None:
         assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
         voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
         assert sorted(v.split("@")[1] for v in voters) == [f"kafka-{i}:9093" for i in (1, 2, 3)]
-        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert f"INTERNAL://{name}:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
         assert int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == 3
         assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2  # acks=all survives one broker down
 
 
 def test_every_service_waits_for_its_topics_and_runs_a_real_command() -> None:
     services = _compose()["services"]
-    for name in ("gateway", "archiver", "inbox-nghe-an"):
+    for name in ("gateway", "archiver", "witness", "inbox-nghe-an"):
         s = services[name]
         assert s["depends_on"]["topics"]["condition"] == "service_completed_successfully"
         assert s["environment"]["DOCBUS_BOOTSTRAP"].count("kafka-") == 3
+    for name, s in services.items():
+        if s.get("image") != "docbus:latest" or "entrypoint" in s:
+            continue
         command = s["command"]
         # the CLI accepts the command line (parsed, not run: no broker here)
         words = [w for w in command if not w.startswith("/")]
@@ -82,3 +87,137 @@ def test_the_ca_keys_stay_in_the_pki_job() -> None:
         else:
             assert not any(m.startswith("pki-ca:") for m in mounts), name
             assert all(m.endswith(":ro") for m in mounts if m.startswith("pki:")), name
+
+
+DOCBUS_SERVICES = ("gateway", "archiver", "witness", "inbox-nghe-an")
+
+
+def _mounts(service: dict[str, Any]) -> list[tuple[str, str, str | None, bool]]:
+    """(volume, target, subpath, read-only) of each volume mount, short or long syntax."""
+    out = []
+    for v in service.get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            out.append((parts[0], parts[1], None, parts[2:] == ["ro"]))
+        else:
+            subpath = (v.get("volume") or {}).get("subpath")
+            out.append((v["source"], v["target"], subpath, bool(v.get("read_only"))))
+    return out
+
+
+def test_brokers_speak_only_tls_and_authenticate_everyone() -> None:
+    services = _compose()["services"]
+    for i in (1, 2, 3):
+        env = services[f"kafka-{i}"]["environment"]
+        protocols = dict(
+            p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+        )
+        assert protocols == {
+            "INTERNAL": "SASL_SSL",  # the services, one SCRAM principal each
+            "EXTERNAL": "SASL_SSL",  # agency nodes from outside
+            "CONTROLLER": "SSL",
+            "BROKER": "SSL",
+        }
+        assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+        assert env["KAFKA_LISTENER_NAME_BROKER_SSL_CLIENT_AUTH"] == "required"
+        assert env["KAFKA_LISTENER_NAME_CONTROLLER_SSL_CLIENT_AUTH"] == "required"
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "BROKER"
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+        assert env["KAFKA_SUPER_USERS"].split(";") == [
+            "User:kafka-1", "User:kafka-2", "User:kafka-3", "User:kafka-admin"
+        ]  # fmt: skip
+        # The external listener is published on the host and advertised there.
+        assert services[f"kafka-{i}"]["ports"] == [f"{19091 + i}:9094"]
+        assert f"EXTERNAL://localhost:{19091 + i}" in env["KAFKA_ADVERTISED_LISTENERS"]
+        # The log is on the broker's own volume (not the image's /tmp default).
+        mounts = _mounts(services[f"kafka-{i}"])
+        assert (f"kafka-{i}", env["KAFKA_LOG_DIRS"], None, False) in mounts
+        assert ("tls", "/etc/kafka/secrets", f"kafka-{i}", True) in mounts
+
+
+def _acls() -> list[tuple[str, str, str, str, str]]:
+    lines = (ROOT / "deploy" / "acls.txt").read_text("utf-8").splitlines()
+    return [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#")]  # type: ignore[misc]
+
+
+def _writers(topic: str) -> set[str]:
+    """The principals allowed to write ``topic`` (literal or by prefix)."""
+    return {
+        p
+        for p, op, kind, name, pattern in _acls()
+        if op == "Write" and kind == "topic"
+        and (name == topic if pattern == "literal" else topic.startswith(name))
+    }  # fmt: skip
+
+
+def test_each_service_writes_only_its_own_topics() -> None:
+    services = _compose()["services"]
+    setup = services["kafka-setup"]
+    assert ("./deploy/acls.txt", "/acls.txt", None, True) in _mounts(setup)
+    assert setup["depends_on"] == {
+        f"kafka-{i}": {"condition": "service_healthy"} for i in (1, 2, 3)
+    }
+    assert _writers("docbus.deliver.nghe-an") == {"gateway"}  # the gateway alone delivers
+    assert _writers("docbus.checkpoints") == {"archiver", "witness"}  # notes, cosignatures
+    assert _writers("docbus.submitted") == {"agency-g22"}  # publishers, not services
+    assert "gateway" not in _writers("docbus.checkpoints")
+    assert all(p not in _writers("docbus.deliver.ha-noi") for p in ("archiver", "agency-g22"))
+    # Every service that reaches Kafka has a principal, and its password alone.
+    principals = {a[0] for a in _acls()}
+    for name in DOCBUS_SERVICES:
+        env = services[name]["environment"]
+        user = env["DOCBUS_SASL_USERNAME"]
+        assert user in principals, name
+        assert env["DOCBUS_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert ("credentials", "/run/credentials", user, True) in _mounts(services[name])
+    done = subprocess.run(["bash", "-n", str(ROOT / "deploy" / "kafka-setup.sh")])
+    assert done.returncode == 0
+    assert subprocess.run(["sh", "-n", str(ROOT / "deploy" / "pki.sh")]).returncode == 0
+
+
+def test_every_service_is_health_checked_and_waited_for_when_healthy() -> None:
+    compose = _compose()
+    services = compose["services"]
+    declared = set(compose["volumes"])
+    for name, s in services.items():
+        for source, _, _, _ in _mounts(s):
+            assert source.startswith("./") or source in declared, (name, source)
+        for needed, how in (s.get("depends_on") or {}).items():
+            assert needed in services, (name, needed)
+            assert how["condition"] in ("service_healthy", "service_completed_successfully")
+            if how["condition"] == "service_healthy":
+                assert "healthcheck" in services[needed], needed
+        if s.get("restart") == "unless-stopped":  # long-running: health checked
+            check = s.get("healthcheck")
+            assert check and not check.get("disable") and check["test"], name
+    for name in DOCBUS_SERVICES:
+        assert services[name]["environment"]["DOCBUS_LISTEN"] == "0.0.0.0:9100"
+        assert "9100/readyz" in " ".join(services[name]["healthcheck"]["test"])
+    dockerfile = (ROOT / "Dockerfile").read_text("utf-8")
+    assert "\nUSER docbus" in dockerfile and "HEALTHCHECK" in dockerfile
+
+
+def test_the_archive_is_postgresql_and_its_api_reads_as_a_role_that_cannot_write() -> None:
+    services = _compose()["services"]
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert ("postgres", "/var/lib/postgresql/data", None, False) in _mounts(services["postgres"])
+    archiver = services["archiver"]
+    assert archiver["environment"]["DOCBUS_DATABASE"].startswith("postgresql://docbus@postgres")
+    assert archiver["depends_on"]["postgres"]["condition"] == "service_healthy"
+    reader = services["archive-reader"]["command"]
+    assert reader[:3] == ["archive", "grant-reader", "docbus_reader"]
+    api = services["archive-api"]["environment"]["DOCBUS_DATABASE"]
+    assert api.startswith("postgresql://docbus_reader@")
+
+
+def test_secrets_stay_with_whoever_needs_them() -> None:
+    services = _compose()["services"]
+    for name, s in services.items():
+        for source, _, subpath, read_only in _mounts(s):
+            if source == "pki-ca":
+                assert name == "pki", name  # the CA keys: the pki job alone
+            if source == "tls" and name != "pki":
+                assert subpath is not None and read_only, name  # a broker's own key only
+            if source == "credentials" and name not in ("pki", "kafka-setup"):
+                assert subpath is not None and read_only, name  # one's own password only

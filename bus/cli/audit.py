@@ -25,6 +25,7 @@ from bus.cli.options import (
     database_url,
     existing_archive,
     kafka,
+    listen_option,
     parse_time,
     path_option,
     registry_option,
@@ -32,7 +33,7 @@ from bus.cli.options import (
     trust_option,
 )
 from bus.cli.progress import progress
-from bus.kafka.runtime import ConsumerRuntime, run_until_signalled
+from bus.kafka.runtime import ConsumerRuntime, serve_with_ops
 from bus.registry import Registry
 from bus.tlog.merkle import leaf_hash
 from bus.trust.signing import SigningKey
@@ -111,8 +112,14 @@ def verify_archive_command(
 )
 @click.option("--once", is_flag=True, help="Check what the topic holds now, then exit.")
 @bootstrap_option
+@listen_option
 def witness_command(
-    data_dir: Path, trust: Path, key: SigningKey, once: bool, bootstrap: str | None
+    data_dir: Path,
+    trust: Path,
+    key: SigningKey,
+    once: bool,
+    bootstrap: str | None,
+    listen: str | None,
 ) -> None:
     """Follow the checkpoint topic; cosign every checkpoint that extends the last one seen.
 
@@ -130,7 +137,7 @@ def witness_command(
             runtime = ConsumerRuntime(
                 client, witness, f"docbus.witness.{key.agency}", topics=[client.topics.checkpoints]
             )
-            asyncio.run(run_until_signalled([runtime]))
+            asyncio.run(serve_with_ops([runtime], listen))
         alarms = state.alarms()
     finally:
         state.close()

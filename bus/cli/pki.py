@@ -1,4 +1,4 @@
-"""``docbus pki init|issue|revoke``: the development PKI."""
+"""``docbus pki init|issue|tls|revoke``: the development PKI."""
 
 from __future__ import annotations
 
@@ -64,6 +64,19 @@ def pki_issue(
         )
     click.echo(key_path)
     click.echo(cert_path)
+
+
+@pki.command("tls")
+@click.option("--dir", "folder", required=True, type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="The certificate's CN and file name (kafka-1).")
+@click.option(
+    "--host", "hosts", multiple=True, required=True, help="A DNS name or IP it answers on."
+)
+@click.option("--days", default=365, show_default=True, type=click.IntRange(min=1))
+def pki_tls(folder: Path, name: str, hosts: tuple[str, ...], days: int) -> None:
+    """Issue a TLS certificate (server and client) for a broker, a proxy or a client to
+    DIR/tls/NAME.pem: certificate chain and key in one file, readable by its owner only."""
+    click.echo(DevPki(folder).issue_tls(name, hosts, days))
 
 
 @pki.command("revoke")

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
 
 from bus.kafka.topics import Topics
 from bus.settings import Settings, SettingsError
@@ -44,6 +45,10 @@ class KafkaSettings:
         if not chosen:
             raise SettingsError("no broker: pass --bootstrap HOST:PORT or set DOCBUS_BOOTSTRAP")
         password = settings.sasl_password
+        if password is None and settings.sasl_password_file is not None:
+            # A mounted secret (compose, Kubernetes): one trailing newline is not part of it.
+            text = settings.sasl_password_file.read_text("utf-8").removesuffix("\n")
+            password = SecretStr(text)
         return cls(
             bootstrap=chosen,
             security_protocol=settings.security_protocol,

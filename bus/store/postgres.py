@@ -136,7 +136,7 @@ class PostgresArchive(Archive):
         self._exec("SELECT pg_advisory_xact_lock(?)", (_LOG_LOCK,))
 
 
-def grant_reader(url: str, role: str) -> None:
+def grant_reader(url: str, role: str, password: str | None = None) -> None:
     """Make ``role`` a login role that may read the archive at ``url`` and nothing else:
     SELECT on its tables, now and after later migrations, and no right to write. The
     archive API connects as it, so it is read-only in the database's own terms."""
@@ -147,6 +147,8 @@ def grant_reader(url: str, role: str) -> None:
         exists = db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if exists is None:
             db.execute(sql.SQL("CREATE ROLE {} LOGIN NOINHERIT").format(name))
+        if password is not None:
+            db.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
         database = db.execute("SELECT current_database()").fetchone()
         assert database is not None
         db.execute(

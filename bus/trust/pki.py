@@ -7,8 +7,10 @@ store under ``trust/``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -219,6 +221,48 @@ def make_leaf(
     )
 
 
+def make_tls(
+    issuer: Issuer, name: str, hosts: Sequence[str], key: ec.EllipticCurvePrivateKey, days: int
+) -> x509.Certificate:
+    """A TLS certificate for a broker, a proxy or a client: CN ``name``, the DNS names and
+    IP addresses of ``hosts`` as subjectAltName, usable as server and as client (brokers
+    authenticate each other with it)."""
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    builder = (
+        _issued(issuer, _name(name), key.public_key(), start, start + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(issuer.key, hashes.SHA256())
+
+
 def make_crl(issuer: Issuer, revoked: list[tuple[int, datetime]]) -> x509.CertificateRevocationList:
     """A CRL from ``issuer`` listing (serial number, revocation time) pairs."""
     now = datetime.now(UTC)
@@ -352,6 +396,25 @@ class DevPki:
         _write_key(key_path, pem_key(key, password), replace=replace)
         cert_path.write_bytes(pem_cert(cert, issuer.cert))
         return key_path, cert_path
+
+    def issue_tls(
+        self, name: str, hosts: Sequence[str], days: int = 365, replace: bool = False
+    ) -> Path:
+        """A TLS key and certificate for ``name`` in ``tls/NAME.pem``: the certificate, the
+        issuing CA's, then the key (PKCS#8), as Kafka's PEM keystores and the embedded
+        broker's ``--cert`` read them; readable by its owner only. Clients trust
+        ``trust/root-ca.cert.pem``."""
+        if not _STEM.fullmatch(name):
+            raise PkiError(f"{name!r} is no file name (letters, digits, '-', '_')")
+        path = self.root / "tls" / f"{name}.pem"
+        if path.exists() and not replace:
+            raise PkiError(f"{path} exists: a key is never overwritten")
+        issuer = self.issuer()
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = make_tls(issuer, name, hosts, key, days)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_key(path, pem_cert(cert, issuer.cert) + pem_key(key), replace=replace)
+        return path
 
     def issue_encryption(
         self, agency: str, kem: KemAlgorithm, days: int = 365
