@@ -41,6 +41,23 @@ class _Bridge(logging.Handler):
         )
 
 
+#: The name every line of this process carries (DESIGN §10), once a service names itself.
+_SERVICE: dict[str, str] = {}
+
+
+def name_service(name: str) -> None:
+    """From now on, every log line of this process says it comes from ``name``."""
+    _SERVICE["service"] = name
+
+
+def _add_service(
+    logger: object, method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    for key, value in _SERVICE.items():
+        event.setdefault(key, value)
+    return event
+
+
 def configure_logging(level: str = "INFO", service: bool = True) -> None:
     """Configure structlog once per process; ``service`` for long-running processes."""
     renderer: structlog.types.Processor = (
@@ -51,6 +68,7 @@ def configure_logging(level: str = "INFO", service: bool = True) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_service,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import structlog
 
 from bus.kafka.records import status_output
-from bus.kafka.runtime import Output, Record, Reject, Result
+from bus.kafka.runtime import Output, Record, Reject, Result, where
 from bus.kafka.topics import Topics
 from bus.store.archive import Archive, NewEntry, Stored, StoredCheckpoint
 from bus.store.blobs import BlobStore
@@ -64,7 +64,6 @@ class Archiver:
             value = record.value or b""
             verdict = self.verifier.verify_delivered(value, header(record.headers, RECEIPT))
             if isinstance(verdict, Rejected):
-                log.warning("refused", reason=verdict.reason.value, message=verdict.message)
                 results.append(Reject(record, verdict.reason, verdict.message))
                 continue
             doc = verdict.payload
@@ -81,7 +80,6 @@ class Archiver:
                     if a.in_blob_store:
                         self.archive.blobs.copy_from(self.blobs, a.sha256, a.size)
             except DocbusError as exc:
-                log.warning("refused", document_id=doc.document_id, message=exc.message)
                 results.extend(self._rejected(record, entry, exc.reason, exc.message))
                 continue
             batch.append((record, entry))
@@ -129,7 +127,6 @@ class Archiver:
             f"revision {entry.revision} of {entry.document_id} follows no earlier revision "
             f"archived from {entry.sender} or its predecessors"
         )
-        log.warning("refused", document_id=entry.document_id, sender=entry.sender, message=message)
         return self._rejected(record, entry, Reason.POLICY, message)
 
     def _rejected(
@@ -171,7 +168,11 @@ class Archiver:
         self, record: Record, entry: NewEntry, outcome: Stored, proof: LogProof
     ) -> list[Result]:
         log.info(
-            "archived", document_id=entry.document_id, outcome=outcome.value, index=proof.index
+            "archived",
+            document_id=entry.document_id,
+            outcome=outcome.value,
+            index=proof.index,
+            **where(record),
         )
         if outcome is Stored.CONFLICT:
             message = f"revision {entry.revision} was archived before with other bytes"

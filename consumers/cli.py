@@ -29,6 +29,7 @@ from bus.cli.options import (
 )
 from bus.kafka.metrics import CHECKPOINT_AGE
 from bus.kafka.runtime import ConsumerRuntime, serve_with_ops
+from bus.logs import name_service
 from bus.registry import Registry
 from bus.store.archive import ARCHIVE_FILE, Archive, SqliteArchive, archive_blobs
 from bus.trust.sealing import EncryptionKey
@@ -48,8 +49,11 @@ from consumers.inbox import Inbox
 
 
 @click.group(cls=DocbusGroup)
-def serve() -> None:
+@click.pass_context
+def serve(ctx: click.Context) -> None:
     """Run a service in the foreground until SIGTERM or Ctrl-C."""
+    if ctx.invoked_subcommand:
+        name_service(ctx.invoked_subcommand)
 
 
 @serve.command("gateway")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import structlog
 
 from bus.kafka.records import status_output
-from bus.kafka.runtime import Output, Record, Reject, Result
+from bus.kafka.runtime import Output, Record, Reject, Result, where
 from bus.kafka.topics import Topics
 from bus.registry import Registry, vietnam_date
 from bus.trust.signing import SigningKey
@@ -88,7 +88,11 @@ class Gateway:
             for j in jurisdictions
         ]
         log.info(
-            "delivered", document_id=doc.document_id, jurisdictions=jurisdictions, rerouted=rerouted
+            "delivered",
+            document_id=doc.document_id,
+            jurisdictions=jurisdictions,
+            rerouted=rerouted,
+            **where(record),
         )
         results.append(receipt)
         return results
@@ -96,12 +100,7 @@ class Gateway:
     def _reject(
         self, record: Record, reason: Reason, message: str, payload: Document | Status | None
     ) -> list[Result]:
-        log.warning(
-            "rejected",
-            reason=reason.value,
-            message=message,
-            document_id=getattr(payload, "document_id", None),
-        )
+        # The runtime says each rejection once, with its reason, as it dead-letters it.
         results: list[Result] = [Reject(record, reason, message)]
         if isinstance(payload, Document):
             status = Status(

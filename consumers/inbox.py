@@ -13,7 +13,7 @@ import structlog
 
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.records import send_once, status_output
-from bus.kafka.runtime import Output, Record, Reject, Result
+from bus.kafka.runtime import Output, Record, Reject, Result, where
 from bus.kafka.topics import Topics
 from bus.registry import Registry
 from bus.store.blobs import BlobStore
@@ -142,7 +142,6 @@ class Inbox:
                     f"revision {doc.revision} of {doc.document_id} follows no earlier revision "
                     f"from {doc.sender} or its predecessors in this inbox"
                 )
-                log.warning("refused", document_id=doc.document_id, message=message)
                 results.append(Reject(record, Reason.POLICY, message))
                 continue
             digest = event_digest(record.value or b"")
@@ -150,7 +149,6 @@ class Inbox:
                 doc, note = self.open(doc)
                 self._store(doc, record.value or b"", note, verification(verdict))
             except DocbusError as exc:  # a blob missing or altered: the sender hears why
-                log.warning("refused", document_id=doc.document_id, message=exc.message)
                 results.append(Reject(record, exc.reason, exc.message))
                 results.append(
                     self.status(
@@ -163,7 +161,13 @@ class Inbox:
                     )
                 )
                 continue
-            log.info("received", document_id=doc.document_id, agency=self.agency, sealed=note)
+            log.info(
+                "received",
+                document_id=doc.document_id,
+                agency=self.agency,
+                sealed=note,
+                **where(record),
+            )
             results.append(
                 self.status(doc.document_id, doc.revision, StatusCode.RECEIVED, note, digest)
             )

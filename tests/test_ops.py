@@ -4,6 +4,7 @@ service did, its lag is measured, and /readyz follows the broker going away and 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +33,16 @@ from tests.stack import NGHE_AN
 pytestmark = pytest.mark.integration
 
 
+def rejected_reason(seen: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> str:
+    """The reason label of the one rejection the metrics counted."""
+    [reason] = [
+        dict(labels)["reason"]
+        for (name, labels), value in seen.items()
+        if name == "docbus_rejected_total" and value
+    ]
+    return reason
+
+
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -41,17 +52,19 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def _gateway(
-    broker: EmbeddedBroker, pki: Pki, key: tuple[Path, Path], port: int
+    broker: EmbeddedBroker, pki: Pki, key: tuple[Path, Path], port: int, log: Path
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "bus", "serve", "gateway", "--trust", str(pki.dev.trust_dir)),
-            *("--key", f"{key[0]},{key[1]}", "--listen", f"127.0.0.1:{port}"),
-        ],
-        env=broker.client_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "bus", "serve", "gateway"),
+                *("--trust", str(pki.dev.trust_dir), "--key", f"{key[0]},{key[1]}"),
+                *("--listen", f"127.0.0.1:{port}"),
+            ],
+            env=broker.client_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def _until(check: Callable[[], bool], seconds: float) -> float:
@@ -71,7 +84,8 @@ async def test_the_gateway_counts_its_work_and_is_ready_only_while_the_broker_an
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     key = pki.dev.issue("docbus.gateway", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True)
-    gateway = _gateway(broker, pki, key, port)
+    log = tmp_path / "gateway.log"
+    gateway = _gateway(broker, pki, key, port, log)
 
     def status(path: str) -> int:
         try:
@@ -121,6 +135,15 @@ async def test_the_gateway_counts_its_work_and_is_ready_only_while_the_broker_an
     finally:
         gateway.terminate()
         gateway.wait(30)
+    # Its log: JSON lines, each naming the service; those about a record say where it is.
+    lines = [json.loads(line) for line in log.read_text("utf-8").splitlines()]
+    assert lines and all(line["service"] == "gateway" for line in lines)
+    delivered = [line for line in lines if line["event"] == "delivered"]
+    assert len(delivered) == 5
+    assert all({"document_id", "topic", "partition", "offset"} <= set(d) for d in delivered)
+    [refused] = [line for line in lines if line["event"] == "rejected"]
+    assert refused["level"] == "warning" and refused["reason"] == rejected_reason(seen)
+    assert refused["topic"] == "docbus.submitted" and refused["offset"] >= 0
 
 
 async def test_topics_check_names_what_differs_and_ensure_creates_what_is_missing(

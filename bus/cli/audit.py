@@ -34,6 +34,7 @@ from bus.cli.options import (
 )
 from bus.cli.progress import progress
 from bus.kafka.runtime import ConsumerRuntime, serve_with_ops
+from bus.logs import name_service
 from bus.registry import Registry
 from bus.tlog.merkle import leaf_hash
 from bus.trust.signing import SigningKey
@@ -126,6 +127,7 @@ def witness_command(
     A rollback or a split view is refused and reported with both checkpoints; with --once
     the exit code is 1 if any was ever seen.
     """
+    name_service("witness")
     client = kafka(bootstrap)
     data_dir.mkdir(parents=True, exist_ok=True)
     state = WitnessState(data_dir)

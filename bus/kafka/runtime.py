@@ -72,6 +72,11 @@ class Reject:
 Result = Output | Reject
 
 
+def where(record: Record) -> dict[str, object]:
+    """A record's place on the bus, for the log lines about it."""
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
 class Stopped(Exception):
     """A stop was requested while a transient failure was being waited out."""
 
@@ -338,6 +343,15 @@ class ConsumerRuntime:
         if isinstance(result, Output):
             return result
         r = result.record
+        # Every refusal, whichever service made it, is said once with its reason.
+        log.warning(
+            "rejected",
+            stage=self.handler.stage,
+            reason=result.reason.value,
+            message=result.message,
+            document_id=(r.key or b"").decode("utf-8", "replace") or None,
+            **where(r),
+        )
         return Output(
             topic=self.settings.topics.rejected,
             key=r.key,
