@@ -146,6 +146,44 @@ async def latency(
     return sorted((seen[d] - sent_at[d]) * 1000 for d in sent_at)
 
 
+async def bare_round_trip(settings: KafkaSettings, size: int, rate: float, n: int) -> list[float]:
+    """Milliseconds from produce to consume of single records sent at a steady ``rate``, on
+    the bare broker (the floor under each of the pipeline's hops)."""
+    topic = "bench.roundtrip"
+    await ensure_topics(settings, [topic], partitions=1)
+    consumer = AIOKafkaConsumer(
+        topic, **settings.common(), auto_offset_reset="latest", fetch_max_wait_ms=5
+    )
+    producer = settings.producer(linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    await consumer.seek_to_end()
+    for tp in consumer.assignment():
+        await consumer.position(tp)
+    sent: dict[bytes, float] = {}
+    times: list[float] = []
+
+    async def receive() -> None:
+        while len(times) < n:
+            for part in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.perf_counter()
+                times.extend((now - sent[r.key]) * 1000 for r in part if r.key in sent)
+
+    reader = asyncio.create_task(receive())
+    value = os.urandom(size)
+    start = time.perf_counter()
+    for i in range(n):
+        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        key = str(i).encode()
+        sent[key] = time.perf_counter()
+        await producer.send(topic, value, key=key)
+    async with asyncio.timeout(60):
+        await reader
+    await producer.stop()
+    await consumer.stop()
+    return sorted(times)
+
+
 async def bare_broker(settings: KafkaSettings, size: int, n: int) -> float:
     topic = "bench.bare"
     await ensure_topics(settings, [topic], partitions=3)
@@ -224,6 +262,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--archivers", type=int, default=1, help="archiver processes")
     parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        help="the services' DOCBUS_FETCH_MAX_WAIT_MS (default: the setting's, 100)",
+    )
+    parser.add_argument(
         "--postgres",
         metavar="URL",
         help="archive in a fresh database on this PostgreSQL server (default: SQLite)",
@@ -252,6 +295,8 @@ def main() -> None:
         settings = broker.settings()
         asyncio.run(ensure_topics(settings, all_topics(settings.topics, load_registry()), 3))
         env = broker.client_env()
+        if args.fetch_wait_ms is not None:
+            env["DOCBUS_FETCH_MAX_WAIT_MS"] = str(args.fetch_wait_ms)
         gk, gc = services["docbus.gateway"]
         ak, ac = services["docbus.archiver"]
         procs = {
@@ -309,6 +354,7 @@ def main() -> None:
                 p.terminate()
                 p.wait(timeout=30)
         bare = asyncio.run(bare_broker(settings, record_size, args.documents))
+        trip = asyncio.run(bare_round_trip(settings, record_size, args.rate, n_latency))
 
     gateway = SigningKey.load(Role.SERVICE, *services["docbus.gateway"])
     archiver = SigningKey.load(Role.SERVICE, *services["docbus.archiver"])
@@ -329,6 +375,10 @@ def main() -> None:
     print(f"latency at {args.rate:.0f}/s                  p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     print(f"                                    ({len(lat)} documents at a steady rate)")
     print(f"bare broker produce+consume         {bare:,.0f} records/s")
+    print(
+        f"bare broker round trip at {args.rate:.0f}/s     p50 {statistics.median(trip):.1f} ms, "
+        f"p99 {trip[int(len(trip) * 0.99) - 1]:.1f} ms"
+    )
     print(f"crypto in-process (verify 5 + sign 2) {crypto:,.0f} documents/s (one core)")
     for name, series in result["rss"].items():  # type: ignore[attr-defined]
         print(

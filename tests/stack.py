@@ -137,8 +137,9 @@ async def running_stack(
     services: bool = True,
     resend_after: timedelta = timedelta(seconds=30),
     partitions: int = 2,
+    settings: KafkaSettings | None = None,
 ) -> AsyncIterator[Stack]:
-    settings = KafkaSettings(bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
+    settings = settings or KafkaSettings(bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
     topics = settings.topics
     on = date.today()
     today = {registry.resolve(a.code, on).jurisdiction.id for a in registry.in_force(on)}

@@ -31,6 +31,7 @@ from bus.wire.model import Role
 
 PLUGIN_GROUP = "docbus.commands"
 _SETTINGS = "docbus.settings"
+_KAFKA = "docbus.kafka"
 CONFIG = "docbus.config"
 
 
@@ -60,6 +61,10 @@ class DocbusGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except (KafkaConnectionError, NodeNotReadyError, ConnectionError, TimeoutError) as exc:
+            client = ctx.find_root().meta.get(_KAFKA)
+            problem = client.tls_problem() if isinstance(client, KafkaSettings) else None
+            if problem is not None:  # not down: this client is set up wrong (exit 2)
+                raise UsageProblem(problem) from None
             raise Unavailable(f"unavailable, try again later: {exc}") from None
         except KafkaError as exc:
             if exc.retriable:
@@ -153,7 +158,9 @@ def blob_store() -> BlobStore:
 
 def kafka(bootstrap: str | None) -> KafkaSettings:
     """Client settings: ``--bootstrap`` if given, else the settings' (DOCBUS_BOOTSTRAP)."""
-    return KafkaSettings.from_settings(settings(), bootstrap)
+    chosen = KafkaSettings.from_settings(settings(), bootstrap)
+    click.get_current_context().find_root().meta[_KAFKA] = chosen  # to explain a failure
+    return chosen
 
 
 def parse_time(value: str) -> datetime:

@@ -61,9 +61,16 @@ class EmbeddedBroker:
     """
 
     def __init__(
-        self, port: int | None = None, startup_timeout: float = 15.0, binary: Path | None = None
+        self,
+        port: int | None = None,
+        startup_timeout: float = 15.0,
+        binary: Path | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.port = port or free_port()
+        #: The port named to clients in metadata: another when a TLS terminator fronts
+        #: the broker (Tansu 0.6 does not serve TLS itself: its --cert is never read).
+        self.advertised_port = advertised_port or self.port
         self.binary = binary
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
@@ -94,7 +101,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],

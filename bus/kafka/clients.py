@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,11 @@ from pydantic import SecretStr
 from bus.kafka.topics import Topics
 from bus.settings import Settings, SettingsError
 from bus.wire.limits import MAX_MESSAGE_BYTES
+
+_REFUSED = (
+    "the broker refused this client's certificate or wants one: check DOCBUS_SSL_CERTFILE "
+    "and DOCBUS_SSL_KEYFILE"
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,45 @@ class KafkaSettings:
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
 
+    def tls_problem(self, timeout: float = 3.0) -> str | None:
+        """Why a TLS connection to the first bootstrap broker fails, if it is TLS that
+        fails: a certificate this client does not trust, or a client certificate the broker
+        wants and did not get. None when TLS is not used, or works, or nothing answers.
+
+        aiokafka only says "Unable to bootstrap"; this tells a user what to fix."""
+        if "SSL" not in self.security_protocol:
+            return None
+        host, _, port = self.bootstrap.split(",")[0].strip().rpartition(":")
+        try:
+            context = self.ssl_context()
+            with (
+                socket.create_connection((host, int(port)), timeout=timeout) as raw,
+                context.wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                tls.settimeout(timeout)
+                # TLS 1.3: a refusal of our certificate comes after the handshake, as an
+                # alert or a close; a broker that accepts us waits for a request instead.
+                if tls.recv(1) == b"":
+                    return _REFUSED
+        except ssl.SSLCertVerificationError as exc:
+            return (
+                f"the broker's certificate is not trusted ({exc.verify_message}): check "
+                "DOCBUS_SSL_CAFILE"
+            )
+        except ssl.SSLError as exc:
+            if "CERTIFICATE_REQUIRED" in str(exc) or "UNKNOWN_CA" in str(exc):
+                return _REFUSED
+            return f"TLS with the broker failed: {exc.reason or exc}"
+        except (OSError, ValueError):
+            return None  # nothing answers (or it is not TLS): the broker is unavailable
+        return None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        return context
+
     def common(self) -> dict[str, Any]:
         """Connection arguments shared by producers, consumers and the admin client."""
         args: dict[str, Any] = {
@@ -70,10 +115,7 @@ class KafkaSettings:
             "security_protocol": self.security_protocol,
         }
         if "SSL" in self.security_protocol:
-            context = ssl.create_default_context(cafile=self.ssl_cafile)
-            if self.ssl_certfile:
-                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
-            args["ssl_context"] = context
+            args["ssl_context"] = self.ssl_context()
         if self.security_protocol.startswith("SASL"):
             args["sasl_mechanism"] = self.sasl_mechanism or "SCRAM-SHA-512"
             args["sasl_plain_username"] = self.sasl_username

@@ -1,0 +1,98 @@
+"""The pipeline over TLS with certificates from `docbus pki tls`, and clients that get it
+wrong told so in one line (DESIGN §9).
+
+The embedded broker cannot serve TLS itself (Tansu 0.6 never reads its --cert), so a TLS
+terminator from tests/tlsproxy.py stands in for its TLS listener and demands a client
+certificate (mTLS); the broker advertises the terminator's port. SASL cannot be shown on
+this broker at all: its memory storage keeps no SCRAM credential, so every login fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus.kafka.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker, free_port
+from bus.kafka.clients import KafkaSettings
+from bus.registry import Registry
+from bus.store.outbox import State
+from bus.trust.pki import DevPki
+from producers.document import new_document
+from tests.conftest import MINISTRY, Pki
+from tests.stack import NGHE_AN, running_stack
+from tests.tlsproxy import tls_terminator
+
+pytestmark = pytest.mark.integration
+
+
+async def test_the_pipeline_runs_over_tls_and_a_misconfigured_client_is_told_why(
+    pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    tls_port = free_port()
+    server = pki.dev.issue_tls("broker", ["localhost", "127.0.0.1"], replace=True)
+    client = pki.dev.issue_tls("client", ["docbus-client"], replace=True)
+    ca = pki.dev.trust_dir / "root-ca.cert.pem"
+    chain = tmp_path / "ca.pem"  # the root and the issuing CA that signs the certificates
+    chain.write_bytes(ca.read_bytes() + (pki.dev.trust_dir / "issuing-ca.cert.pem").read_bytes())
+    with EmbeddedBroker(advertised_port=tls_port) as broker:
+        async with tls_terminator(tls_port, broker.port, server, client_ca=chain):
+            settings = KafkaSettings(
+                f"localhost:{tls_port}",
+                security_protocol="SSL",
+                ssl_cafile=str(ca),
+                ssl_certfile=str(client),
+                ssl_keyfile=str(client),
+                session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
+            )
+            async with running_stack(
+                broker.bootstrap, pki, registry, tmp_path, settings=settings
+            ) as stack:
+                doc = new_document(MINISTRY, [NGHE_AN], "Văn bản qua kênh mã hoá")
+                await stack.publisher.publish(doc)
+                async with asyncio.timeout(60):
+                    entry = await stack.publisher.wait(doc.document_id)
+                assert entry.state is State.ARCHIVED  # verified receipt, all over TLS
+
+            rogue = DevPki(tmp_path / "rogue")
+            rogue.init()
+            env = {
+                "DOCBUS_SECURITY_PROTOCOL": "SSL",
+                "DOCBUS_SSL_CAFILE": str(ca),
+                "DOCBUS_SSL_CERTFILE": str(client),
+                "DOCBUS_SSL_KEYFILE": str(client),
+            }
+            cases = {
+                "right": (env, 0, "topics"),
+                "another CA": (
+                    {**env, "DOCBUS_SSL_CAFILE": str(rogue.trust_dir / "root-ca.cert.pem")},
+                    2,
+                    "the broker's certificate is not trusted",
+                ),
+                "no client certificate": (
+                    {"DOCBUS_SECURITY_PROTOCOL": "SSL", "DOCBUS_SSL_CAFILE": str(ca)},
+                    2,
+                    "the broker refused this client's certificate or wants one",
+                ),
+            }
+            for name, (variables, code, said) in cases.items():
+                done = await asyncio.to_thread(_topics_check, f"localhost:{tls_port}", variables)
+                assert done.returncode in (code, 1 if code == 0 else code), (name, done)
+                assert said in done.stdout + done.stderr, (name, done.stdout, done.stderr)
+                assert "Traceback" not in done.stderr, name
+                if code:
+                    assert len(done.stderr.strip().splitlines()) == 1, (name, done.stderr)
+
+
+def _topics_check(bootstrap: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bus", "topics", "check", "--bootstrap", bootstrap],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, **env},
+    )
