@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from bus.audit.evidence import Evidence, check_evidence
 from bus.kafka.records import document_record
@@ -33,6 +31,7 @@ from consumers.archiver import Archiver
 from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
 from tests.records import delivered
+from tests.serving import serving
 from tests.stack import NGHE_AN
 from tests.test_audit import archive_file, archiver_key  # noqa: F401  (the fixtures)
 
@@ -42,20 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 async def api(archive_file: Path) -> AsyncIterator[tuple[str, Archive]]:  # noqa: F811
     archive = SqliteArchive(archive_file, read_only=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_archive_app(archive), host="127.0.0.1", port=port, log_config=None)
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  (uvicorn offers only this flag)
-        await asyncio.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", archive
+        async with serving(create_archive_app(archive)) as url:
+            yield url, archive
     finally:
-        server.should_exit = True
-        await task
         archive.close()
 
 
@@ -122,6 +111,20 @@ async def test_nothing_can_be_written_through_the_api_and_schemathesis_finds_not
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 
 
+def _archiving(
+    pki: Pki,
+    key: SigningKey,
+    folder: Path,
+    bus_blobs: Path,
+) -> tuple[list[SigningKey], SigningKey, SqliteArchive, Archiver]:
+    """The ministry's keys, a gateway's, an archive in ``folder`` and the real archiver."""
+    archive = SqliteArchive(folder / "archive.sqlite")
+    verifier = Verifier(pki.trust, Policy(), load_registry())
+    archiver = Archiver(archive, key, Topics(), verifier, BlobStore(bus_blobs))
+    keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
+    return keys, pki.key("docbus.gateway", Role.SERVICE), archive, archiver
+
+
 def test_the_committed_openapi_is_the_served_one() -> None:
     served = create_archive_app(SqliteArchive.__new__(SqliteArchive)).openapi()
     committed = json.loads((ROOT / "docs" / "openapi" / "archive.json").read_text("utf-8"))
@@ -133,16 +136,7 @@ async def test_a_documents_history_says_which_revision_is_in_force_and_when_it_i
     archiver_key: SigningKey,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
-    gateway = pki.key("docbus.gateway", Role.SERVICE)
-    archive = SqliteArchive(tmp_path / "archive.sqlite")
-    archiver = Archiver(
-        archive,
-        archiver_key,
-        Topics(),
-        Verifier(pki.trust, Policy(), load_registry()),
-        BlobStore(tmp_path / "blobs"),
-    )
+    keys, gateway, archive, archiver = _archiving(pki, archiver_key, tmp_path, tmp_path / "blobs")
     doc = new_document(MINISTRY, [NGHE_AN], "Quyết định ban hành quy chế")
     lives = [
         doc,
@@ -184,12 +178,9 @@ async def test_attachments_come_back_as_archived_inline_or_from_the_archives_blo
     archiver_key: SigningKey,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
-    gateway = pki.key("docbus.gateway", Role.SERVICE)
     bus_blobs = BlobStore(tmp_path / "bus-blobs")
-    archive = SqliteArchive(tmp_path / "archive" / "archive.sqlite")
-    archiver = Archiver(
-        archive, archiver_key, Topics(), Verifier(pki.trust, Policy(), load_registry()), bus_blobs
+    keys, gateway, archive, archiver = _archiving(
+        pki, archiver_key, tmp_path / "archive", tmp_path / "bus-blobs"
     )
     small, large = "Tờ trình".encode(), os.urandom(300_000)
     doc = dataclasses.replace(

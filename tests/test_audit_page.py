@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import uvicorn
 from PIL import Image
 
 from bus.audit.witness import Witness, WitnessState, witness_once
@@ -33,6 +31,7 @@ from consumers.archive_api import create_archive_app
 from consumers.audit_page import PARTS
 from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
+from tests.serving import serving
 from tests.stack import NGHE_AN, running_stack
 
 pytestmark = pytest.mark.integration
@@ -108,21 +107,11 @@ async def test_the_audit_page_shows_checkpoints_cosignatures_the_last_audit_and_
         )
         assert audited.returncode == 0, audited.stdout + audited.stderr
     archive = SqliteArchive(tmp_path / "archive.sqlite", read_only=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_archive_app(archive), host="127.0.0.1", port=port, log_config=None)
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  (uvicorn offers only this flag)
-        await asyncio.sleep(0.05)
+    shot = tmp_path / "audit.png"
     try:
-        shot = tmp_path / "audit.png"
-        dom = await asyncio.to_thread(_browse, f"http://127.0.0.1:{port}/audit", shot)
+        async with serving(create_archive_app(archive)) as url:
+            dom = await asyncio.to_thread(_browse, f"{url}/audit", shot)
     finally:
-        server.should_exit = True
-        await task
         archive.close()
     for key, title, _ in PARTS:
         assert f'id="{key}"' in dom and title in dom

@@ -168,21 +168,7 @@ class Outbox:
                 # about a replay of them (too old now), not about what was delivered.
                 return None
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT OR IGNORE INTO statuses (document_id, revision, code, by, at, reason,"
-                " message, rerouted, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    status.document_id,
-                    status.revision,
-                    status.code.value,
-                    status.by,
-                    status.at.isoformat(),
-                    status.reason,
-                    status.message,
-                    json.dumps(status.rerouted),
-                    None if status.log is None else _log_json(status.log),
-                ),
-            )
+            self._record(status)
             final = FINAL.get(status.code) if service else None
             if final is not None and row["state"] == State.PENDING.value:
                 self._db.execute(
@@ -218,20 +204,25 @@ class Outbox:
         """Record a status this outbox's own agency issued about a record it sent (a
         withdrawal request): shown with the others, never a fate."""
         with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO statuses (document_id, revision, code, by, at, reason,"
-                " message, rerouted, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (
-                    status.document_id,
-                    status.revision,
-                    status.code.value,
-                    status.by,
-                    status.at.isoformat(),
-                    status.reason,
-                    status.message,
-                    json.dumps(status.rerouted),
-                ),
-            )
+            self._record(status)
+
+    def _record(self, status: Status) -> None:
+        """Keep a status (lock held); one already kept is not kept twice."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO statuses (document_id, revision, code, by, at, reason,"
+            " message, rerouted, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                status.document_id,
+                status.revision,
+                status.code.value,
+                status.by,
+                status.at.isoformat(),
+                status.reason,
+                status.message,
+                json.dumps(status.rerouted),
+                None if status.log is None else _log_json(status.log),
+            ),
+        )
 
     def knows(self, document_id: str, revision: int) -> bool:
         """Whether this outbox sent that document revision (cheap: no record read)."""
