@@ -28,6 +28,7 @@ from bus.cli.options import (
     registry_option,
     settings,
 )
+from bus.cli.progress import progress
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.publisher import Publisher
 from bus.kafka.records import document_record, send_once, status_output, status_record
@@ -268,7 +269,12 @@ def _report(result: dict[str, Any], as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("message", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "messages",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
 @click.option(
     "--signer", required=True, type=KeyPair(Role.SERVICE), help="The bridge's own SERVICE key."
 )
@@ -293,6 +299,40 @@ def _report(result: dict[str, Any], as_json: bool) -> None:
     "sender's outbox can apply it.",
 )
 def edxml_import(
+    messages: tuple[Path, ...],
+    signer: SigningKey,
+    seal: SigningKey,
+    output: Path | None,
+    bootstrap: str | None,
+    trust: Path | None,
+    outbox_path: Path | None,
+    answers: Path | None,
+) -> None:
+    """Take edXML messages (documents or statuses) onto the bus, signed by the bridge.
+
+    Several at once: each is taken or refused on its own (a refused one is named with its
+    reason, and the command exits 1 at the end), with progress shown as they go."""
+    if len(messages) > 1 and (output is not None or answers is not None):
+        raise click.UsageError("--output and --answers take one message")
+    if len(messages) == 1:
+        _import_one(messages[0], signer, seal, output, bootstrap, trust, outbox_path, answers)
+        return
+    refused = 0
+    with progress("importing edXML") as advance:
+        for n, message in enumerate(messages):
+            advance(n, len(messages))
+            try:
+                _import_one(message, signer, seal, None, bootstrap, trust, outbox_path, None)
+            except (DocbusError, ValueError) as exc:
+                refused += 1
+                click.echo(f"{message}: refused: {exc}", err=True)
+        advance(len(messages), len(messages))
+    click.echo(f"{len(messages) - refused} of {len(messages)} messages taken onto the bus")
+    if refused:
+        sys.exit(1)
+
+
+def _import_one(
     message: Path,
     signer: SigningKey,
     seal: SigningKey,
@@ -302,7 +342,6 @@ def edxml_import(
     outbox_path: Path | None,
     answers: Path | None,
 ) -> None:
-    """Take an edXML message (document or status) onto the bus, signed by the bridge."""
     payload = import_edxml(message.read_bytes())
     if isinstance(payload, Status) and answers is not None:
         payload = dataclasses.replace(payload, event_digest=event_digest(answers.read_bytes()))

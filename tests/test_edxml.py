@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.topics import all_topics, ensure_topics
+from bus.registry import Registry
 from bus.trust.pki import CertRole, KeyAlgorithm
 from bus.wire.codec import default_codec
 from bus.wire.edxml import NS_2016, ORIGINAL, EdxmlError, leaf_paths, parse
@@ -332,3 +336,34 @@ def test_a_bridged_status_answers_the_exact_record_it_names(pki: Pki, tmp_path: 
     status = codec.decode_payload(codec.decode_event(out.read_bytes()))
     assert isinstance(status, Status)
     assert status.event_digest == hashlib.sha256(answered.read_bytes()).digest()
+
+
+@pytest.mark.integration
+def test_a_bulk_import_takes_each_message_or_says_why_not_with_its_progress(
+    pki: Pki, tmp_path: Path, broker: EmbeddedBroker, registry: Registry
+) -> None:
+    asyncio.run(ensure_topics(broker.settings(), all_topics(broker.settings().topics, registry), 1))
+    pki.key(MINISTRY, Role.AGENCY)
+    agencies = pki.dev.root / "agencies"
+    bridge = pki.dev.issue("bridge.vpcp", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True)
+    garbled = tmp_path / "garbled.edxml"
+    garbled.write_bytes(b"<edXMLEnvelope><unclosed")
+    outbox = tmp_path / "outbox.sqlite"
+    done = _run(
+        *("edxml", "import", DATA / "edoc_revocation.edxml", DATA / "edoc_new.edxml", garbled),
+        *("--signer", f"{bridge[0]},{bridge[1]}"),
+        *(
+            "--seal",
+            f"{agencies / MINISTRY / 'agency.key.pem'},{agencies / MINISTRY / 'agency.cert.pem'}",
+        ),
+        *("--bootstrap", broker.bootstrap, "--trust", pki.dev.trust_dir, "--outbox", outbox),
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 of 3 messages taken onto the bus" in done.stdout
+    refused = [line for line in done.stderr.splitlines() if ": refused: " in line]
+    assert len(refused) == 2 and "sender_mismatch" in refused[0] and "garbled" in refused[1]
+    steps = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    last = [s for s in steps if s.get("event") == "progress"][-1]
+    assert last["finished"] and last["done"] == last["total"] == 3
+    listed = json.loads(_run("outbox", "list", "--outbox", outbox, "--all", "--json").stdout)
+    assert len(listed) == 1  # only the message its bridge may speak for was sent
