@@ -85,15 +85,19 @@ class Archiver:
             batch.append((record, entry))
         if not batch:
             return results
-        outcomes = self.archive.store([entry for _, entry in batch])
-        previous = self.archive.latest_checkpoint()
-        checkpoint, fresh = self._checkpoint()
-        if fresh:
-            results.append(self._publish(checkpoint, previous))
+        # The checkpoint is signed in the append's own transaction: with several archivers,
+        # the one before it is the one signed just before it, so the published chain holds.
+        outcomes, fresh, previous = self.archive.store_signed(
+            [entry for _, entry in batch], self._sign
+        )
+        if fresh is not None:
+            results.append(self._publish(fresh, previous))
+        checkpoint = fresh or previous
         for (record, entry), (outcome, index) in zip(batch, outcomes, strict=True):
             if outcome is Stored.REFUSED:
                 results.extend(self._refuse(record, entry))
                 continue
+            assert checkpoint is not None  # the log holds this entry: a checkpoint covers it
             proof = LogProof(
                 index=index,
                 tree_size=checkpoint.checkpoint.size,
@@ -151,18 +155,9 @@ class Archiver:
         )
         return [Reject(record, reason, message), status_output(status, self.key, self.topics)]
 
-    def _checkpoint(self) -> tuple[StoredCheckpoint, bool]:
-        """The signed checkpoint covering the whole log (signing a new one if it grew), and
-        whether it is new (then it is published on the checkpoint topic)."""
-        latest = self.archive.latest_checkpoint()
-        size = self.archive.log_size()
-        if latest is not None and latest.checkpoint.size == size:
-            return latest, False
-        checkpoint = Checkpoint(self.by, size, self.archive.root(size))
-        signed = checkpoint.sign(self.signer)
-        at = now_ms()
-        self.archive.add_checkpoint(checkpoint, signed, at)
-        return StoredCheckpoint(checkpoint, signed, at), True
+    def _sign(self, size: int, root: bytes) -> tuple[Checkpoint, bytes]:
+        checkpoint = Checkpoint(self.by, size, root)
+        return checkpoint, checkpoint.sign(self.signer)
 
     def _answer(
         self, record: Record, entry: NewEntry, outcome: Stored, proof: LogProof

@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 
 from bus.audit.verify import verify_archive
+from bus.audit.witness import Witness, WitnessState, witness_once
 from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.topics import Topics
 from bus.registry import Registry
 from bus.store.archive import open_archive
 from bus.store.outbox import State
 from bus.trust.pki import CertRole, KeyAlgorithm
 from bus.trust.verifier import Verifier
+from bus.wire.model import Role
 from producers.document import new_document
 from tests.conftest import MINISTRY, Pki, postgres_database
 from tests.stack import NGHE_AN, running_stack, start_gateway
@@ -94,6 +97,17 @@ async def test_three_archivers_archive_each_document_once_in_one_log_though_one_
                     for document_id in sent:
                         entry = await stack.publisher.wait(document_id)
                         assert entry.state is State.ARCHIVED, entry
+                # A witness follows the checkpoints the three published side by side: one
+                # chain, whatever order they reached the topic in, and no false alarm.
+                state = WitnessState(tmp_path / "witness")
+                witness = Witness(
+                    Verifier(pki.trust), pki.key("docbus.witness", Role.SERVICE), state, Topics()
+                )
+                await witness_once(stack.settings, witness)
+                assert not state.alarms()
+                followed = state.last("docbus.archiver")
+                assert followed is not None and followed[0].size == DOCUMENTS  # to the end
+                state.close()
             finally:
                 for p in archivers:
                     p.terminate()

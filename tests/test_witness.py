@@ -207,3 +207,32 @@ async def test_a_truncated_archive_is_caught_against_the_published_checkpoints(
         records = read_topics(stack.settings, [stack.settings.topics.checkpoints], None, None)
         topic = await published(records, verifier)
         assert topic.cosignatures == {}
+
+
+def test_checkpoints_that_arrive_out_of_order_are_cosigned_in_order_without_an_alarm(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # Several archivers publish side by side: the size-7 note (its proof from 5) may reach
+    # the witness before the size-5 note (its proof from 3). Both are genuine, one chain:
+    # the witness holds the early one until its predecessor is accepted.
+    from bus.tlog.merkle import MemoryTree, consistency_proof, leaf_hash
+
+    archiver = pki.key("docbus.archiver", Role.SERVICE)
+    chain = archiver.chain_der
+    tree = MemoryTree([leaf_hash(bytes([i])) for i in range(7)])
+    notes = {
+        n: sign_checkpoint(Checkpoint("docbus.archiver", n, tree.root(n)), archiver)
+        for n in (3, 5, 7)
+    }
+    state = WitnessState(tmp_path)
+    witness = _witness(pki, state)
+    first = witness.process([_checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
+    early = log_headers(chain, 5, consistency_proof(tree.node, 5, 7))
+    assert witness.process([_checkpoint_record(notes[7], early, 1)]) == []  # held, no verdict
+    late = log_headers(chain, 3, consistency_proof(tree.node, 3, 5))
+    both = witness.process([_checkpoint_record(notes[5], late, 2)])
+    assert [type(r).__name__ for r in [*first, *both]] == ["Output"] * 3
+    assert not state.alarms()
+    last = state.last("docbus.archiver")
+    assert last is not None and last[0].size == 7
+    state.close()

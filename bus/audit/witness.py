@@ -152,6 +152,9 @@ class Witness:
         self.state = state
         self.topics = topics
         self.cosigned = 0
+        #: Checkpoints that arrived before the one their proof starts from (several
+        #: archivers publish side by side), by that size: checked once it is accepted.
+        self._early: dict[tuple[str, int], Record] = {}
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
         return await asyncio.to_thread(self.process, records)
@@ -178,6 +181,10 @@ class Witness:
             seen = self.state.root_at(checkpoint.origin, checkpoint.size)
             if seen == checkpoint.root:
                 return []  # a checkpoint this witness accepted (and cosigned) before
+            since = _since(record)
+            if since is not None and since > known[0].size and seen is None:
+                self._hold(checkpoint.origin, since, record)
+                return []  # its predecessor is still on its way: checked when it arrives
             self._check_extends(known, checkpoint, note, record, seen)
         self.state.accept(checkpoint, note)
         cosigned = add_lines(
@@ -190,7 +197,21 @@ class Witness:
             *((LOG_CERT, der) for der in headers_all(record.headers, LOG_CERT)),
             *((WITNESS_CERT, der) for der in self.chain),
         ]
-        return [Output(self.topics.checkpoints, checkpoint.origin.encode(), cosigned, headers)]
+        out: list[Result] = [
+            Output(self.topics.checkpoints, checkpoint.origin.encode(), cosigned, headers)
+        ]
+        follower = self._early.pop((checkpoint.origin, checkpoint.size), None)
+        if follower is not None:  # the one that arrived first can now be checked
+            try:
+                out.extend(self.check(follower))
+            except DocbusError as exc:
+                out.append(Reject(follower, exc.reason, exc.message))
+        return out
+
+    def _hold(self, origin: str, since: int, record: Record) -> None:
+        if len(self._early) >= _EARLY_LIMIT:  # bounded: the oldest held is let go
+            self._early.pop(next(iter(self._early)))
+        self._early[(origin, since)] = record
 
     def _check_extends(
         self,
@@ -286,3 +307,13 @@ async def witness_once(settings: KafkaSettings, witness: Witness) -> None:
                     )
     finally:
         await producer.stop()
+
+
+#: How many early checkpoints a witness holds at most.
+_EARLY_LIMIT = 1000
+
+
+def _since(record: Record) -> int | None:
+    """The size the published consistency proof starts from, if it says one."""
+    text = (header(record.headers, CONSISTENCY_FROM) or b"").decode("ascii", "replace")
+    return int(text) if text.isdigit() else None

@@ -13,7 +13,7 @@ import hashlib
 import json
 import threading
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -179,6 +179,10 @@ class Entry(NewEntry):
     log_index: int = 0
 
 
+#: Signs a checkpoint of the log at (size, root): the checkpoint and its note.
+Signer = Callable[[int, bytes], tuple[Checkpoint, bytes]]
+
+
 @dataclass(frozen=True)
 class StoredCheckpoint:
     """A checkpoint as stored: the note exactly as signed and published, and when."""
@@ -339,7 +343,19 @@ class Archive:
         Returns what happened to each entry and its log index (the existing one for a
         re-delivery). New entries and conflicts are appended to the log.
         """
+        return self.store_signed(entries, None)[0]
+
+    def store_signed(
+        self, entries: Sequence[NewEntry], sign: Signer | None
+    ) -> tuple[list[tuple[Stored, int]], StoredCheckpoint | None, StoredCheckpoint | None]:
+        """:meth:`store`, and in the same transaction, when the log grew, a checkpoint of it
+        signed by ``sign`` (size, root → checkpoint and its note); also the checkpoint
+        before it. Inside the append's turn (``_begin``), so with several archivers each
+        checkpoint's predecessor is the one signed just before it: published with a proof
+        from it, the checkpoints form one chain a witness can follow."""
         now = datetime.now(UTC).isoformat()
+        fresh: StoredCheckpoint | None = None
+        previous: StoredCheckpoint | None = None
         results: list[tuple[Stored, int]] = []
         with self._lock:
             self._begin()
@@ -396,6 +412,8 @@ class Archive:
                 written = [(level, i, h) for (level, i), h in self._pending.items()]
                 if written:
                     self._exec_many("INSERT INTO log_nodes VALUES (?, ?, ?)", written)
+                if sign is not None:
+                    fresh, previous = self._sign_checkpoint(size, sign)
                 self._exec("COMMIT")
                 self._cache(self._pending)
             except BaseException:
@@ -403,7 +421,25 @@ class Archive:
                 raise
             finally:
                 self._pending = {}
-        return results
+        return results, fresh, previous
+
+    def _sign_checkpoint(
+        self, size: int, sign: Signer
+    ) -> tuple[StoredCheckpoint | None, StoredCheckpoint | None]:
+        """A new signed checkpoint at ``size`` if the log outgrew the latest (in the
+        transaction, lock held); and the latest before it."""
+        row = self._exec("SELECT signed, at FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        previous = None if row is None else _stored(row)
+        if size == 0 or (previous is not None and previous.checkpoint.size >= size):
+            return None, previous
+        checkpoint, signed = sign(size, root_hash(self._node, size))
+        at = datetime.now(UTC)
+        self._exec(
+            "INSERT INTO checkpoints (size, root, at, signed) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (checkpoint.size, checkpoint.root, at.isoformat(), signed),
+        )
+        return StoredCheckpoint(checkpoint, signed, at), previous
 
     def _follows(self, e: NewEntry) -> bool:
         """Revision 0, or a higher revision than any archived one of its sender (or the
