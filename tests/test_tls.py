@@ -3,8 +3,9 @@ wrong told so in one line (DESIGN §9).
 
 The embedded broker cannot serve TLS itself (Tansu 0.6 never reads its --cert), so a TLS
 terminator from tests/tlsproxy.py stands in for its TLS listener and demands a client
-certificate (mTLS); the broker advertises the terminator's port. SASL cannot be shown on
-this broker at all: its memory storage keeps no SCRAM credential, so every login fails.
+certificate (mTLS); the broker advertises the terminator's port. Of SASL only a refusal
+can be shown on this broker: with --authentication it requires SCRAM, but its memory
+storage keeps no credential, so every login fails.
 """
 
 from __future__ import annotations
@@ -96,3 +97,21 @@ def _topics_check(bootstrap: str, env: dict[str, str]) -> subprocess.CompletedPr
         timeout=90,
         env={**os.environ, **env},
     )
+
+
+def test_a_login_the_broker_refuses_is_told_in_one_line(tmp_path: Path) -> None:
+    # The embedded broker with --authentication requires SCRAM and knows no user (its
+    # memory storage keeps no credential): any login is refused, as a wrong password is.
+    with EmbeddedBroker(authentication=True) as broker:
+        done = _topics_check(
+            broker.bootstrap,
+            {
+                "DOCBUS_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "DOCBUS_SASL_MECHANISM": "SCRAM-SHA-512",
+                "DOCBUS_SASL_USERNAME": "gateway",
+                "DOCBUS_SASL_PASSWORD": "not-the-password",
+            },
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "SASL authentication failed" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -83,10 +83,26 @@ class DocbusGroup(click.Group):
                 raise
             if _database_unavailable(exc):
                 raise Unavailable(f"database unavailable, try again later: {exc}") from None
+            if _scram_refused(exc):
+                raise UsageProblem(
+                    "SASL authentication failed: the broker knows no such user or password "
+                    "(DOCBUS_SASL_USERNAME, DOCBUS_SASL_PASSWORD)"
+                ) from None
             known = type(exc).__module__.split(".")[0] in ("aiokafka", "bus")
             raise click.ClickException(
                 str(exc) if known else f"internal error: {exc!r} (DOCBUS_DEBUG=1 for the traceback)"
             ) from None
+
+
+def _scram_refused(exc: Exception) -> bool:
+    """aiokafka's SCRAM client fails on a server's refusal (``e=…``) with a bare KeyError
+    raised where it reads the server's final message."""
+    if not isinstance(exc, KeyError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "process_server_final_message"
 
 
 def _database_unavailable(exc: Exception) -> bool:

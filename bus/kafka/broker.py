@@ -66,11 +66,15 @@ class EmbeddedBroker:
         startup_timeout: float = 15.0,
         binary: Path | None = None,
         advertised_port: int | None = None,
+        authentication: bool = False,
     ) -> None:
         self.port = port or free_port()
         #: The port named to clients in metadata: another when a TLS terminator fronts
         #: the broker (Tansu 0.6 does not serve TLS itself: its --cert is never read).
         self.advertised_port = advertised_port or self.port
+        #: Tansu's --authentication: SASL (SCRAM) required. Its memory storage keeps no
+        #: credential, so every login is refused: good for showing a refusal, nothing more.
+        self.authentication = authentication
         self.binary = binary
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
@@ -104,6 +108,7 @@ class EmbeddedBroker:
                 f"tcp://127.0.0.1:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
+                *(["--authentication"] if self.authentication else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
