@@ -5,6 +5,7 @@ through a connection SQLite refuses every write on."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, cast
 from urllib.parse import quote
@@ -27,6 +28,7 @@ from consumers.agency.problems import Problem, install, problem_responses
 from consumers.audit_page import audit_html
 
 EVIDENCE_TYPE = "application/vnd.docbus.evidence+json"
+_MEDIA_TYPE = re.compile(r"[\w!#$&^.+-]{1,64}/[\w!#$&^.+-]{1,64}")
 
 
 class Item(BaseModel):
@@ -160,9 +162,11 @@ def create_archive_app(archive: Archive) -> FastAPI:
         # The sender chose the name and type: a download, never rendered as this origin's.
         headers = {
             "X-Content-Type-Options": "nosniff",
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(a.name)}",
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(a.name, safe='')}",
         }
-        media = a.media_type if doc.sealed is None else "application/octet-stream"
+        # The sender wrote the media type: only a plain type/subtype goes into a header.
+        plain = doc.sealed is None and _MEDIA_TYPE.fullmatch(a.media_type)
+        media = a.media_type if plain else "application/octet-stream"
         if a.content is not None:
             return Response(a.content, media_type=media, headers=headers)
         if not archive.blobs.has(a.sha256, a.size):

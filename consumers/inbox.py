@@ -58,7 +58,7 @@ def revision_states(
     return states(held)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -219,7 +219,7 @@ class Inbox:
         names = attachment_files([a.name for a in doc.attachments])
         for a, name in zip(doc.attachments, names, strict=True):
             if a.content is not None:
-                _write_atomically(target / "attachments" / name, a.content)
+                write_atomically(target / "attachments" / name, a.content)
             elif a.in_blob_store:
                 self.blobs.copy_to(a.sha256, a.size, target / "attachments" / name)
         meta = {
@@ -240,13 +240,13 @@ class Inbox:
             "media_types": [a.media_type for a in doc.attachments],
             "verification": verified,
         }
-        _write_atomically(
+        write_atomically(
             target / "document.json", json.dumps(meta, ensure_ascii=False, indent=2).encode()
         )
         if self.edxml_dir is not None:
             name = path_segment(f"{doc.sender}-{doc.document_id}-r{doc.revision}") + ".edxml"
-            _write_atomically(self.edxml_dir / name, document_to_edxml(doc))
-        _write_atomically(target / "event.avro", event)  # last: its presence means complete
+            write_atomically(self.edxml_dir / name, document_to_edxml(doc))
+        write_atomically(target / "event.avro", event)  # last: its presence means complete
         if self.index is not None:
             self.index.add(
                 doc.sender,

@@ -516,6 +516,18 @@ async def test_a_withdrawal_is_asked_by_the_sender_alone_and_answered_by_the_rec
                 status_record(status, [intruder]),
             ),
         )
+    # Nghệ An "answers" a request that was never made, with its own genuine key.
+    unasked = Status(
+        document_id,
+        StatusCode.CHANGE_REFUSED,
+        NGHE_AN,
+        now_ms(),
+        event_digest=event_digest(sent.record),
+    )
+    value = status_record(unasked, [stack.pki.key(NGHE_AN, Role.AGENCY)])
+    key = document_id.encode()  # the partition of this document's statuses: read in order
+    await send_once(stack.settings, Output(stack.settings.topics.status, key, value))
+    await asyncio.sleep(3)  # the ministry's node reads it (within a fetch wait) before asking
     asked = await ministry.client.post(
         f"/v1/documents/{document_id}/withdraw", json={"message": "Gửi nhầm, đề nghị thu hồi"}
     )
@@ -540,6 +552,7 @@ async def test_a_withdrawal_is_asked_by_the_sender_alone_and_answered_by_the_rec
     codes = await _until(answered)
     assert ("WITHDRAW_REQUESTED", MINISTRY) in codes
     assert ("WITHDRAW_REQUESTED", BAC_NINH) not in codes
+    assert ("CHANGE_REFUSED", NGHE_AN) not in codes  # an answer to nothing is not kept
     assert len((await nghe_an.client.get(view)).json()["requests"]) == 1  # forgeries ignored
 
 

@@ -185,7 +185,11 @@ async def test_attachments_come_back_as_archived_inline_or_from_the_archives_blo
     small, large = "Tờ trình".encode(), os.urandom(300_000)
     doc = dataclasses.replace(
         new_document(MINISTRY, [NGHE_AN], "Hồ sơ kèm tệp"),
-        attachments=(attachment("tờ trình.txt", small), attachment("bản vẽ.pdf", large)),
+        attachments=(
+            attachment("tờ trình.txt", small),
+            attachment("bản vẽ.pdf", large),
+            attachment("x.txt", b"x", "text/plain\r\nSet-Cookie: a=1"),  # written by the sender
+        ),
     )
     doc = bus_blobs.offload(doc, 100_000)
     assert doc.attachments[1].content is None  # it travels by hash
@@ -199,5 +203,9 @@ async def test_attachments_come_back_as_archived_inline_or_from_the_archives_blo
         assert second.headers["content-type"] == "application/pdf"
         assert second.headers["content-disposition"].startswith("attachment;")
         assert second.headers["x-content-type-options"] == "nosniff"
-        assert (await c.get(f"{base}/2")).status_code == 404
+        odd = await c.get(f"{base}/2")  # a media type no header can carry: served as bytes
+        assert odd.content == b"x"
+        assert odd.headers["content-type"] == "application/octet-stream"
+        assert "set-cookie" not in odd.headers
+        assert (await c.get(f"{base}/3")).status_code == 404
     archive.close()

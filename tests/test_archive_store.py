@@ -398,6 +398,9 @@ def test_the_archive_apis_database_role_can_read_and_cannot_write(audited: Store
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     raw.execute(statement)  # type: ignore[arg-type]
+            # Nor can it take the archivers' lock and stall the log's appends.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), raw.transaction():
+                raw.execute("LOCK TABLE log_nodes IN EXCLUSIVE MODE")
     finally:
         with psycopg.connect(audited.database, autocommit=True) as admin:
             admin.execute(f'DROP OWNED BY "{role}"')  # type: ignore[arg-type]

@@ -236,3 +236,36 @@ def test_checkpoints_that_arrive_out_of_order_are_cosigned_in_order_without_an_a
     last = state.last("docbus.archiver")
     assert last is not None and last[0].size == 7
     state.close()
+
+
+def test_the_unsigned_proof_header_cannot_stall_a_witness_nor_hide_a_rollback(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # The size a proof starts from travels unsigned. An attacker re-publishes a genuine
+    # early note many times under other sizes, and a genuine older note with a size from
+    # far ahead: the real predecessor still releases the real early note, and the older
+    # note is still reported as the rollback it is.
+    from bus.tlog.merkle import MemoryTree, consistency_proof, leaf_hash
+
+    archiver = pki.key("docbus.archiver", Role.SERVICE)
+    chain = archiver.chain_der
+    tree = MemoryTree([leaf_hash(bytes([i])) for i in range(9)])
+    notes = {
+        n: sign_checkpoint(Checkpoint("docbus.archiver", n, tree.root(n)), archiver)
+        for n in (3, 4, 5, 9)
+    }
+    state = WitnessState(tmp_path)
+    witness = _witness(pki, state)
+    witness.process([_checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
+    real = log_headers(chain, 5, consistency_proof(tree.node, 5, 9))
+    assert witness.process([_checkpoint_record(notes[9], real, 1)]) == []  # held
+    for n, since in enumerate((5, 5, 4, 6, 8, 1000) * 20):  # copies, none replaces it
+        witness.process([_checkpoint_record(notes[9], log_headers(chain, since, []), 2 + n)])
+    late = log_headers(chain, 3, consistency_proof(tree.node, 3, 5))
+    released = witness.process([_checkpoint_record(notes[5], late, 500)])
+    assert "Output" in [type(r).__name__ for r in released]
+    last = state.last("docbus.archiver")
+    assert last is not None and last[0].size == 9 and not state.alarms()
+    witness.process([_checkpoint_record(notes[4], log_headers(chain, 1_000_000, []), 501)])
+    assert [a.kind for a in state.alarms()] == ["rollback"]
+    state.close()

@@ -153,8 +153,12 @@ class Witness:
         self.topics = topics
         self.cosigned = 0
         #: Checkpoints that arrived before the one their proof starts from (several
-        #: archivers publish side by side), by that size: checked once it is accepted.
-        self._early: dict[tuple[str, int], Record] = {}
+        #: archivers publish side by side), by (origin, that size): each checked in full
+        #: once that one is accepted. The size comes from an unsigned header, so copies
+        #: never replace one another, only a checkpoint between the two sizes is held, and
+        #: the hold is bounded in bytes (what is let go is said).
+        self._early: dict[tuple[str, int], list[Record]] = {}
+        self._early_bytes = 0
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
         return await asyncio.to_thread(self.process, records)
@@ -182,8 +186,8 @@ class Witness:
             if seen == checkpoint.root:
                 return []  # a checkpoint this witness accepted (and cosigned) before
             since = _since(record)
-            if since is not None and since > known[0].size and seen is None:
-                self._hold(checkpoint.origin, since, record)
+            early = since is not None and known[0].size < since < checkpoint.size
+            if early and seen is None and self._hold(checkpoint.origin, since or 0, record):
                 return []  # its predecessor is still on its way: checked when it arrives
             self._check_extends(known, checkpoint, note, record, seen)
         self.state.accept(checkpoint, note)
@@ -200,18 +204,32 @@ class Witness:
         out: list[Result] = [
             Output(self.topics.checkpoints, checkpoint.origin.encode(), cosigned, headers)
         ]
-        follower = self._early.pop((checkpoint.origin, checkpoint.size), None)
-        if follower is not None:  # the one that arrived first can now be checked
-            try:
+        for follower in self._early.pop((checkpoint.origin, checkpoint.size), []):
+            self._early_bytes -= _size(follower)
+            try:  # the ones that arrived first can now be checked, each in full
                 out.extend(self.check(follower))
             except DocbusError as exc:
                 out.append(Reject(follower, exc.reason, exc.message))
         return out
 
-    def _hold(self, origin: str, since: int, record: Record) -> None:
-        if len(self._early) >= _EARLY_LIMIT:  # bounded: the oldest held is let go
-            self._early.pop(next(iter(self._early)))
-        self._early[(origin, since)] = record
+    def _hold(self, origin: str, since: int, record: Record) -> bool:
+        """Keep an early checkpoint; False (it is checked now) if it is too large to hold."""
+        size = _size(record)
+        if size > _EARLY_RECORD_BYTES:
+            return False
+        while self._early and self._early_bytes + size > _EARLY_BYTES:
+            key = next(iter(self._early))
+            for dropped in self._early.pop(key):
+                self._early_bytes -= _size(dropped)
+                log.warning(
+                    "early checkpoint let go: its predecessor never came",
+                    origin=key[0],
+                    since=key[1],
+                    offset=dropped.offset,
+                )
+        self._early.setdefault((origin, since), []).append(record)
+        self._early_bytes += size
+        return True
 
     def _check_extends(
         self,
@@ -309,8 +327,14 @@ async def witness_once(settings: KafkaSettings, witness: Witness) -> None:
         await producer.stop()
 
 
-#: How many early checkpoints a witness holds at most.
-_EARLY_LIMIT = 1000
+#: An early checkpoint is a note and a consistency proof (at most 64 hashes) with the log
+#: key's certificates: anything larger is checked at once; all held, at most this much.
+_EARLY_RECORD_BYTES = 64 * 1024
+_EARLY_BYTES = 16 * 1024 * 1024
+
+
+def _size(record: Record) -> int:
+    return len(record.value or b"") + sum(len(v or b"") for _, v in record.headers)
 
 
 def _since(record: Record) -> int | None:

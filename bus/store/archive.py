@@ -293,10 +293,14 @@ class Archive:
         """Begin a write transaction that no other writer of the log runs beside."""
         raise NotImplementedError
 
+    def _begin_migration(self) -> None:
+        """Begin the transaction that migrates the schema (the tables may not exist yet)."""
+        self._begin()
+
     def _migrate(self) -> None:
         """Bring the schema to the newest version, each step once, in one transaction."""
         with self._lock:
-            self._begin()
+            self._begin_migration()
             try:
                 self._exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 row = self._exec("SELECT MAX(version) FROM schema_version").fetchone()

@@ -61,6 +61,8 @@ class State(StrEnum):
 FINAL = {StatusCode.ARCHIVED: State.ARCHIVED, StatusCode.REJECTED: State.REJECTED}
 #: What the bus's services say (the verifier pinned who); the rest is agencies' feedback.
 SERVICE_CODES = {StatusCode.DELIVERED, StatusCode.ARCHIVED, StatusCode.REJECTED}
+#: The answers to a withdrawal request (edXML 15, 16): kept only after one was made.
+ANSWERS = {StatusCode.CHANGE_ACCEPTED, StatusCode.CHANGE_REFUSED}
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,8 @@ class Outbox:
                 status.document_id, status.revision, json.loads(row["recipients"])
             ):
                 return None
+            if status.code in ANSWERS and not self._asked(status.document_id, status.revision):
+                return None  # an answer to a withdrawal this outbox never asked for
             if status.code is StatusCode.REJECTED and status.by in self._delivered_by(
                 status.document_id, status.revision
             ):
@@ -192,6 +196,14 @@ class Outbox:
             (document_id, revision, StatusCode.DELIVERED.value),
         ).fetchall()
         return {*recipients, *(a for r in rows for a in json.loads(r["rerouted"]).values())}
+
+    def _asked(self, document_id: str, revision: int) -> bool:
+        """Whether this outbox asked its recipients to withdraw that record (lock held)."""
+        row = self._db.execute(
+            "SELECT 1 FROM statuses WHERE document_id = ? AND revision = ? AND code = ?",
+            (document_id, revision, StatusCode.WITHDRAW_REQUESTED.value),
+        ).fetchone()
+        return row is not None
 
     def _delivered_by(self, document_id: str, revision: int) -> set[str]:
         rows = self._db.execute(

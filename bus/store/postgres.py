@@ -2,10 +2,10 @@
 
 The logic is :class:`~bus.store.archive.Archive`'s, the same as SQLite's; this module gives
 the connection, the dialect and the schema. Archivers run side by side as one consumer group
-over the delivery partitions; each batch is one transaction that first takes a
-transaction-scoped advisory lock, so log indexes are assigned inside the transaction and the
-log stays one append-only sequence whoever writes it. Verification, the expensive part,
-runs in every archiver at once; only the appends take turns.
+over the delivery partitions; each batch is one transaction that first locks the log's
+table (EXCLUSIVE: readers go on reading), so log indexes are assigned inside the
+transaction and the log stays one append-only sequence whoever writes it. Verification,
+the expensive part, runs in every archiver at once; only the appends take turns.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import RowMaker
 
 from bus.store.archive import AUDITS_TABLE, FOLDED_SUBJECTS, Archive, Cursor
 from bus.store.blobs import BlobStore
 
-#: The advisory lock every writer of the log takes (any fixed 64-bit number: "docbus").
+#: The advisory lock archivers take to migrate the schema (any fixed number: "docbus").
 _LOG_LOCK = int.from_bytes(b"docbus", "big")
 
 #: PostgreSQL's schema, by version: the same tables and versions as SQLite's.
@@ -95,13 +95,15 @@ def _rows(cursor: Any) -> RowMaker[_Row]:
 
 
 def redacted(url: str) -> str:
-    """A database URL without its password, to name it in reports and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """A database named for reports, logs and pages: user, host, port and database only,
+    whatever form the connection string takes (a URL, its query, key=value pairs)."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "<database>"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
 
 
 class PostgresArchive(Archive):
@@ -116,7 +118,11 @@ class PostgresArchive(Archive):
 
     def __init__(self, url: str, blobs: BlobStore, read_only: bool = False) -> None:
         options = "-c default_transaction_read_only=on" if read_only else ""
-        db = psycopg.connect(url, autocommit=True, row_factory=_rows, options=options)
+        try:
+            db = psycopg.connect(url, autocommit=True, row_factory=_rows, options=options)
+        except (psycopg.ProgrammingError, psycopg.InterfaceError):
+            # libpq's message repeats the string it could not parse, password and all.
+            raise ValueError("the database URL is not a valid connection string") from None
         super().__init__(redacted(url), blobs, db)
         if not read_only:
             self._migrate()
@@ -132,6 +138,14 @@ class PostgresArchive(Archive):
             cursor.executemany(self._sql(sql), rows)
 
     def _begin(self) -> None:
+        # A table lock that only a writer may take: EXCLUSIVE needs UPDATE rights, so the
+        # read-only role cannot hold it (an advisory lock anyone can take, and keep), and
+        # it lets readers read meanwhile.
+        self._exec("BEGIN")
+        self._exec("LOCK TABLE log_nodes IN EXCLUSIVE MODE")
+
+    def _begin_migration(self) -> None:
+        # Before the tables exist: archivers starting together migrate one at a time.
         self._exec("BEGIN")
         self._exec("SELECT pg_advisory_xact_lock(?)", (_LOG_LOCK,))
 
@@ -144,7 +158,12 @@ def grant_reader(url: str, role: str, password: str | None = None) -> None:
         raise ValueError(f"{role!r} is not a role name (letters, digits, _; up to 63)")
     name = sql.Identifier(role)
     with psycopg.connect(url, autocommit=True) as db:
-        exists = db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        exists = db.execute(
+            "SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles WHERE rolname = %s",
+            (role,),
+        ).fetchone()
+        if exists is not None and exists[0]:
+            raise ValueError(f"{role} is a privileged role: a reader must be able to do nothing")
         if exists is None:
             db.execute(sql.SQL("CREATE ROLE {} LOGIN NOINHERIT").format(name))
         if password is not None:

@@ -46,7 +46,7 @@ from bus.wire.model import (
     now_ms,
 )
 from bus.wire.names import path_segment
-from consumers.inbox import FEEDBACK, Inbox
+from consumers.inbox import FEEDBACK, Inbox, write_atomically
 from consumers.received import ReceivedIndex
 
 log = structlog.get_logger(__name__)
@@ -261,8 +261,8 @@ class AgencyNode:
         kept = self.requests(status.by, status.document_id, status.revision)
         asked = {"code": status.code.value, "at": status.at.isoformat(), "message": status.message}
         if asked not in kept:
-            path = folder / REQUESTS
-            path.write_text(json.dumps([*kept, asked], ensure_ascii=False), "utf-8")
+            # Whole or not at all: a torn file would spoil every later read of it.
+            write_atomically(folder / REQUESTS, json.dumps([*kept, asked]).encode())
             log.info("withdrawal requested", document_id=status.document_id, by=status.by)
 
     def requests(self, sender: str, document_id: str, revision: int) -> list[dict[str, Any]]:
