@@ -314,15 +314,16 @@ def edxml_import(
     reason, and the command exits 1 at the end), with progress shown as they go."""
     if len(messages) > 1 and (output is not None or answers is not None):
         raise click.UsageError("--output and --answers take one message")
+    bridge = _Bridge(signer, seal, bootstrap, trust, outbox_path)
     if len(messages) == 1:
-        _import_one(messages[0], signer, seal, output, bootstrap, trust, outbox_path, answers)
+        _import_one(messages[0], bridge, output, answers)
         return
     refused = 0
     with progress("importing edXML") as advance:
         for n, message in enumerate(messages):
             advance(n, len(messages))
             try:
-                _import_one(message, signer, seal, None, bootstrap, trust, outbox_path, None)
+                _import_one(message, bridge, None, None)
             except (DocbusError, ValueError) as exc:
                 refused += 1
                 click.echo(f"{message}: refused: {exc}", err=True)
@@ -332,16 +333,19 @@ def edxml_import(
         sys.exit(1)
 
 
-def _import_one(
-    message: Path,
-    signer: SigningKey,
-    seal: SigningKey,
-    output: Path | None,
-    bootstrap: str | None,
-    trust: Path | None,
-    outbox_path: Path | None,
-    answers: Path | None,
-) -> None:
+@dataclass(frozen=True)
+class _Bridge:
+    """Who the edXML bridge signs as, and where it sends."""
+
+    signer: SigningKey
+    seal: SigningKey
+    bootstrap: str | None
+    trust: Path | None
+    outbox_path: Path | None
+
+
+def _import_one(message: Path, bridge: _Bridge, output: Path | None, answers: Path | None) -> None:
+    signer, seal, trust = bridge.signer, bridge.seal, bridge.trust
     payload = import_edxml(message.read_bytes())
     if isinstance(payload, Status) and answers is not None:
         payload = dataclasses.replace(payload, event_digest=event_digest(answers.read_bytes()))
@@ -362,9 +366,9 @@ def _import_one(
         return
     if trust is None:
         raise click.UsageError("sending needs --trust: the outbox checks every receipt")
-    client = kafka(bootstrap)
+    client = kafka(bridge.bootstrap)
     if isinstance(payload, Document):
-        outbox = Outbox(outbox_path or settings().outbox)
+        outbox = Outbox(bridge.outbox_path or settings().outbox)
         try:
             entry = asyncio.run(
                 _send(

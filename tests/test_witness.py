@@ -20,7 +20,8 @@ from bus.kafka.topics import Topics
 from bus.registry import Registry
 from bus.store.outbox import State
 from bus.tlog.checkpoint import Checkpoint
-from bus.trust.signing import sign_checkpoint
+from bus.tlog.merkle import MemoryTree, consistency_proof, leaf_hash
+from bus.trust.signing import SigningKey, sign_checkpoint
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Verifier
 from bus.wire.headers import COSIGNED_BY, WITNESS_CERT, header, log_headers
@@ -133,7 +134,6 @@ def test_a_bent_proof_beside_a_genuine_checkpoint_is_refused_without_an_alarm(
     # The attacker re-publishes the archiver's genuine next checkpoint with a garbled
     # consistency proof ahead of the real one: nothing is cosigned, no false alarm, and
     # the real one is then accepted.
-    from bus.tlog.merkle import MemoryTree, consistency_proof, leaf_hash
 
     archiver = pki.key("docbus.archiver", Role.SERVICE)
     chain = archiver.chain_der
@@ -209,21 +209,26 @@ async def test_a_truncated_archive_is_caught_against_the_published_checkpoints(
         assert topic.cosignatures == {}
 
 
+def _signed_notes(
+    archiver: SigningKey, leaves: int, sizes: tuple[int, ...]
+) -> tuple[MemoryTree, dict[int, bytes]]:
+    """A log of ``leaves`` leaves, and the archiver's signed checkpoint at each size."""
+    tree = MemoryTree([leaf_hash(bytes([i])) for i in range(leaves)])
+    notes = {
+        n: sign_checkpoint(Checkpoint("docbus.archiver", n, tree.root(n)), archiver) for n in sizes
+    }
+    return tree, notes
+
+
 def test_checkpoints_that_arrive_out_of_order_are_cosigned_in_order_without_an_alarm(
     pki: Pki, tmp_path: Path
 ) -> None:
     # Several archivers publish side by side: the size-7 note (its proof from 5) may reach
     # the witness before the size-5 note (its proof from 3). Both are genuine, one chain:
     # the witness holds the early one until its predecessor is accepted.
-    from bus.tlog.merkle import MemoryTree, consistency_proof, leaf_hash
-
     archiver = pki.key("docbus.archiver", Role.SERVICE)
     chain = archiver.chain_der
-    tree = MemoryTree([leaf_hash(bytes([i])) for i in range(7)])
-    notes = {
-        n: sign_checkpoint(Checkpoint("docbus.archiver", n, tree.root(n)), archiver)
-        for n in (3, 5, 7)
-    }
+    tree, notes = _signed_notes(archiver, 7, (3, 5, 7))
     state = WitnessState(tmp_path)
     witness = _witness(pki, state)
     first = witness.process([_checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
@@ -245,15 +250,9 @@ def test_the_unsigned_proof_header_cannot_stall_a_witness_nor_hide_a_rollback(
     # early note many times under other sizes, and a genuine older note with a size from
     # far ahead: the real predecessor still releases the real early note, and the older
     # note is still reported as the rollback it is.
-    from bus.tlog.merkle import MemoryTree, consistency_proof, leaf_hash
-
     archiver = pki.key("docbus.archiver", Role.SERVICE)
     chain = archiver.chain_der
-    tree = MemoryTree([leaf_hash(bytes([i])) for i in range(9)])
-    notes = {
-        n: sign_checkpoint(Checkpoint("docbus.archiver", n, tree.root(n)), archiver)
-        for n in (3, 4, 5, 9)
-    }
+    tree, notes = _signed_notes(archiver, 9, (3, 4, 5, 9))
     state = WitnessState(tmp_path)
     witness = _witness(pki, state)
     witness.process([_checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
