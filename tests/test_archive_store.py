@@ -8,8 +8,10 @@ own tools as an attacker with access to it would.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -401,6 +403,50 @@ def test_the_archive_apis_database_role_can_read_and_cannot_write(audited: Store
             # Nor can it take the archivers' lock and stall the log's appends.
             with pytest.raises(psycopg.errors.InsufficientPrivilege), raw.transaction():
                 raw.execute("LOCK TABLE log_nodes IN EXCLUSIVE MODE")
+    finally:
+        with psycopg.connect(audited.database, autocommit=True) as admin:
+            admin.execute(f'DROP OWNED BY "{role}"')  # type: ignore[arg-type]
+        with psycopg.connect(POSTGRES, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+def test_a_readers_password_never_reaches_the_server_in_clear(
+    audited: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With log_statement=ddl the server would record an ALTER ROLE's text: it must hold a
+    # SCRAM verifier, never the password. A spy records every statement grant_reader sends.
+    assert audited.database is not None
+    from bus.store.postgres import grant_reader
+
+    sent: list[str] = []
+    execute = psycopg.Connection.execute
+
+    def spy(self: psycopg.Connection, query: object, *args: object, **kwargs: object) -> object:
+        sent.append(query.as_string(self) if hasattr(query, "as_string") else str(query))
+        return execute(self, query, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(psycopg.Connection, "execute", spy)
+    role, password = f"docbus_reader_{secrets.token_hex(4)}", "correct horse ¡battery!"
+    try:
+        grant_reader(audited.database, role, password)
+        monkeypatch.undo()
+        assert sent and not any(password in statement for statement in sent)
+        with psycopg.connect(POSTGRES, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)
+            ).fetchone()
+        assert row is not None
+        # RFC 5803's form; the keys derive from this very password (RFC 5802).
+        scheme, iterations_salt, keys = row[0].split("$")
+        iterations, salt = iterations_salt.split(":")
+        stored_key, _server_key = keys.split(":")
+        assert scheme == "SCRAM-SHA-256"
+        salted = hashlib.pbkdf2_hmac(
+            "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+        )
+        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+        assert base64.b64decode(stored_key) == hashlib.sha256(client_key).digest()
     finally:
         with psycopg.connect(audited.database, autocommit=True) as admin:
             admin.execute(f'DROP OWNED BY "{role}"')  # type: ignore[arg-type]

@@ -167,7 +167,12 @@ def grant_reader(url: str, role: str, password: str | None = None) -> None:
         if exists is None:
             db.execute(sql.SQL("CREATE ROLE {} LOGIN NOINHERIT").format(name))
         if password is not None:
-            db.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
+            # Hashed here (libpq's SCRAM-SHA-256), so the password never crosses the wire
+            # nor lands in a statement log; the server keeps the verifier as given.
+            verifier = db.pgconn.encrypt_password(
+                password.encode(), role.encode(), b"scram-sha-256"
+            ).decode()
+            db.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(verifier)))
         database = db.execute("SELECT current_database()").fetchone()
         assert database is not None
         db.execute(
