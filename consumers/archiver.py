@@ -21,6 +21,8 @@ from bus.wire.model import Document, LogProof, Status, StatusCode, event_digest,
 
 log = structlog.get_logger(__name__)
 
+_REPUBLISHED_KEPT = 4096
+
 
 class Archiver:
     """Reads every delivery topic; one SQLite transaction per batch, then the receipts.
@@ -53,6 +55,9 @@ class Archiver:
         # Auditors find the key that signs this log's checkpoints beside them.
         self.chain = key.chain_der
         archive.set_log_key(self.by, self.chain)
+        #: Sizes this archiver published again (oldest first): once each is enough, even
+        #: when an agency re-sends the same document many times.
+        self._republished: dict[int, None] = {}
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
         return await asyncio.to_thread(self._process, records)
@@ -90,6 +95,7 @@ class Archiver:
         outcomes, fresh, previous = self.archive.store_signed(
             [entry for _, entry in batch], self._sign
         )
+        results.extend(self._republish(outcomes))
         if fresh is not None:
             results.append(self._publish(fresh, previous))
         checkpoint = fresh or previous
@@ -109,6 +115,31 @@ class Archiver:
             )
             results.extend(self._answer(record, entry, outcome, proof))
         return results
+
+    def _republish(self, outcomes: Sequence[tuple[Stored, int]]) -> list[Output]:
+        """Publish again the checkpoints that first covered this batch's re-deliveries.
+
+        A re-delivery may mean that the archiver which appended it was killed after its
+        commit and before its outputs were sent: the checkpoint signed with it never
+        reached the topic, and every witness waits for it, since the next one's proof
+        starts from it. Witnesses ignore a checkpoint they have already accepted."""
+        outputs: list[Output] = []
+        covered = -1
+        for index in sorted(i for outcome, i in outcomes if outcome is Stored.DUPLICATE):
+            if index < covered:
+                continue  # covered by the checkpoint just re-published
+            found = self.archive.covering_checkpoint(index)
+            if found is None:
+                break
+            checkpoint, before = found
+            covered = checkpoint.checkpoint.size
+            if covered not in self._republished:
+                self._republished[covered] = None
+                outputs.append(self._publish(checkpoint, before))
+                log.info("checkpoint published again", size=covered)
+        while len(self._republished) > _REPUBLISHED_KEPT:
+            del self._republished[next(iter(self._republished))]
+        return outputs
 
     def _publish(self, new: StoredCheckpoint, previous: StoredCheckpoint | None) -> Output:
         """The checkpoint for the checkpoint topic, with what a witness needs to check it:

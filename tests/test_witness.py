@@ -15,7 +15,7 @@ from bus.audit.replay import read_topics
 from bus.audit.verify import verify_archive
 from bus.audit.witness import Witness, WitnessState, published, witness_once
 from bus.kafka.broker import EmbeddedBroker
-from bus.kafka.runtime import Record
+from bus.kafka.runtime import ConsumerRuntime, Output, Record, Reject
 from bus.kafka.topics import Topics
 from bus.registry import Registry
 from bus.store.outbox import State
@@ -26,9 +26,10 @@ from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Verifier
 from bus.wire.headers import COSIGNED_BY, WITNESS_CERT, header, log_headers
 from bus.wire.model import Role
+from consumers.archiver import Archiver
 from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
-from tests.stack import NGHE_AN, Stack, running_stack
+from tests.stack import NGHE_AN, Stack, read_topic, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -113,6 +114,72 @@ async def test_a_forked_log_is_caught_with_both_checkpoints(
         ]
         assert cosigned == []  # the fork was never cosigned
         state.close()
+
+
+async def test_a_checkpoint_whose_archiver_died_before_publishing_it_is_published_again(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    # An archiver killed after its commit and before its outputs went out: its checkpoint
+    # is in the archive and on no topic, and the next checkpoint's proof starts from it.
+    # The archiver that gets the re-delivery publishes it again; the witness goes on.
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
+        await _archive(stack, 2)
+        state = WitnessState(tmp_path / "witness")
+        witness = _witness(pki, state)
+        await witness_once(stack.settings, witness)
+        assert witness.cosigned == 2
+        await stack.stop_service("archiver")
+        doc = new_document(MINISTRY, [NGHE_AN], "Văn bản của người lưu trữ đã chết")
+        await stack.publisher.publish(doc)
+        topics, key = stack.settings.topics, stack.archiver_key
+        assert key is not None
+        delivered = await read_topic(stack.settings, topics.deliver("nghe-an"), 3)
+        [record] = [r for r in delivered if r.offset == max(d.offset for d in delivered)]
+        dead = Archiver(stack.archive, key, topics, stack.verifier(), stack.blobs)
+        outputs = await dead.handle([record])  # committed; the outputs die with it
+        assert any(isinstance(o, Output) and o.topic == topics.checkpoints for o in outputs)
+        latest = stack.archive.latest_checkpoint()
+        assert latest is not None and latest.checkpoint.size == 3
+        archiver = Archiver(stack.archive, key, topics, stack.verifier(), stack.blobs)
+        stack.start_service(
+            "archiver",
+            ConsumerRuntime(
+                stack.settings, archiver, "docbus.archiver", pattern=topics.deliver_pattern
+            ),
+        )
+        await stack.started()
+        async with asyncio.timeout(30):  # the re-delivery is answered again
+            assert (await stack.publisher.wait(doc.document_id)).state is State.ARCHIVED
+        await _archive(stack, 1)  # size 4, its proof from size 3
+        await witness_once(stack.settings, witness)
+        last = state.last("docbus.archiver")
+        assert last is not None and last[0].size == 4 and not state.alarms()
+        assert await _verify(stack, 1) == set()  # every checkpoint cosigned
+        state.close()
+
+
+def test_a_checkpoint_published_late_is_neither_cosigned_nor_a_rollback(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # The size-5 note (its proof from 3) arrives after the size-7 one was accepted: it
+    # proves it grew from what the witness saw. The same note with a bent proof does not,
+    # and is the rollback it looks like.
+    archiver = pki.key("docbus.archiver", Role.SERVICE)
+    chain = archiver.chain_der
+    tree, notes = _signed_notes(archiver, 7, (3, 5, 7))
+    state = WitnessState(tmp_path)
+    witness = _witness(pki, state)
+    witness.process([_checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
+    witness.process(
+        [_checkpoint_record(notes[7], log_headers(chain, 3, consistency_proof(tree.node, 3, 7)), 1)]
+    )
+    late = log_headers(chain, 3, consistency_proof(tree.node, 3, 5))
+    assert witness.process([_checkpoint_record(notes[5], late, 2)]) == []
+    assert not state.alarms() and witness.cosigned == 2
+    bent = log_headers(chain, 3, [b"\x00" * 32] * 2)
+    [refused] = witness.process([_checkpoint_record(notes[5], bent, 3)])
+    assert isinstance(refused, Reject) and [a.kind for a in state.alarms()] == ["rollback"]
+    state.close()
 
 
 async def _all(stack: Stack) -> list[Record]:

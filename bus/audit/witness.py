@@ -189,6 +189,8 @@ class Witness:
             early = since is not None and known[0].size < since < checkpoint.size
             if early and seen is None and self._hold(checkpoint.origin, since or 0, record):
                 return []  # its predecessor is still on its way: checked when it arrives
+            if seen is None and self._late(known[0], checkpoint, record):
+                return []
             self._check_extends(known, checkpoint, note, record, seen)
         self.state.accept(checkpoint, note)
         cosigned = add_lines(
@@ -231,6 +233,22 @@ class Witness:
         self._early_bytes += size
         return True
 
+    def _late(self, last: Checkpoint, new: Checkpoint, record: Record) -> bool:
+        """A checkpoint older than the last accepted that extends one this witness
+        accepted (proven): published late (an archiver that died before publishing, then
+        a re-publication; or one let go from the hold). Neither cosigned, since nothing
+        places it against the later ones, nor a rollback, since it proves it grew from
+        what this witness saw. Without such a proof it is a rollback."""
+        since = _since(record)
+        if not (since is not None and 0 < since < new.size < last.size):
+            return False
+        root = self.state.root_at(new.origin, since)
+        proof = _proof(record)
+        if root is None or not verify_consistency(since, new.size, root, new.root, proof):
+            return False
+        log.info("late checkpoint not cosigned", origin=new.origin, size=new.size, since=since)
+        return True
+
     def _check_extends(
         self,
         known: tuple[Checkpoint, bytes],
@@ -244,11 +262,8 @@ class Witness:
             self._raise(Alarm(new.origin, "split view", last_note, note))
         if new.size < last.size:
             self._raise(Alarm(new.origin, "rollback", last_note, note))
-        since = (header(record.headers, CONSISTENCY_FROM) or b"").decode("ascii", "replace")
-        blob = header(record.headers, CONSISTENCY) or b""
-        proof = [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
-        if since != str(last.size) or not verify_consistency(
-            last.size, new.size, last.root, new.root, proof
+        if _since(record) != last.size or not verify_consistency(
+            last.size, new.size, last.root, new.root, _proof(record)
         ):
             # The proof travels unsigned beside the note: a missing or bent one proves
             # nothing either way, so the checkpoint is refused (not cosigned), no alarm.
@@ -335,6 +350,12 @@ _EARLY_BYTES = 16 * 1024 * 1024
 
 def _size(record: Record) -> int:
     return len(record.value or b"") + sum(len(v or b"") for _, v in record.headers)
+
+
+def _proof(record: Record) -> list[bytes]:
+    """The published consistency proof, hash by hash."""
+    blob = header(record.headers, CONSISTENCY) or b""
+    return [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
 
 
 def _since(record: Record) -> int | None:

@@ -606,6 +606,25 @@ class Archive:
             ).fetchall()
         return [_stored(r) for r in rows]
 
+    def covering_checkpoint(
+        self, index: int
+    ) -> tuple[StoredCheckpoint, StoredCheckpoint | None] | None:
+        """The first checkpoint that covers log entry ``index`` (the one signed in the
+        transaction that appended it), and the checkpoint just before that one."""
+        with self._lock:
+            row = self._exec(
+                "SELECT signed, at FROM checkpoints WHERE size > ? ORDER BY size LIMIT 1",
+                (index,),
+            ).fetchone()
+            if row is None:
+                return None
+            first = _stored(row)
+            before = self._exec(
+                "SELECT signed, at FROM checkpoints WHERE size < ? ORDER BY size DESC LIMIT 1",
+                (first.checkpoint.size,),
+            ).fetchone()
+        return first, None if before is None else _stored(before)
+
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         with self._lock:
             row = self._exec(
