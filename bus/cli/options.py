@@ -19,7 +19,7 @@ from typing import Any
 import click
 from aiokafka.errors import KafkaConnectionError, KafkaError, NodeNotReadyError
 
-from bus.kafka.clients import KafkaSettings
+from bus.kafka.clients import LOGIN_REFUSED, KafkaSettings, scram_refused
 from bus.kafka.metrics import parse_listen
 from bus.registry import Registry, RegistryError, load_registry
 from bus.settings import Settings, load_settings
@@ -62,7 +62,9 @@ class DocbusGroup(click.Group):
             raise
         except (KafkaConnectionError, NodeNotReadyError, ConnectionError, TimeoutError) as exc:
             client = ctx.find_root().meta.get(_KAFKA)
-            problem = client.tls_problem() if isinstance(client, KafkaSettings) else None
+            problem = None
+            if isinstance(client, KafkaSettings):
+                problem = client.tls_problem() or client.login_problem()
             if problem is not None:  # not down: this client is set up wrong (exit 2)
                 raise UsageProblem(problem) from None
             raise Unavailable(f"unavailable, try again later: {exc}") from None
@@ -83,26 +85,12 @@ class DocbusGroup(click.Group):
                 raise
             if _database_unavailable(exc):
                 raise Unavailable(f"database unavailable, try again later: {exc}") from None
-            if _scram_refused(exc):
-                raise UsageProblem(
-                    "SASL authentication failed: the broker knows no such user or password "
-                    "(DOCBUS_SASL_USERNAME, DOCBUS_SASL_PASSWORD)"
-                ) from None
+            if scram_refused(exc):
+                raise UsageProblem(LOGIN_REFUSED) from None
             known = type(exc).__module__.split(".")[0] in ("aiokafka", "bus")
             raise click.ClickException(
                 str(exc) if known else f"internal error: {exc!r} (DOCBUS_DEBUG=1 for the traceback)"
             ) from None
-
-
-def _scram_refused(exc: Exception) -> bool:
-    """aiokafka's SCRAM client fails on a server's refusal (``e=…``) with a bare KeyError
-    raised where it reads the server's final message."""
-    if not isinstance(exc, KeyError):
-        return False
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_name == "process_server_final_message"
 
 
 def _database_unavailable(exc: Exception) -> bool:

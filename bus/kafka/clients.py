@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -10,12 +11,23 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
+from aiokafka.protocol.metadata import MetadataRequest
 from pydantic import SecretStr
 
 from bus.kafka.topics import Topics
 from bus.settings import Settings, SettingsError
 from bus.wire.limits import MAX_MESSAGE_BYTES
 
+LOGIN_REFUSED = (
+    "SASL authentication failed: the broker knows no such user or password "
+    "(DOCBUS_SASL_USERNAME, DOCBUS_SASL_PASSWORD)"
+)
 _REFUSED = (
     "the broker refused this client's certificate or wants one: check DOCBUS_SSL_CERTFILE "
     "and DOCBUS_SSL_KEYFILE"
@@ -102,6 +114,48 @@ class KafkaSettings:
             return None  # nothing answers (or it is not TLS): the broker is unavailable
         return None
 
+    def login_problem(self, timeout: float = 5.0) -> str | None:
+        """Why the first bootstrap broker answers and still gives this client no session:
+        its SASL login refused, a mechanism it does not offer, or (with no SASL set) a
+        listener that closes on a client that has not logged in, as Kafka's SASL ones do.
+        None when it works or nothing answers.
+
+        aiokafka tries every bootstrap broker and only says "Unable to bootstrap", which
+        reads as "try again later" (exit 75); a wrong password never gets better."""
+        return asyncio.run(self._login_problem(timeout))
+
+    async def _login_problem(self, seconds: float) -> str | None:
+        host, _, port = self.bootstrap.split(",")[0].strip().rpartition(":")
+        args = {k: v for k, v in self.common().items() if k != "bootstrap_servers"}
+        sasl = self.security_protocol.startswith("SASL")
+        try:
+            async with asyncio.timeout(seconds):
+                conn = await create_conn(host, int(port), **args)
+        except SaslAuthenticationFailed as exc:
+            return f"{LOGIN_REFUSED}; the broker said: {exc}"
+        except UnsupportedSaslMechanismError:
+            return (
+                f"the broker does not offer SASL {args.get('sasl_mechanism')}: check "
+                "DOCBUS_SASL_MECHANISM"
+            )
+        except KeyError as exc:
+            return LOGIN_REFUSED if scram_refused(exc) else None
+        except (KafkaError, OSError, TimeoutError, ValueError):
+            return None
+        try:
+            async with asyncio.timeout(seconds):
+                await conn.send(MetadataRequest([]))
+        except (KafkaError, OSError, TimeoutError):
+            if not sasl:  # it answered ApiVersions, then hung up on the first real request
+                return (
+                    "the broker closed the connection at the first request: its listener "
+                    "wants a SASL login (DOCBUS_SECURITY_PROTOCOL=SASL_SSL, "
+                    "DOCBUS_SASL_USERNAME, DOCBUS_SASL_PASSWORD)"
+                )
+        finally:
+            conn.close()
+        return None
+
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ssl_cafile)
         if self.ssl_certfile:
@@ -154,6 +208,18 @@ class KafkaSettings:
 
     def admin(self) -> AIOKafkaAdminClient:
         return AIOKafkaAdminClient(**self.common())
+
+
+def scram_refused(exc: BaseException) -> bool:
+    """aiokafka's SCRAM client fails on a server's refusal in its final message (``e=…``,
+    where Kafka itself answers SASL_AUTHENTICATION_FAILED) with a bare KeyError raised
+    where it reads that message."""
+    if not isinstance(exc, KeyError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "process_server_final_message"
 
 
 def _text(path: Path | None) -> str | None:
