@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument(
         "--fetch-wait-ms",
         type=int,
-        help="the services' DOCBUS_FETCH_MAX_WAIT_MS (default: the setting's, 100)",
+        help="the services' DOCBUS_FETCH_MAX_WAIT_MS (default: each service's own)",
     )
     parser.add_argument(
         "--postgres",

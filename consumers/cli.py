@@ -27,6 +27,7 @@ from bus.cli.options import (
     settings,
     trust_option,
 )
+from bus.kafka.clients import PIPELINE_FETCH_WAIT_MS
 from bus.kafka.metrics import CHECKPOINT_AGE
 from bus.kafka.runtime import ConsumerRuntime, serve_with_ops
 from bus.logs import name_service
@@ -66,7 +67,7 @@ def serve_gateway(
     bootstrap: str | None, trust: Path, key: SigningKey, registry: Registry, listen: str | None
 ) -> None:
     """Verify docbus.submitted and route each document to its jurisdictions."""
-    settings = kafka(bootstrap)
+    settings = kafka(bootstrap, PIPELINE_FETCH_WAIT_MS)
     verifier = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=_reload())
     gateway = Gateway(verifier, registry, key, settings.topics)
     runtime = ConsumerRuntime(
@@ -97,7 +98,7 @@ def serve_archiver(
     PostgreSQL (--database), where any number of archivers may run at once."""
     if data_dir is None:
         raise UsageProblem("--data-dir is required: the archive's blob copies are kept there")
-    settings = kafka(bootstrap)
+    settings = kafka(bootstrap, PIPELINE_FETCH_WAIT_MS)
     verifier = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=_reload())
     archive = existing_archive(data_dir, database, create=True)
     archiver = Archiver(archive, key, settings.topics, verifier, blob_store())

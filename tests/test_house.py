@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bus.kafka.clients import PIPELINE_FETCH_WAIT_MS, KafkaSettings
 from bus.settings import Settings, SettingsError, documented, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,17 @@ def test_a_bad_file_key_names_the_file(tmp_path: Path) -> None:
         load_settings(config)
     assert f"session_timeout_ms in {config}" in str(caught.value)
     assert f"bootstrapp in {config}" in str(caught.value)
+
+
+def test_the_fetch_wait_is_each_services_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The gateway and the archiver ask the broker more often (a document's latency is made
+    # there); an operator's DOCBUS_FETCH_MAX_WAIT_MS is the last word for every service.
+    assert KafkaSettings.from_settings(load_settings(), "b:9092").fetch_max_wait_ms == 100
+    pipeline = KafkaSettings.from_settings(load_settings(), "b:9092", PIPELINE_FETCH_WAIT_MS)
+    assert pipeline.fetch_max_wait_ms == 20
+    monkeypatch.setenv("DOCBUS_FETCH_MAX_WAIT_MS", "250")
+    for wait in (100, PIPELINE_FETCH_WAIT_MS):
+        assert KafkaSettings.from_settings(load_settings(), "b:9092", wait).fetch_max_wait_ms == 250
 
 
 def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:

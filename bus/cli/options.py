@@ -19,7 +19,7 @@ from typing import Any
 import click
 from aiokafka.errors import KafkaConnectionError, KafkaError, NodeNotReadyError
 
-from bus.kafka.clients import LOGIN_REFUSED, KafkaSettings, scram_refused
+from bus.kafka.clients import FETCH_WAIT_MS, LOGIN_REFUSED, KafkaSettings, scram_refused
 from bus.kafka.metrics import parse_listen
 from bus.registry import Registry, RegistryError, load_registry
 from bus.settings import Settings, load_settings
@@ -160,9 +160,10 @@ def blob_store() -> BlobStore:
     return BlobStore(settings().blob_dir)
 
 
-def kafka(bootstrap: str | None) -> KafkaSettings:
-    """Client settings: ``--bootstrap`` if given, else the settings' (DOCBUS_BOOTSTRAP)."""
-    chosen = KafkaSettings.from_settings(settings(), bootstrap)
+def kafka(bootstrap: str | None, fetch_wait_ms: int = FETCH_WAIT_MS) -> KafkaSettings:
+    """Client settings: ``--bootstrap`` if given, else the settings' (DOCBUS_BOOTSTRAP);
+    ``fetch_wait_ms`` unless DOCBUS_FETCH_MAX_WAIT_MS says otherwise."""
+    chosen = KafkaSettings.from_settings(settings(), bootstrap, fetch_wait_ms)
     click.get_current_context().find_root().meta[_KAFKA] = chosen  # to explain a failure
     return chosen
 

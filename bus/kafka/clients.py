@@ -24,6 +24,13 @@ from bus.kafka.topics import Topics
 from bus.settings import Settings, SettingsError
 from bus.wire.limits import MAX_MESSAGE_BYTES
 
+#: An idle consumer's fetch wait. Kafka answers a waiting fetch as soon as data arrives,
+#: so it costs no latency there, only how often an idle consumer asks; the embedded broker
+#: answers at the deadline, so each hop may add up to this much. The gateway and the
+#: archiver, where a document's latency is made, ask more often (issue 14's p99 target).
+FETCH_WAIT_MS = 100
+PIPELINE_FETCH_WAIT_MS = 20
+
 LOGIN_REFUSED = (
     "SASL authentication failed: the broker knows no such user or password "
     "(DOCBUS_SASL_USERNAME, DOCBUS_SASL_PASSWORD)"
@@ -54,11 +61,14 @@ class KafkaSettings:
     # Tansu lets a consumer group settle for about half the session timeout, so the
     # embedded broker is run with a short one; real Kafka keeps aiokafka's default.
     session_timeout_ms: int = 10000
-    fetch_max_wait_ms: int = 100
+    fetch_max_wait_ms: int = FETCH_WAIT_MS
 
     @classmethod
-    def from_settings(cls, settings: Settings, bootstrap: str | None = None) -> KafkaSettings:
-        """Client settings from the one settings object; ``bootstrap`` (the option) wins."""
+    def from_settings(
+        cls, settings: Settings, bootstrap: str | None = None, fetch_wait_ms: int = FETCH_WAIT_MS
+    ) -> KafkaSettings:
+        """Client settings from the one settings object; ``bootstrap`` (the option) wins,
+        and ``fetch_wait_ms`` is this service's fetch wait unless the settings set one."""
         chosen = bootstrap or settings.bootstrap
         if not chosen:
             raise SettingsError("no broker: pass --bootstrap HOST:PORT or set DOCBUS_BOOTSTRAP")
@@ -78,7 +88,7 @@ class KafkaSettings:
             ssl_keyfile=_text(settings.ssl_keyfile),
             topics=Topics(settings.topic_prefix),
             session_timeout_ms=settings.session_timeout_ms,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms or fetch_wait_ms,
         )
 
     def tls_problem(self, timeout: float = 3.0) -> str | None:
