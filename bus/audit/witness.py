@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
+from aiokafka.structs import ConsumerRecord
 
 from bus.audit.replay import read_topics
 from bus.kafka.clients import KafkaSettings
@@ -55,6 +57,13 @@ CREATE TABLE IF NOT EXISTS history (
     size INTEGER NOT NULL,
     root BLOB NOT NULL,
     PRIMARY KEY (origin, size)
+);
+CREATE TABLE IF NOT EXISTS held (
+    seq INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    bytes INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS alarms (
     seq INTEGER PRIMARY KEY,
@@ -119,6 +128,39 @@ class WitnessState:
             ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def hold(self, origin: str, since: int, record: Record) -> None:
+        """Keep a checkpoint that came before the one its proof starts from: on disk, so a
+        restart (its offset is committed) does not lose it."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO held (origin, since, record, bytes) VALUES (?, ?, ?, ?)",
+                (origin, since, _dump(record), _size(record)),
+            )
+
+    def held_bytes(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM held").fetchone()[0])
+
+    def release(self, origin: str, size: int) -> list[Record]:
+        """The checkpoints held for ``origin``'s size ``size``, oldest first, no longer held."""
+        return self._take("origin = ? AND since = ?", (origin, size))
+
+    def release_oldest(self) -> list[Record]:
+        """The checkpoints held longest (one predecessor's), no longer held."""
+        return self._take(
+            "(origin, since) = (SELECT origin, since FROM held ORDER BY seq LIMIT 1)", ()
+        )
+
+    def _take(self, where: str, params: tuple[object, ...]) -> list[Record]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            rows = self._db.execute(
+                f"SELECT seq, record FROM held WHERE {where} ORDER BY seq", params
+            ).fetchall()
+            self._db.executemany("DELETE FROM held WHERE seq = ?", [(r[0],) for r in rows])
+            self._db.execute("COMMIT")
+        return [_load(r[1]) for r in rows]
+
     def alarm(self, alarm: Alarm) -> None:
         with self._lock:
             self._db.execute(
@@ -153,12 +195,12 @@ class Witness:
         self.topics = topics
         self.cosigned = 0
         #: Checkpoints that arrived before the one their proof starts from (several
-        #: archivers publish side by side), by (origin, that size): each checked in full
-        #: once that one is accepted. The size comes from an unsigned header, so copies
-        #: never replace one another, only a checkpoint between the two sizes is held, and
-        #: the hold is bounded in bytes (what is let go is said).
-        self._early: dict[tuple[str, int], list[Record]] = {}
-        self._early_bytes = 0
+        #: archivers publish side by side; one that died publishes late) are held in the
+        #: state, by (origin, that size), each checked in full once that one is accepted.
+        #: The size comes from an unsigned header, so copies never replace one another,
+        #: only a checkpoint between the two sizes is held, and the hold is bounded in
+        #: bytes (what is let go is said).
+        self._held_bytes = state.held_bytes()
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
         return await asyncio.to_thread(self.process, records)
@@ -181,16 +223,18 @@ class Witness:
         key = self.verifier.log_key(headers_all(record.headers, LOG_CERT))
         checkpoint, _ = open_checkpoint(note, key)
         known = self.state.last(checkpoint.origin)
+        seen = None if known is None else self.state.root_at(checkpoint.origin, checkpoint.size)
+        if known is not None and seen == checkpoint.root:
+            return []  # a checkpoint this witness accepted (and cosigned) before
+        # Its predecessor is still on its way: checked when it arrives. A first checkpoint
+        # too, unless it is the log's first (its proof starts from nothing): a witness
+        # follows the chain from the start, so it has seen every size up to its last.
+        since = _since(record) or 0
+        after = 0 if known is None else known[0].size
+        early = after < since < checkpoint.size and seen is None
+        if early and self._hold(checkpoint.origin, since, record):
+            return []
         if known is not None:
-            seen = self.state.root_at(checkpoint.origin, checkpoint.size)
-            if seen == checkpoint.root:
-                return []  # a checkpoint this witness accepted (and cosigned) before
-            since = _since(record)
-            early = since is not None and known[0].size < since < checkpoint.size
-            if early and seen is None and self._hold(checkpoint.origin, since or 0, record):
-                return []  # its predecessor is still on its way: checked when it arrives
-            if seen is None and self._late(known[0], checkpoint, record):
-                return []
             self._check_extends(known, checkpoint, note, record, seen)
         self.state.accept(checkpoint, note)
         cosigned = add_lines(
@@ -206,8 +250,8 @@ class Witness:
         out: list[Result] = [
             Output(self.topics.checkpoints, checkpoint.origin.encode(), cosigned, headers)
         ]
-        for follower in self._early.pop((checkpoint.origin, checkpoint.size), []):
-            self._early_bytes -= _size(follower)
+        for follower in self.state.release(checkpoint.origin, checkpoint.size):
+            self._held_bytes -= _size(follower)
             try:  # the ones that arrived first can now be checked, each in full
                 out.extend(self.check(follower))
             except DocbusError as exc:
@@ -219,34 +263,16 @@ class Witness:
         size = _size(record)
         if size > _EARLY_RECORD_BYTES:
             return False
-        while self._early and self._early_bytes + size > _EARLY_BYTES:
-            key = next(iter(self._early))
-            for dropped in self._early.pop(key):
-                self._early_bytes -= _size(dropped)
+        while self._held_bytes and self._held_bytes + size > _EARLY_BYTES:
+            for dropped in self.state.release_oldest():
+                self._held_bytes -= _size(dropped)
                 log.warning(
                     "early checkpoint let go: its predecessor never came",
-                    origin=key[0],
-                    since=key[1],
+                    since=_since(dropped),
                     offset=dropped.offset,
                 )
-        self._early.setdefault((origin, since), []).append(record)
-        self._early_bytes += size
-        return True
-
-    def _late(self, last: Checkpoint, new: Checkpoint, record: Record) -> bool:
-        """A checkpoint older than the last accepted that extends one this witness
-        accepted (proven): published late (an archiver that died before publishing, then
-        a re-publication; or one let go from the hold). Neither cosigned, since nothing
-        places it against the later ones, nor a rollback, since it proves it grew from
-        what this witness saw. Without such a proof it is a rollback."""
-        since = _since(record)
-        if not (since is not None and 0 < since < new.size < last.size):
-            return False
-        root = self.state.root_at(new.origin, since)
-        proof = _proof(record)
-        if root is None or not verify_consistency(since, new.size, root, new.root, proof):
-            return False
-        log.info("late checkpoint not cosigned", origin=new.origin, size=new.size, since=since)
+        self.state.hold(origin, since, record)
+        self._held_bytes += size
         return True
 
     def _check_extends(
@@ -346,6 +372,32 @@ async def witness_once(settings: KafkaSettings, witness: Witness) -> None:
 #: key's certificates: anything larger is checked at once; all held, at most this much.
 _EARLY_RECORD_BYTES = 64 * 1024
 _EARLY_BYTES = 16 * 1024 * 1024
+
+
+def _dump(record: Record) -> str:
+    """A held record as kept on disk: what a later check and a refusal read of it."""
+    return json.dumps(
+        {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp,
+            "key": None if record.key is None else base64.b64encode(record.key).decode(),
+            "value": base64.b64encode(record.value or b"").decode(),
+            "headers": [[k, base64.b64encode(v or b"").decode()] for k, v in record.headers],
+        }
+    )
+
+
+def _load(text: str) -> Record:
+    d = json.loads(text)
+    key = None if d["key"] is None else base64.b64decode(d["key"])
+    value = base64.b64decode(d["value"])
+    headers = tuple((k, base64.b64decode(v)) for k, v in d["headers"])
+    return ConsumerRecord(
+        d["topic"], d["partition"], d["offset"], d["timestamp"], 0, key, value, None,
+        len(key or b""), len(value), headers,
+    )  # fmt: skip
 
 
 def _size(record: Record) -> int:
