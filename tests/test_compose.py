@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 import yaml
+
+from bus.settings import documented, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,3 +224,23 @@ def test_secrets_stay_with_whoever_needs_them() -> None:
                 assert subpath is not None and read_only, name  # a broker's own key only
             if source == "credentials" and name not in ("pki", "kafka-setup"):
                 assert subpath is not None and read_only, name  # one's own password only
+
+
+def test_every_docbus_variable_in_the_stack_is_a_setting_the_services_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Settings ignore a variable they do not know, so a misspelt one would be silently
+    # lost in a deployment: each is one of the documented settings, and each service's
+    # environment loads as its settings do.
+    known = {variable for variable, _, _ in documented()}
+    for name, service in _compose()["services"].items():
+        env = service.get("environment") or {}
+        if service.get("image") != "docbus:latest":
+            continue
+        assert {v for v in env if v.startswith("DOCBUS_")} <= known, (name, set(env) - known)
+        with monkeypatch.context() as m:
+            for variable in known:
+                m.delenv(variable, raising=False)
+            for variable, value in env.items():
+                m.setenv(variable, str(value))
+            load_settings()  # a value of the wrong kind or form fails here
