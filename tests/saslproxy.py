@@ -5,22 +5,31 @@ login), so this stands in for a Kafka listener that requires SASL: it answers
 SaslHandshake and SaslAuthenticate itself as Kafka does (SCRAM-SHA-256/512, server side
 by scramp; a refusal is SASL_AUTHENTICATION_FAILED with Kafka's own message), closes a
 connection that sends anything but ApiVersions before it has logged in (Kafka's
-"unexpected Kafka request during SASL handshake"), then passes every byte through. Behind
-a TLS terminator it makes a SASL_SSL listener.
+"unexpected Kafka request during SASL handshake"), then passes every request through.
+Behind a TLS terminator it makes a SASL_SSL listener.
+
+Given ``may_write(principal, topic)``, it also stands in for Kafka's authorizer where a
+write is concerned: a Produce naming a topic the principal may not write is answered
+TOPIC_AUTHORIZATION_FAILED for every partition in it (Kafka refuses only those topics;
+docbus clients never mix them), and is not passed on. Reads are not checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 
+from aiokafka.protocol import produce
 from scramp import ScramException, ScramMechanism
 from scramp.core import ScramServer
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM = 58, 33
+PRODUCE, TOPIC_AUTHORIZATION_FAILED = 0, 29
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
@@ -102,12 +111,81 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+def _refused_produce(version: int, frame: bytes, allowed: Callable[[str], bool]) -> bytes | None:
+    """The answer to a Produce that names a topic not ``allowed``; None to pass it on."""
+    (client,) = struct.unpack(">h", frame[8:10])
+    request = getattr(produce, f"ProduceRequest_v{version}").decode(frame[10 + max(client, 0) :])
+    if all(allowed(topic) for topic, _ in request.topics):
+        return None
+    extra = (-1,) * (version >= 2) + (-1,) * (version >= 5) + ([], None) * (version >= 8)
+    topics = [
+        (topic, [(p, TOPIC_AUTHORIZATION_FAILED, -1, *extra) for p, _ in parts])
+        for topic, parts in request.topics
+    ]
+    response = getattr(produce, f"ProduceResponse_v{version}")
+    args = (topics, 0) if version >= 1 else (topics,)
+    (correlation,) = struct.unpack(">i", frame[4:8])
+    return struct.pack(">i", correlation) + response(*args).encode()
+
+
+async def _authorized(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+    allowed: Callable[[str], bool],
+) -> None:
+    """Requests on, each Produce checked; answers back in the order asked (aiokafka matches
+    them so): an answer of ours waits for those the broker still owes before it."""
+    owed: deque[bytes | None] = deque()  # None: the broker's to give
+
+    def flush() -> None:
+        while owed and owed[0] is not None:
+            answer = owed.popleft()
+            assert answer is not None
+            writer.write(struct.pack(">i", len(answer)) + answer)
+
+    async def answers() -> None:
+        try:
+            while True:
+                answer = await _frame(up_reader)
+                owed.popleft()
+                writer.write(struct.pack(">i", len(answer)) + answer)
+                flush()
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    task = asyncio.create_task(answers())
+    try:
+        while True:
+            frame = await _frame(reader)
+            key, version = struct.unpack(">hh", frame[:4])
+            refusal = _refused_produce(version, frame, allowed) if key == PRODUCE else None
+            owed.append(refusal)
+            if refusal is None:
+                up_writer.write(struct.pack(">i", len(frame)) + frame)
+                await up_writer.drain()
+            else:
+                flush()
+                await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        up_writer.close()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @contextlib.asynccontextmanager
 async def sasl_listener(
-    listen: int, upstream: int, users: Mapping[str, str]
+    listen: int,
+    upstream: int,
+    users: Mapping[str, str],
+    may_write: Callable[[str, str], bool] | None = None,
 ) -> AsyncIterator[list[str]]:
     """SASL (SCRAM) on 127.0.0.1:``listen`` for ``users`` (name → password), plain to
-    ``upstream`` once logged in. Yields the names that logged in, one per connection."""
+    ``upstream`` once logged in; with ``may_write``, writes only where it allows. Yields
+    the names that logged in, one per connection."""
     logins: list[str] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -143,9 +221,14 @@ async def sasl_listener(
                 if done is False:
                     break
                 if done:
-                    assert login.user is not None
-                    logins.append(login.user)
-                    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                    user = login.user
+                    assert user is not None
+                    logins.append(user)
+                    if may_write is None:
+                        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                    else:
+                        allowed = functools.partial(may_write, user)
+                        await _authorized(reader, writer, up_reader, up_writer, allowed)
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from bus.settings import documented, load_settings
+from tests.acls import acls, writers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,21 +140,6 @@ def test_brokers_speak_only_tls_and_authenticate_everyone() -> None:
         assert ("tls", "/etc/kafka/secrets", f"kafka-{i}", True) in mounts
 
 
-def _acls() -> list[tuple[str, str, str, str, str]]:
-    lines = (ROOT / "deploy" / "acls.txt").read_text("utf-8").splitlines()
-    return [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#")]  # type: ignore[misc]
-
-
-def _writers(topic: str) -> set[str]:
-    """The principals allowed to write ``topic`` (literal or by prefix)."""
-    return {
-        p
-        for p, op, kind, name, pattern in _acls()
-        if op == "Write" and kind == "topic"
-        and (name == topic if pattern == "literal" else topic.startswith(name))
-    }  # fmt: skip
-
-
 def test_each_service_writes_only_its_own_topics() -> None:
     services = _compose()["services"]
     setup = services["kafka-setup"]
@@ -161,13 +147,13 @@ def test_each_service_writes_only_its_own_topics() -> None:
     assert setup["depends_on"] == {
         f"kafka-{i}": {"condition": "service_healthy"} for i in (1, 2, 3)
     }
-    assert _writers("docbus.deliver.nghe-an") == {"gateway"}  # the gateway alone delivers
-    assert _writers("docbus.checkpoints") == {"archiver", "witness"}  # notes, cosignatures
-    assert _writers("docbus.submitted") == {"agency-g22"}  # publishers, not services
-    assert "gateway" not in _writers("docbus.checkpoints")
-    assert all(p not in _writers("docbus.deliver.ha-noi") for p in ("archiver", "agency-g22"))
+    assert writers("docbus.deliver.nghe-an") == {"gateway"}  # the gateway alone delivers
+    assert writers("docbus.checkpoints") == {"archiver", "witness"}  # notes, cosignatures
+    assert writers("docbus.submitted") == {"agency-g22"}  # publishers, not services
+    assert "gateway" not in writers("docbus.checkpoints")
+    assert all(p not in writers("docbus.deliver.ha-noi") for p in ("archiver", "agency-g22"))
     # Every service that reaches Kafka has a principal, and its password alone.
-    principals = {a[0] for a in _acls()}
+    principals = {a[0] for a in acls()}
     for name in DOCBUS_SERVICES:
         env = services[name]["environment"]
         user = env["DOCBUS_SASL_USERNAME"]

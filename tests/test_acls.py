@@ -1,0 +1,116 @@
+"""deploy/acls.txt at work: each service logs in as its own principal and the pipeline runs
+to ARCHIVED under exactly those ACLs; a principal that writes where it may not is refused.
+
+The embedded broker has no authorizer, so the SASL stand-in of tests/saslproxy.py plays
+Kafka's for writes: a Produce to a topic the principal may not write is answered
+TOPIC_AUTHORIZATION_FAILED (DESIGN §9). The gateway and the archiver are real ``docbus
+serve`` processes, each with its own credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiokafka.errors import TopicAuthorizationFailedError
+
+from bus.kafka.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker, free_port
+from bus.kafka.clients import KafkaSettings
+from bus.registry import Registry
+from bus.store.outbox import State
+from bus.trust.pki import CertRole, KeyAlgorithm
+from producers.document import new_document
+from tests.acls import may_write
+from tests.conftest import MINISTRY, Pki
+from tests.saslproxy import sasl_listener
+from tests.stack import NGHE_AN, read_topic, running_stack
+
+pytestmark = pytest.mark.integration
+
+PASSWORDS = {"gateway": "g-secret", "archiver": "a-secret", "agency-g22": "m-secret"}
+
+
+def _sasl(user: str) -> dict[str, str]:
+    return {
+        "DOCBUS_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "DOCBUS_SASL_MECHANISM": "SCRAM-SHA-512",
+        "DOCBUS_SASL_USERNAME": user,
+        "DOCBUS_SASL_PASSWORD": PASSWORDS[user],
+    }
+
+
+def _serve(
+    broker: EmbeddedBroker, bootstrap: str, pki: Pki, service: str, folder: Path
+) -> subprocess.Popen[bytes]:
+    key, cert = pki.dev.issue(
+        f"docbus.{service}", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    extra = ["--data-dir", str(folder)] if service == "archiver" else []
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "bus", "serve", service, "--bootstrap", bootstrap),
+            *("--trust", str(pki.dev.trust_dir), "--key", f"{key},{cert}", *extra),
+        ],
+        env={**broker.client_env(), **_sasl(service)},
+        stdout=(folder / "log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_every_service_writes_under_its_own_principal_and_no_further(
+    pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    with EmbeddedBroker(advertised_port=port) as broker:
+        async with sasl_listener(port, broker.port, PASSWORDS, may_write) as logins:
+            sasl = _sasl("agency-g22")
+            agency = KafkaSettings(
+                bootstrap,
+                security_protocol=sasl["DOCBUS_SECURITY_PROTOCOL"],
+                sasl_mechanism=sasl["DOCBUS_SASL_MECHANISM"],
+                sasl_username="agency-g22",
+                sasl_password=PASSWORDS["agency-g22"],
+                session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
+            )
+            async with running_stack(
+                broker.bootstrap, pki, registry, tmp_path, services=False, settings=agency
+            ) as stack:
+                services = [
+                    _serve(broker, bootstrap, pki, name, tmp_path / name)
+                    for name in ("gateway", "archiver")
+                ]
+                try:
+                    doc = new_document(MINISTRY, [NGHE_AN], "Văn bản theo quyền từng dịch vụ")
+                    await stack.publisher.publish(doc)
+                    async with asyncio.timeout(90):
+                        entry = await stack.publisher.wait(doc.document_id)
+                    assert entry.state is State.ARCHIVED  # every write it took was allowed
+                    assert {"gateway", "archiver", "agency-g22"} <= set(logins)
+
+                    # The agency, with its genuine credentials, copies the delivered record
+                    # straight onto a delivery topic, and writes a checkpoint: refused.
+                    topics = agency.topics
+                    [delivered] = await read_topic(agency, topics.deliver("nghe-an"), 1)
+                    producer = agency.producer()
+                    await producer.start()
+                    try:
+                        for topic in (topics.deliver("ha-noi"), topics.checkpoints):
+                            with pytest.raises(TopicAuthorizationFailedError):
+                                await producer.send_and_wait(
+                                    topic, delivered.value, headers=list(delivered.headers)
+                                )
+                        # Its own topic still takes its writes on the same connection.
+                        await producer.send_and_wait(topics.rejected, b"still allowed")
+                    finally:
+                        await producer.stop()
+                    assert await read_topic(agency, topics.deliver("ha-noi"), 1, 3) == []
+                finally:
+                    for p in services:
+                        p.terminate()
+                    for p in services:
+                        p.wait(30)
