@@ -27,6 +27,8 @@ from aiokafka.protocol import produce
 from scramp import ScramException, ScramMechanism
 from scramp.core import ScramServer
 
+from tests.tlsproxy import pipe
+
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM = 58, 33
 PRODUCE, TOPIC_AUTHORIZATION_FAILED = 0, 29
@@ -98,17 +100,6 @@ class _Login:
         self.step += 1
         answer = struct.pack(">h", 0) + _string(None) + _bytes(reply.encode())
         return answer + (struct.pack(">q", 0) if version else b""), done
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
 
 
 def _refused_produce(version: int, frame: bytes, allowed: Callable[[str], bool]) -> bytes | None:
@@ -225,7 +216,7 @@ async def sasl_listener(
                     assert user is not None
                     logins.append(user)
                     if may_write is None:
-                        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
                     else:
                         allowed = functools.partial(may_write, user)
                         await _authorized(reader, writer, up_reader, up_writer, allowed)

@@ -53,14 +53,7 @@ async def test_the_pipeline_runs_over_tls_and_a_misconfigured_client_is_told_why
                 ssl_keyfile=str(client),
                 session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
             )
-            async with running_stack(
-                broker.bootstrap, pki, registry, tmp_path, settings=settings
-            ) as stack:
-                doc = new_document(MINISTRY, [NGHE_AN], "Văn bản qua kênh mã hoá")
-                await stack.publisher.publish(doc)
-                async with asyncio.timeout(60):
-                    entry = await stack.publisher.wait(doc.document_id)
-                assert entry.state is State.ARCHIVED  # verified receipt, all over TLS
+            await _archived_over(settings, broker, pki, registry, tmp_path)  # all over TLS
 
             rogue = DevPki(tmp_path / "rogue")
             rogue.init()
@@ -83,13 +76,7 @@ async def test_the_pipeline_runs_over_tls_and_a_misconfigured_client_is_told_why
                     "the broker refused this client's certificate or wants one",
                 ),
             }
-            for name, (variables, code, said) in cases.items():
-                done = await asyncio.to_thread(_topics_check, f"localhost:{tls_port}", variables)
-                assert done.returncode in (code, 1 if code == 0 else code), (name, done)
-                assert said in done.stdout + done.stderr, (name, done.stdout, done.stderr)
-                assert "Traceback" not in done.stderr, name
-                if code:
-                    assert len(done.stderr.strip().splitlines()) == 1, (name, done.stderr)
+            await _told(f"localhost:{tls_port}", cases)
 
 
 async def test_the_pipeline_runs_over_sasl_ssl_and_a_wrong_login_is_told_why(
@@ -113,14 +100,7 @@ async def test_the_pipeline_runs_over_sasl_ssl_and_a_wrong_login_is_told_why(
                 ssl_cafile=str(ca),
                 session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
             )
-            async with running_stack(
-                broker.bootstrap, pki, registry, tmp_path, settings=settings
-            ) as stack:
-                doc = new_document(MINISTRY, [NGHE_AN], "Văn bản qua kênh xác thực")
-                await stack.publisher.publish(doc)
-                async with asyncio.timeout(60):
-                    entry = await stack.publisher.wait(doc.document_id)
-                assert entry.state is State.ARCHIVED  # verified receipt, all logged in
+            await _archived_over(settings, broker, pki, registry, tmp_path)  # all logged in
             assert set(logins) == {"docbus-services"}
 
             # As docker-compose.yml sets a service up: its password from a mounted file.
@@ -150,14 +130,32 @@ async def test_the_pipeline_runs_over_sasl_ssl_and_a_wrong_login_is_told_why(
                     "does not offer SASL PLAIN",
                 ),
             }
-            for name, (variables, code, said) in cases.items():
-                done = await asyncio.to_thread(_topics_check, f"localhost:{tls_port}", variables)
-                assert done.returncode in (code, 1 if code == 0 else code), (name, done)
-                assert said in done.stdout + done.stderr, (name, done.stdout, done.stderr)
-                assert "Traceback" not in done.stderr, name
-                if code:
-                    assert len(done.stderr.strip().splitlines()) == 1, (name, done.stderr)
+            await _told(f"localhost:{tls_port}", cases)
             assert logins.count("gateway") >= 1 and "mallory" not in logins
+
+
+async def _archived_over(
+    settings: KafkaSettings, broker: EmbeddedBroker, pki: Pki, registry: Registry, folder: Path
+) -> None:
+    """A document published over ``settings`` comes back ARCHIVED, its receipt verified."""
+    async with running_stack(broker.bootstrap, pki, registry, folder, settings=settings) as stack:
+        doc = new_document(MINISTRY, [NGHE_AN], "Văn bản qua kênh bảo vệ")
+        await stack.publisher.publish(doc)
+        async with asyncio.timeout(60):
+            entry = await stack.publisher.wait(doc.document_id)
+        assert entry.state is State.ARCHIVED
+
+
+async def _told(bootstrap: str, cases: dict[str, tuple[dict[str, str], int, str]]) -> None:
+    """``docbus topics check`` under each case's variables: its exit code (0 may be 1: the
+    topics differ) and what it says, in one line and no traceback when it fails."""
+    for name, (variables, code, said) in cases.items():
+        done = await asyncio.to_thread(_topics_check, bootstrap, variables)
+        assert done.returncode in (code, 1 if code == 0 else code), (name, done)
+        assert said in done.stdout + done.stderr, (name, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, name
+        if code:
+            assert len(done.stderr.strip().splitlines()) == 1, (name, done.stderr)
 
 
 def _topics_check(bootstrap: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
