@@ -21,7 +21,7 @@ from bus.registry import Registry
 from bus.store.outbox import State
 from bus.tlog.checkpoint import Checkpoint
 from bus.tlog.merkle import MemoryTree, consistency_proof, leaf_hash
-from bus.trust.signing import SigningKey, sign_checkpoint
+from bus.trust.signing import sign_checkpoint
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Verifier
 from bus.wire.headers import COSIGNED_BY, WITNESS_CERT, header, log_headers
@@ -30,13 +30,9 @@ from consumers.archiver import Archiver
 from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
 from tests.stack import NGHE_AN, Stack, read_topic, running_stack
+from tests.witnessing import checkpoint_record, entry, pinned_witness, signed_notes
 
 pytestmark = pytest.mark.integration
-
-
-def _witness(pki: Pki, state: WitnessState) -> Witness:
-    """A pinned witness (docbus.witness) keeping its state in ``state``."""
-    return Witness(Verifier(pki.trust), pki.key("docbus.witness", Role.SERVICE), state, Topics())
 
 
 async def _archive(stack: Stack, n: int) -> None:
@@ -62,7 +58,7 @@ async def test_a_witness_cosigns_a_growing_log_and_readers_can_demand_it(
         await _archive(stack, 3)
         assert "forged checkpoint" in await _verify(stack, 1)  # nobody has cosigned yet
         state = WitnessState(tmp_path / "witness")
-        witness = _witness(pki, state)
+        witness = pinned_witness(pki, state)
         await witness_once(stack.settings, witness)
         assert witness.cosigned == 3 and not state.alarms()
         assert await _verify(stack, 1) == set()
@@ -83,7 +79,7 @@ async def test_a_forked_log_is_caught_with_both_checkpoints(
     async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
         await _archive(stack, 2)
         state = WitnessState(tmp_path / "witness")
-        witness = _witness(pki, state)
+        witness = pinned_witness(pki, state)
         await witness_once(stack.settings, witness)
         latest = stack.archive.latest_checkpoint()
         assert latest is not None and stack.archiver_key is not None
@@ -101,7 +97,7 @@ async def test_a_forked_log_is_caught_with_both_checkpoints(
                 headers=log_headers(chain, 0, []),
             )
         await producer.stop()
-        fresh = _witness(pki, state)
+        fresh = pinned_witness(pki, state)
         await witness_once(stack.settings, fresh)
         alarms = state.alarms()
         assert [a.kind for a in alarms] == ["split view", "rollback"]
@@ -125,7 +121,7 @@ async def test_a_checkpoint_whose_archiver_died_before_publishing_it_is_publishe
     async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
         await _archive(stack, 2)
         state = WitnessState(tmp_path / "witness")
-        witness = _witness(pki, state)
+        witness = pinned_witness(pki, state)
         await witness_once(stack.settings, witness)
         assert witness.cosigned == 2
         await stack.stop_service("archiver")
@@ -167,19 +163,18 @@ def test_a_fork_below_the_last_checkpoint_is_a_rollback_though_it_proves_a_prefi
     # late genuine note: it is reported, and the forked history is never cosigned.
     archiver = pki.key("docbus.archiver", Role.SERVICE)
     chain = archiver.chain_der
-    tree, notes = _signed_notes(archiver, 7, (3, 7))
-    shared = [leaf_hash(bytes([i])) for i in range(3)]  # the entries _signed_notes logs
-    fork = MemoryTree(shared + [leaf_hash(b"x%d" % i) for i in range(7)])
+    tree, notes = signed_notes(archiver, 7, (3, 7))
+    fork = MemoryTree([entry(i) for i in range(3)] + [b"forged %d" % i for i in range(7)])
     assert fork.root(3) == tree.root(3) and fork.root(5) != tree.root(5)
     state = WitnessState(tmp_path)
-    witness = _witness(pki, state)
-    witness.process([_checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
+    witness = pinned_witness(pki, state)
+    witness.process([checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
     witness.process(
-        [_checkpoint_record(notes[7], log_headers(chain, 3, consistency_proof(tree.node, 3, 7)), 1)]
+        [checkpoint_record(notes[7], log_headers(chain, 3, consistency_proof(tree.node, 3, 7)), 1)]
     )
     forged = sign_checkpoint(Checkpoint("docbus.archiver", 5, fork.root(5)), archiver)
     proof = log_headers(chain, 3, consistency_proof(fork.node, 3, 5))
-    [refused] = witness.process([_checkpoint_record(forged, proof, 2)])
+    [refused] = witness.process([checkpoint_record(forged, proof, 2)])
     assert isinstance(refused, Reject) and [a.kind for a in state.alarms()] == ["rollback"]
     assert witness.cosigned == 2
     state.close()
@@ -193,12 +188,12 @@ def test_a_new_witness_waits_for_the_logs_first_checkpoint_published_late(
     # take 9 on trust (it would then call 5 a rollback): it waits for the chain's start.
     archiver = pki.key("docbus.archiver", Role.SERVICE)
     chain = archiver.chain_der
-    tree, notes = _signed_notes(archiver, 9, (5, 9))
+    tree, notes = signed_notes(archiver, 9, (5, 9))
     state = WitnessState(tmp_path)
-    witness = _witness(pki, state)
+    witness = pinned_witness(pki, state)
     early = log_headers(chain, 5, consistency_proof(tree.node, 5, 9))
-    assert witness.process([_checkpoint_record(notes[9], early, 0)]) == []
-    both = witness.process([_checkpoint_record(notes[5], log_headers(chain, 0, []), 1)])
+    assert witness.process([checkpoint_record(notes[9], early, 0)]) == []
+    both = witness.process([checkpoint_record(notes[5], log_headers(chain, 0, []), 1)])
     assert [type(r).__name__ for r in both] == ["Output", "Output"] and not state.alarms()
     last = state.last("docbus.archiver")
     assert last is not None and last[0].size == 9
@@ -211,19 +206,19 @@ def test_a_held_checkpoint_outlives_a_restart_of_the_witness(pki: Pki, tmp_path:
     # never come again, and the witness would wait for ever.
     archiver = pki.key("docbus.archiver", Role.SERVICE)
     chain = archiver.chain_der
-    tree, notes = _signed_notes(archiver, 9, (3, 5, 7, 9))
+    tree, notes = signed_notes(archiver, 9, (3, 5, 7, 9))
     state = WitnessState(tmp_path)
-    witness = _witness(pki, state)
-    witness.process([_checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
+    witness = pinned_witness(pki, state)
+    witness.process([checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
     early = log_headers(chain, 5, consistency_proof(tree.node, 5, 7))
-    assert witness.process([_checkpoint_record(notes[7], early, 1)]) == []
+    assert witness.process([checkpoint_record(notes[7], early, 1)]) == []
     state.close()
     state = WitnessState(tmp_path)  # restarted
-    witness = _witness(pki, state)
+    witness = pinned_witness(pki, state)
     late = log_headers(chain, 3, consistency_proof(tree.node, 3, 5))
-    witness.process([_checkpoint_record(notes[5], late, 2)])
+    witness.process([checkpoint_record(notes[5], late, 2)])
     after = log_headers(chain, 7, consistency_proof(tree.node, 7, 9))
-    [cosigned] = witness.process([_checkpoint_record(notes[9], after, 3)])
+    [cosigned] = witness.process([checkpoint_record(notes[9], after, 3)])
     assert isinstance(cosigned, Output) and not state.alarms()
     last = state.last("docbus.archiver")
     assert last is not None and last[0].size == 9
@@ -235,12 +230,6 @@ async def _all(stack: Stack) -> list[Record]:
         r
         async for r in read_topics(stack.settings, [stack.settings.topics.checkpoints], None, None)
     ]
-
-
-def _checkpoint_record(note: bytes, headers: list[tuple[str, bytes]], offset: int) -> Record:
-    return Record(
-        "docbus.checkpoints", 0, offset, 0, 0, None, note, None, 0, len(note), tuple(headers)
-    )
 
 
 def test_a_bent_proof_beside_a_genuine_checkpoint_is_refused_without_an_alarm(
@@ -257,11 +246,11 @@ def test_a_bent_proof_beside_a_genuine_checkpoint_is_refused_without_an_alarm(
     second = sign_checkpoint(Checkpoint("docbus.archiver", 5, tree.root(5)), archiver)
     proof = consistency_proof(tree.node, 3, 5)
     state = WitnessState(tmp_path)
-    witness = _witness(pki, state)
-    assert len(witness.process([_checkpoint_record(first, log_headers(chain, 0, []), 0)])) == 1
-    bent = witness.process([_checkpoint_record(second, log_headers(chain, 3, [b"\x00" * 32]), 1)])
+    witness = pinned_witness(pki, state)
+    assert len(witness.process([checkpoint_record(first, log_headers(chain, 0, []), 0)])) == 1
+    bent = witness.process([checkpoint_record(second, log_headers(chain, 3, [b"\x00" * 32]), 1)])
     assert [type(r).__name__ for r in bent] == ["Reject"] and not state.alarms()
-    good = witness.process([_checkpoint_record(second, log_headers(chain, 3, proof), 2)])
+    good = witness.process([checkpoint_record(second, log_headers(chain, 3, proof), 2)])
     assert [type(r).__name__ for r in good] == ["Output"] and not state.alarms()
     state.close()
 
@@ -281,7 +270,7 @@ def test_a_revoked_archiver_key_gets_no_cosignature(pki: Pki, tmp_path: Path) ->
         Topics(),
     )
     time.sleep(1.1)  # a revocation takes effect from the next whole second
-    [result] = witness.process([_checkpoint_record(note, log_headers(chain, 0, []), 0)])
+    [result] = witness.process([checkpoint_record(note, log_headers(chain, 0, []), 0)])
     assert type(result).__name__ == "Reject" and "revoked" in result.message  # type: ignore[union-attr]
     state.close()
 
@@ -324,17 +313,6 @@ async def test_a_truncated_archive_is_caught_against_the_published_checkpoints(
         assert topic.cosignatures == {}
 
 
-def _signed_notes(
-    archiver: SigningKey, leaves: int, sizes: tuple[int, ...]
-) -> tuple[MemoryTree, dict[int, bytes]]:
-    """A log of ``leaves`` leaves, and the archiver's signed checkpoint at each size."""
-    tree = MemoryTree([leaf_hash(bytes([i])) for i in range(leaves)])
-    notes = {
-        n: sign_checkpoint(Checkpoint("docbus.archiver", n, tree.root(n)), archiver) for n in sizes
-    }
-    return tree, notes
-
-
 def test_checkpoints_that_arrive_out_of_order_are_cosigned_in_order_without_an_alarm(
     pki: Pki, tmp_path: Path
 ) -> None:
@@ -343,14 +321,14 @@ def test_checkpoints_that_arrive_out_of_order_are_cosigned_in_order_without_an_a
     # the witness holds the early one until its predecessor is accepted.
     archiver = pki.key("docbus.archiver", Role.SERVICE)
     chain = archiver.chain_der
-    tree, notes = _signed_notes(archiver, 7, (3, 5, 7))
+    tree, notes = signed_notes(archiver, 7, (3, 5, 7))
     state = WitnessState(tmp_path)
-    witness = _witness(pki, state)
-    first = witness.process([_checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
+    witness = pinned_witness(pki, state)
+    first = witness.process([checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
     early = log_headers(chain, 5, consistency_proof(tree.node, 5, 7))
-    assert witness.process([_checkpoint_record(notes[7], early, 1)]) == []  # held, no verdict
+    assert witness.process([checkpoint_record(notes[7], early, 1)]) == []  # held, no verdict
     late = log_headers(chain, 3, consistency_proof(tree.node, 3, 5))
-    both = witness.process([_checkpoint_record(notes[5], late, 2)])
+    both = witness.process([checkpoint_record(notes[5], late, 2)])
     assert [type(r).__name__ for r in [*first, *both]] == ["Output"] * 3
     assert not state.alarms()
     last = state.last("docbus.archiver")
@@ -367,19 +345,19 @@ def test_the_unsigned_proof_header_cannot_stall_a_witness_nor_hide_a_rollback(
     # note is still reported as the rollback it is.
     archiver = pki.key("docbus.archiver", Role.SERVICE)
     chain = archiver.chain_der
-    tree, notes = _signed_notes(archiver, 9, (3, 4, 5, 9))
+    tree, notes = signed_notes(archiver, 9, (3, 4, 5, 9))
     state = WitnessState(tmp_path)
-    witness = _witness(pki, state)
-    witness.process([_checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
+    witness = pinned_witness(pki, state)
+    witness.process([checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
     real = log_headers(chain, 5, consistency_proof(tree.node, 5, 9))
-    assert witness.process([_checkpoint_record(notes[9], real, 1)]) == []  # held
+    assert witness.process([checkpoint_record(notes[9], real, 1)]) == []  # held
     for n, since in enumerate((5, 5, 4, 6, 8, 1000) * 20):  # copies, none replaces it
-        witness.process([_checkpoint_record(notes[9], log_headers(chain, since, []), 2 + n)])
+        witness.process([checkpoint_record(notes[9], log_headers(chain, since, []), 2 + n)])
     late = log_headers(chain, 3, consistency_proof(tree.node, 3, 5))
-    released = witness.process([_checkpoint_record(notes[5], late, 500)])
+    released = witness.process([checkpoint_record(notes[5], late, 500)])
     assert "Output" in [type(r).__name__ for r in released]
     last = state.last("docbus.archiver")
     assert last is not None and last[0].size == 9 and not state.alarms()
-    witness.process([_checkpoint_record(notes[4], log_headers(chain, 1_000_000, []), 501)])
+    witness.process([checkpoint_record(notes[4], log_headers(chain, 1_000_000, []), 501)])
     assert [a.kind for a in state.alarms()] == ["rollback"]
     state.close()

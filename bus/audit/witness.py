@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,9 +63,12 @@ CREATE TABLE IF NOT EXISTS held (
     seq INTEGER PRIMARY KEY,
     origin TEXT NOT NULL,
     since INTEGER NOT NULL,
+    note BLOB NOT NULL,
     record TEXT NOT NULL,
     bytes INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS held_since ON held (origin, since);
+CREATE INDEX IF NOT EXISTS held_note ON held (note);
 CREATE TABLE IF NOT EXISTS alarms (
     seq INTEGER PRIMARY KEY,
     origin TEXT NOT NULL,
@@ -108,8 +112,7 @@ class WitnessState:
         return Checkpoint(origin, int(row["size"]), bytes(row["root"])), bytes(row["note"])
 
     def accept(self, checkpoint: Checkpoint, note: bytes) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._lock, self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO accepted VALUES (?, ?, ?, ?)",
                 (checkpoint.origin, checkpoint.size, checkpoint.root, note),
@@ -118,7 +121,26 @@ class WitnessState:
                 "INSERT OR IGNORE INTO history VALUES (?, ?, ?)",
                 (checkpoint.origin, checkpoint.size, checkpoint.root),
             )
-            self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write, all or nothing: a failure never leaves the file inside a transaction
+        (every later write would fail)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def first(self, origin: str) -> int | None:
+        """The smallest size this witness accepted for ``origin``: where its watch began."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(size) FROM history WHERE origin = ?", (origin,)
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def root_at(self, origin: str, size: int) -> bytes | None:
         """The root this witness accepted for ``origin`` at ``size``, if it saw that size."""
@@ -128,37 +150,42 @@ class WitnessState:
             ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def hold(self, origin: str, since: int, record: Record) -> None:
+    def hold(self, origin: str, since: int, record: Record) -> bool:
         """Keep a checkpoint that came before the one its proof starts from: on disk, so a
-        restart (its offset is committed) does not lose it."""
-        with self._lock:
+        restart (its offset is committed) does not lose it. False (not held) past the
+        bounds: a few copies of one note (the size is an unsigned header, and the genuine
+        copy comes first), a record's size, all held."""
+        dumped = _dump(record)
+        note = record.value or b""
+        with self._lock, self._transaction():
+            copies, total = self._db.execute(
+                "SELECT (SELECT COUNT(*) FROM held WHERE note = ?),"
+                " (SELECT COALESCE(SUM(bytes), 0) FROM held)",
+                (note,),
+            ).fetchone()
+            if (
+                len(dumped) > _EARLY_RECORD_BYTES
+                or copies >= _COPIES
+                or (total + len(dumped) > _EARLY_BYTES)
+            ):
+                return False
             self._db.execute(
-                "INSERT INTO held (origin, since, record, bytes) VALUES (?, ?, ?, ?)",
-                (origin, since, _dump(record), _size(record)),
+                "INSERT INTO held (origin, since, note, record, bytes) VALUES (?, ?, ?, ?, ?)",
+                (origin, since, note, dumped, len(dumped)),
             )
-
-    def held_bytes(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM held").fetchone()[0])
+        return True
 
     def release(self, origin: str, size: int) -> list[Record]:
-        """The checkpoints held for ``origin``'s size ``size``, oldest first, no longer held."""
-        return self._take("origin = ? AND since = ?", (origin, size))
-
-    def release_oldest(self) -> list[Record]:
-        """The checkpoints held longest (one predecessor's), no longer held."""
-        return self._take(
-            "(origin, since) = (SELECT origin, since FROM held ORDER BY seq LIMIT 1)", ()
-        )
-
-    def _take(self, where: str, params: tuple[object, ...]) -> list[Record]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        """Once ``size`` is accepted: every checkpoint held for ``origin`` whose proof
+        starts at or below it, oldest first, no longer held. Those from below it wait for a
+        size that will never come (this witness is past it): checked now, they are found
+        out (a rollback, or no proof from the last size)."""
+        with self._lock, self._transaction():
             rows = self._db.execute(
-                f"SELECT seq, record FROM held WHERE {where} ORDER BY seq", params
+                "SELECT seq, record FROM held WHERE origin = ? AND since <= ? ORDER BY seq",
+                (origin, size),
             ).fetchall()
             self._db.executemany("DELETE FROM held WHERE seq = ?", [(r[0],) for r in rows])
-            self._db.execute("COMMIT")
         return [_load(r[1]) for r in rows]
 
     def alarm(self, alarm: Alarm) -> None:
@@ -196,84 +223,81 @@ class Witness:
         self.cosigned = 0
         #: Checkpoints that arrived before the one their proof starts from (several
         #: archivers publish side by side; one that died publishes late) are held in the
-        #: state, by (origin, that size), each checked in full once that one is accepted.
-        #: The size comes from an unsigned header, so copies never replace one another,
-        #: only a checkpoint between the two sizes is held, and the hold is bounded in
-        #: bytes (what is let go is said).
-        self._held_bytes = state.held_bytes()
+        #: state (:meth:`WitnessState.hold`), each checked in full once that one is
+        #: accepted. Only a checkpoint between the two sizes is held.
+        self._started = False
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
-        return await asyncio.to_thread(self.process, records)
+        # The first batch after a start begins at the committed offset: what the process
+        # before accepted there may have died with its cosignatures unsent.
+        first, self._started = not self._started, True
+        return await asyncio.to_thread(self.process, records, first)
 
-    def process(self, records: Sequence[Record]) -> list[Result]:
+    def process(self, records: Sequence[Record], redelivered: bool = False) -> list[Result]:
+        """Check each checkpoint record; with ``redelivered`` (records this witness may
+        have accepted without its cosignature going out), cosign again those accepted."""
         results: list[Result] = []
         for record in records:
             if header(record.headers, COSIGNED_BY) is not None:
                 continue  # another witness's cosignature (or ours): not a new checkpoint
-            try:
-                results.extend(self.check(record))
-            except DocbusError as exc:
-                results.append(Reject(record, exc.reason, exc.message))
+            results.extend(self.check(record, redelivered))
         return results
 
-    def check(self, record: Record) -> list[Result]:
-        """Accept and cosign a checkpoint that extends the last one accepted; DocbusError
-        (rejected with both checkpoints in the message) for a rollback or a split view."""
+    def check(self, record: Record, redelivered: bool = False) -> list[Result]:
+        """Accept and cosign a checkpoint that extends the last one accepted, then the held
+        ones it lets through (a loop: the chain may be long); a Reject for each refused,
+        with both checkpoints in its message for a rollback or a split view."""
+        out: list[Result] = []
+        work = [record]
+        while work:
+            current = work.pop(0)
+            try:
+                accepted, results = self._check_one(current, redelivered)
+            except DocbusError as exc:
+                out.append(Reject(current, exc.reason, exc.message))
+                continue
+            out.extend(results)
+            if accepted is not None:
+                work.extend(self.state.release(accepted.origin, accepted.size))
+        return out
+
+    def _check_one(
+        self, record: Record, redelivered: bool
+    ) -> tuple[Checkpoint | None, list[Result]]:
+        """One checkpoint: (the checkpoint if accepted now, what to publish)."""
         note = record.value or b""
         key = self.verifier.log_key(headers_all(record.headers, LOG_CERT))
         checkpoint, _ = open_checkpoint(note, key)
-        known = self.state.last(checkpoint.origin)
-        seen = None if known is None else self.state.root_at(checkpoint.origin, checkpoint.size)
-        if known is not None and seen == checkpoint.root:
-            return []  # a checkpoint this witness accepted (and cosigned) before
+        origin = checkpoint.origin
+        known = self.state.last(origin)
+        seen = None if known is None else self.state.root_at(origin, checkpoint.size)
+        if seen == checkpoint.root:  # accepted before: cosigned, perhaps unsent
+            return None, [self._cosignature(checkpoint, note, record)] if redelivered else []
         # Its predecessor is still on its way: checked when it arrives. A first checkpoint
         # too, unless it is the log's first (its proof starts from nothing): a witness
         # follows the chain from the start, so it has seen every size up to its last.
         since = _since(record) or 0
         after = 0 if known is None else known[0].size
         early = after < since < checkpoint.size and seen is None
-        if early and self._hold(checkpoint.origin, since, record):
-            return []
+        if early and self.state.hold(origin, since, record):
+            return None, []
         if known is not None:
             self._check_extends(known, checkpoint, note, record, seen)
         self.state.accept(checkpoint, note)
+        self.cosigned += 1
+        log.info("cosigned", origin=origin, size=checkpoint.size)
+        return checkpoint, [self._cosignature(checkpoint, note, record)]
+
+    def _cosignature(self, checkpoint: Checkpoint, note: bytes, record: Record) -> Output:
         cosigned = add_lines(
             note, [self.signer.cosign(checkpoint.text(), int(datetime.now(UTC).timestamp()))]
         )
-        self.cosigned += 1
-        log.info("cosigned", origin=checkpoint.origin, size=checkpoint.size)
         headers = [
             (COSIGNED_BY, self.signer.name.encode()),
             *((LOG_CERT, der) for der in headers_all(record.headers, LOG_CERT)),
             *((WITNESS_CERT, der) for der in self.chain),
         ]
-        out: list[Result] = [
-            Output(self.topics.checkpoints, checkpoint.origin.encode(), cosigned, headers)
-        ]
-        for follower in self.state.release(checkpoint.origin, checkpoint.size):
-            self._held_bytes -= _size(follower)
-            try:  # the ones that arrived first can now be checked, each in full
-                out.extend(self.check(follower))
-            except DocbusError as exc:
-                out.append(Reject(follower, exc.reason, exc.message))
-        return out
-
-    def _hold(self, origin: str, since: int, record: Record) -> bool:
-        """Keep an early checkpoint; False (it is checked now) if it is too large to hold."""
-        size = _size(record)
-        if size > _EARLY_RECORD_BYTES:
-            return False
-        while self._held_bytes and self._held_bytes + size > _EARLY_BYTES:
-            for dropped in self.state.release_oldest():
-                self._held_bytes -= _size(dropped)
-                log.warning(
-                    "early checkpoint let go: its predecessor never came",
-                    since=_since(dropped),
-                    offset=dropped.offset,
-                )
-        self.state.hold(origin, since, record)
-        self._held_bytes += size
-        return True
+        return Output(self.topics.checkpoints, checkpoint.origin.encode(), cosigned, headers)
 
     def _check_extends(
         self,
@@ -287,6 +311,13 @@ class Witness:
         if seen is not None:  # that size had another root: two histories
             self._raise(Alarm(new.origin, "split view", last_note, note))
         if new.size < last.size:
+            first = self.state.first(new.origin) or 0
+            if 0 < new.size < first:  # a genuine log never signs size 0
+                raise DocbusError(
+                    Reason.POLICY,
+                    f"checkpoint of size {new.size} predates this witness's watch (from size "
+                    f"{first}): nothing to check it against, not cosigned",
+                )
             self._raise(Alarm(new.origin, "rollback", last_note, note))
         if _since(record) != last.size or not verify_consistency(
             last.size, new.size, last.root, new.root, _proof(record)
@@ -324,9 +355,10 @@ class Published:
 
 
 async def published(records: AsyncIterator[Record], verifier: Verifier) -> Published:
-    """Read the checkpoint topic: every log note, and every cosignature that verifies."""
+    """Read the checkpoint topic: every log note, and every cosignature that verifies (one
+    per witness and checkpoint: a witness may cosign one again)."""
     notes: list[bytes] = []
-    lines: dict[str, list[str]] = {}
+    lines: dict[str, dict[tuple[str, bytes], str]] = {}
     keys: dict[str, NoteVerifier] = {}
     async for record in records:
         if header(record.headers, COSIGNED_BY) is None:
@@ -348,8 +380,9 @@ async def published(records: AsyncIterator[Record], verifier: Verifier) -> Publi
             except NoteError:
                 continue
             keys[key.name] = key
-            lines.setdefault(text, []).append(signed)
-    return Published(tuple(notes), {t: tuple(v) for t, v in lines.items()}, tuple(keys.values()))
+            lines.setdefault(text, {}).setdefault((line.name, line.hash), signed)
+    cosignatures = {t: tuple(v.values()) for t, v in lines.items()}
+    return Published(tuple(notes), cosignatures, tuple(keys.values()))
 
 
 async def witness_once(settings: KafkaSettings, witness: Witness) -> None:
@@ -372,6 +405,7 @@ async def witness_once(settings: KafkaSettings, witness: Witness) -> None:
 #: key's certificates: anything larger is checked at once; all held, at most this much.
 _EARLY_RECORD_BYTES = 64 * 1024
 _EARLY_BYTES = 16 * 1024 * 1024
+_COPIES = 4
 
 
 def _dump(record: Record) -> str:
@@ -400,10 +434,6 @@ def _load(text: str) -> Record:
     )  # fmt: skip
 
 
-def _size(record: Record) -> int:
-    return len(record.value or b"") + sum(len(v or b"") for _, v in record.headers)
-
-
 def _proof(record: Record) -> list[bytes]:
     """The published consistency proof, hash by hash."""
     blob = header(record.headers, CONSISTENCY) or b""
@@ -411,6 +441,7 @@ def _proof(record: Record) -> list[bytes]:
 
 
 def _since(record: Record) -> int | None:
-    """The size the published consistency proof starts from, if it says one."""
+    """The size the published consistency proof starts from, if it says one (a size is at
+    most 19 digits, as in a checkpoint)."""
     text = (header(record.headers, CONSISTENCY_FROM) or b"").decode("ascii", "replace")
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isdigit() and len(text) <= 19 else None

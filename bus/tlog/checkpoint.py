@@ -17,6 +17,8 @@ from bus.wire.errors import DocbusError, Reason
 
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
 HASH_SIZE = 32
+#: The largest tree size, as Go's tlog and SQLite's integers hold it.
+MAX_SIZE = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Checkpoint:
         if len(lines) < 4 or lines[-1] != "" or not lines[0]:
             raise DocbusError(Reason.MALFORMED, "not a checkpoint: too few lines")
         origin, size, root, *extensions = lines[:-1]
-        if not _SIZE.fullmatch(size):
+        if not _SIZE.fullmatch(size) or int(size) > MAX_SIZE:
             raise DocbusError(Reason.MALFORMED, f"not a checkpoint: size {size!r}")
         try:
             digest = base64.b64decode(root, validate=True)
