@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import threading
@@ -248,9 +249,9 @@ class Witness:
         ones it lets through (a loop: the chain may be long); a Reject for each refused,
         with both checkpoints in its message for a rollback or a split view."""
         out: list[Result] = []
-        work = [record]
+        work = collections.deque([record])
         while work:
-            current = work.pop(0)
+            current = work.popleft()
             try:
                 accepted, results = self._check_one(current, redelivered)
             except DocbusError as exc:
