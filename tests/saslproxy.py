@@ -27,7 +27,7 @@ from aiokafka.protocol import produce
 from scramp import ScramException, ScramMechanism
 from scramp.core import ScramServer
 
-from tests.tlsproxy import pipe
+from tests.tlsproxy import connect, pipe
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM = 58, 33
@@ -180,11 +180,10 @@ async def sasl_listener(
     logins: list[str] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
-        except OSError:
-            writer.close()
+        up = await connect(upstream, writer)
+        if up is None:
             return
+        up_reader, up_writer = up
         login = _Login(users)
         try:
             while True:

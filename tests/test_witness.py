@@ -15,7 +15,7 @@ from bus.audit.replay import read_topics
 from bus.audit.verify import verify_archive
 from bus.audit.witness import Witness, WitnessState, published, witness_once
 from bus.kafka.broker import EmbeddedBroker
-from bus.kafka.runtime import ConsumerRuntime, Output, Record, Reject
+from bus.kafka.runtime import ConsumerRuntime, Output, Record
 from bus.kafka.topics import Topics
 from bus.registry import Registry
 from bus.store.outbox import State
@@ -30,7 +30,7 @@ from consumers.archiver import Archiver
 from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
 from tests.stack import NGHE_AN, Stack, read_topic, running_stack
-from tests.witnessing import checkpoint_record, entry, pinned_witness, signed_notes
+from tests.witnessing import checkpoint_record, pinned_witness, signed_notes
 
 pytestmark = pytest.mark.integration
 
@@ -152,77 +152,6 @@ async def test_a_checkpoint_whose_archiver_died_before_publishing_it_is_publishe
         assert last is not None and last[0].size == 4 and not state.alarms()
         assert await _verify(stack, 1) == set()  # every checkpoint cosigned
         state.close()
-
-
-def test_a_fork_below_the_last_checkpoint_is_a_rollback_though_it_proves_a_prefix(
-    pki: Pki, tmp_path: Path
-) -> None:
-    # The log's key (or an archive restored from a backup at size 3) signs another
-    # history after size 3: a size-5 note with a valid proof from 3, once 7 was accepted.
-    # The witness has seen every size of the one chain up to 7, so an unseen 5 is no
-    # late genuine note: it is reported, and the forked history is never cosigned.
-    archiver = pki.key("docbus.archiver", Role.SERVICE)
-    chain = archiver.chain_der
-    tree, notes = signed_notes(archiver, 7, (3, 7))
-    fork = MemoryTree([entry(i) for i in range(3)] + [b"forged %d" % i for i in range(7)])
-    assert fork.root(3) == tree.root(3) and fork.root(5) != tree.root(5)
-    state = WitnessState(tmp_path)
-    witness = pinned_witness(pki, state)
-    witness.process([checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
-    witness.process(
-        [checkpoint_record(notes[7], log_headers(chain, 3, consistency_proof(tree.node, 3, 7)), 1)]
-    )
-    forged = sign_checkpoint(Checkpoint("docbus.archiver", 5, fork.root(5)), archiver)
-    proof = log_headers(chain, 3, consistency_proof(fork.node, 3, 5))
-    [refused] = witness.process([checkpoint_record(forged, proof, 2)])
-    assert isinstance(refused, Reject) and [a.kind for a in state.alarms()] == ["rollback"]
-    assert witness.cosigned == 2
-    state.close()
-
-
-def test_a_new_witness_waits_for_the_logs_first_checkpoint_published_late(
-    pki: Pki, tmp_path: Path
-) -> None:
-    # An archiver died before publishing size 5; another published 9 (its proof from 5),
-    # and 5 comes later, published again. A witness that has seen nothing yet does not
-    # take 9 on trust (it would then call 5 a rollback): it waits for the chain's start.
-    archiver = pki.key("docbus.archiver", Role.SERVICE)
-    chain = archiver.chain_der
-    tree, notes = signed_notes(archiver, 9, (5, 9))
-    state = WitnessState(tmp_path)
-    witness = pinned_witness(pki, state)
-    early = log_headers(chain, 5, consistency_proof(tree.node, 5, 9))
-    assert witness.process([checkpoint_record(notes[9], early, 0)]) == []
-    both = witness.process([checkpoint_record(notes[5], log_headers(chain, 0, []), 1)])
-    assert [type(r).__name__ for r in both] == ["Output", "Output"] and not state.alarms()
-    last = state.last("docbus.archiver")
-    assert last is not None and last[0].size == 9
-    state.close()
-
-
-def test_a_held_checkpoint_outlives_a_restart_of_the_witness(pki: Pki, tmp_path: Path) -> None:
-    # Size 7 (its proof from 5) is held, and its offset committed; the witness restarts;
-    # 5 comes, then 9 (its proof from 7). Had the hold been lost with the process, 7 would
-    # never come again, and the witness would wait for ever.
-    archiver = pki.key("docbus.archiver", Role.SERVICE)
-    chain = archiver.chain_der
-    tree, notes = signed_notes(archiver, 9, (3, 5, 7, 9))
-    state = WitnessState(tmp_path)
-    witness = pinned_witness(pki, state)
-    witness.process([checkpoint_record(notes[3], log_headers(chain, 0, []), 0)])
-    early = log_headers(chain, 5, consistency_proof(tree.node, 5, 7))
-    assert witness.process([checkpoint_record(notes[7], early, 1)]) == []
-    state.close()
-    state = WitnessState(tmp_path)  # restarted
-    witness = pinned_witness(pki, state)
-    late = log_headers(chain, 3, consistency_proof(tree.node, 3, 5))
-    witness.process([checkpoint_record(notes[5], late, 2)])
-    after = log_headers(chain, 7, consistency_proof(tree.node, 7, 9))
-    [cosigned] = witness.process([checkpoint_record(notes[9], after, 3)])
-    assert isinstance(cosigned, Output) and not state.alarms()
-    last = state.last("docbus.archiver")
-    assert last is not None and last[0].size == 9
-    state.close()
 
 
 async def _all(stack: Stack) -> list[Record]:

@@ -16,10 +16,11 @@ from pathlib import Path
 from bus.audit.witness import STATE_FILE, WitnessState
 from bus.kafka.runtime import Output, Record, Reject
 from bus.tlog.checkpoint import Checkpoint
+from bus.tlog.merkle import MemoryTree, consistency_proof
 from bus.trust.signing import sign_checkpoint
 from bus.wire.headers import CONSISTENCY_FROM, log_headers
 from tests.conftest import Pki
-from tests.witnessing import Log, checkpoint_record, pinned_witness
+from tests.witnessing import Log, checkpoint_record, entry, pinned_witness
 
 
 def _kinds(results: list[Output | Reject] | list[object]) -> list[str]:
@@ -38,6 +39,60 @@ def _with(record: Record, name: str, value: bytes | None) -> Record:
     return checkpoint_record(
         record.value or b"", headers + ([(name, value)] if value is not None else []), 0
     )
+
+
+def test_a_fork_below_the_last_checkpoint_is_a_rollback_though_it_proves_a_prefix(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # The log's key (or an archive restored from a backup at size 3) signs another
+    # history after size 3: a size-5 note with a valid proof from 3, once 7 was accepted.
+    # The witness has seen every size of the one chain up to 7, so an unseen 5 is no
+    # late genuine note: it is reported, and the forked history is never cosigned.
+    log = Log.of(pki, 7, (3, 7))
+    fork = MemoryTree([entry(i) for i in range(3)] + [b"forged %d" % i for i in range(7)])
+    assert fork.root(3) == log.tree.root(3) and fork.root(5) != log.tree.root(5)
+    state = WitnessState(tmp_path)
+    witness = pinned_witness(pki, state)
+    witness.process([log.record(3), log.record(7, 3, 1)])
+    forged = sign_checkpoint(Checkpoint("docbus.archiver", 5, fork.root(5)), log.archiver)
+    proof = log_headers(log.archiver.chain_der, 3, consistency_proof(fork.node, 3, 5))
+    [refused] = witness.process([checkpoint_record(forged, proof, 2)])
+    assert isinstance(refused, Reject) and [a.kind for a in state.alarms()] == ["rollback"]
+    assert witness.cosigned == 2
+    state.close()
+
+
+def test_a_new_witness_waits_for_the_logs_first_checkpoint_published_late(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # An archiver died before publishing size 5; another published 9 (its proof from 5),
+    # and 5 comes later, published again. A witness that has seen nothing yet does not
+    # take 9 on trust (it would then call 5 a rollback): it waits for the chain's start.
+    log = Log.of(pki, 9, (5, 9))
+    state = WitnessState(tmp_path)
+    witness = pinned_witness(pki, state)
+    assert witness.process([log.record(9, 5)]) == []
+    assert _kinds(witness.process([log.record(5, 0, 1)])) == ["Output", "Output"]
+    assert _last(state) == 9 and not state.alarms()
+    state.close()
+
+
+def test_a_held_checkpoint_outlives_a_restart_of_the_witness(pki: Pki, tmp_path: Path) -> None:
+    # Size 7 (its proof from 5) is held, and its offset committed; the witness restarts;
+    # 5 comes, then 9 (its proof from 7). Had the hold been lost with the process, 7 would
+    # never come again, and the witness would wait for ever.
+    log = Log.of(pki, 9, (3, 5, 7, 9))
+    state = WitnessState(tmp_path)
+    witness = pinned_witness(pki, state)
+    witness.process([log.record(3)])
+    assert witness.process([log.record(7, 5, 1)]) == []
+    state.close()
+    state = WitnessState(tmp_path)  # restarted
+    witness = pinned_witness(pki, state)
+    witness.process([log.record(5, 3, 2)])
+    assert _kinds(witness.process([log.record(9, 7, 3)])) == ["Output"]
+    assert _last(state) == 9 and not state.alarms()
+    state.close()
 
 
 def test_a_long_chain_released_at_once_is_cosigned_to_its_end(pki: Pki, tmp_path: Path) -> None:

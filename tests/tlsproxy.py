@@ -26,6 +26,17 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
         writer.close()
 
 
+async def connect(
+    upstream: int, client: asyncio.StreamWriter
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A connection to the broker behind, or None (and the client's closed) if it is down."""
+    try:
+        return await asyncio.open_connection("127.0.0.1", upstream)
+    except OSError:
+        client.close()
+        return None
+
+
 @contextlib.asynccontextmanager
 async def tls_terminator(
     listen: int, upstream: int, cert: Path, client_ca: Path | None = None
@@ -39,12 +50,9 @@ async def tls_terminator(
         context.load_verify_locations(client_ca)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        up = await connect(upstream, writer)
+        if up is not None:
+            await asyncio.gather(pipe(reader, up[1]), pipe(up[0], writer))
 
     server = await asyncio.start_server(handle, "127.0.0.1", listen, ssl=context)
     try:
