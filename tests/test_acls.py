@@ -10,10 +10,12 @@ serve`` processes, each with its own credentials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka.errors import TopicAuthorizationFailedError
 
@@ -43,13 +45,13 @@ def _sasl(user: str) -> dict[str, str]:
 
 
 def _serve(
-    broker: EmbeddedBroker, bootstrap: str, pki: Pki, service: str, folder: Path
+    broker: EmbeddedBroker, bootstrap: str, pki: Pki, service: str, folder: Path, *more: str
 ) -> subprocess.Popen[bytes]:
     key, cert = pki.dev.issue(
         f"docbus.{service}", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True
     )
     folder.mkdir(parents=True, exist_ok=True)
-    extra = ["--data-dir", str(folder)] if service == "archiver" else []
+    extra = [*(["--data-dir", str(folder)] if service == "archiver" else []), *more]
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "bus", "serve", service, "--bootstrap", bootstrap),
@@ -114,3 +116,52 @@ async def test_every_service_writes_under_its_own_principal_and_no_further(
                         p.terminate()
                     for p in services:
                         p.wait(30)
+
+
+async def test_a_service_the_broker_will_not_let_write_says_it_is_not_ready(
+    pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    # An ACL the gateway lacks (its grant on the delivery topics): its batch is retried,
+    # nothing is lost, and /readyz says which part fails, so an orchestrator sees it.
+    def lacking(principal: str, topic: str) -> bool:
+        delivering = principal == "gateway" and topic.startswith("docbus.deliver.")
+        return may_write(principal, topic) and not delivering
+
+    port, ops = free_port(), free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    with EmbeddedBroker(advertised_port=port) as broker:
+        async with sasl_listener(port, broker.port, PASSWORDS, lacking):
+            sasl = _sasl("agency-g22")
+            agency = KafkaSettings(
+                bootstrap,
+                security_protocol=sasl["DOCBUS_SECURITY_PROTOCOL"],
+                sasl_username="agency-g22",
+                sasl_password=PASSWORDS["agency-g22"],
+                session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
+            )
+            async with running_stack(
+                broker.bootstrap, pki, registry, tmp_path, services=False, settings=agency
+            ) as stack:
+                listen = ("--listen", f"127.0.0.1:{ops}")
+                gateway = _serve(broker, bootstrap, pki, "gateway", tmp_path / "g", *listen)
+                try:
+                    await _readyz(ops, 200, 60)
+                    await stack.publisher.publish(new_document(MINISTRY, [NGHE_AN], "Công văn"))
+                    body = await _readyz(ops, 503, 60)
+                    assert body["publishing (docbus.gateway)"] is False
+                    assert body["broker (docbus.gateway)"] is True
+                finally:
+                    gateway.kill()  # a batch it cannot publish would hold it to its 30 s deadline
+                    gateway.wait(30)
+
+
+async def _readyz(port: int, status: int, seconds: float) -> dict[str, object]:
+    """Poll /readyz until it answers ``status``; its body."""
+    async with httpx.AsyncClient() as client, asyncio.timeout(seconds):
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                answer = await client.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                if answer.status_code == status:
+                    body: dict[str, object] = answer.json()
+                    return body
+            await asyncio.sleep(0.5)

@@ -161,6 +161,9 @@ class ConsumerRuntime:
         self.processed = 0
         #: When the broker last answered this runtime's check (monotonic), for readiness.
         self.broker_seen: float | None = None
+        #: The error while the broker refuses this runtime's outputs (an ACL it lacks, a
+        #: topic that is gone): the batch is retried, and meanwhile it is not ready.
+        self.publish_failing: str | None = None
 
     def request_stop(self) -> None:
         """Finish the batch in hand, commit, and close."""
@@ -381,6 +384,7 @@ class ConsumerRuntime:
                     for o in outputs
                 ]
                 await asyncio.gather(*sent)
+                self.publish_failing = None
                 count_outputs(
                     self.handler.stage,
                     [o.topic for o in outputs],
@@ -389,6 +393,7 @@ class ConsumerRuntime:
                 return
             except KafkaError as exc:
                 attempt += 1
+                self.publish_failing = repr(exc)
                 log.warning("publish failed; retrying", attempt=attempt, error=repr(exc))
                 if self._stopping.is_set():
                     raise Stopped from exc  # not committed: the batch is seen again
@@ -428,6 +433,7 @@ async def serve_with_ops(
     readiness = Readiness()
     for runtime in runtimes:
         readiness.add(f"broker ({runtime.group_id})", broker_fresh(seen_by(runtime)))
+        readiness.add(f"publishing ({runtime.group_id})", publishing(runtime))
     for name, check in checks:
         readiness.add(name, check)
     server = ops_server(listen, readiness)
@@ -437,6 +443,11 @@ async def serve_with_ops(
     finally:
         server.should_exit = True
         await serving
+
+
+def publishing(runtime: ConsumerRuntime) -> Callable[[], bool]:
+    """A readiness check: the broker takes ``runtime``'s outputs."""
+    return lambda: runtime.publish_failing is None
 
 
 def seen_by(runtime: ConsumerRuntime) -> Callable[[], float | None]:

@@ -24,7 +24,7 @@ from bus.kafka.clients import KafkaSettings
 from bus.kafka.metrics import broker_fresh
 from bus.kafka.publisher import Publisher
 from bus.kafka.records import send_once, status_output
-from bus.kafka.runtime import ConsumerRuntime, seen_by
+from bus.kafka.runtime import ConsumerRuntime, publishing, seen_by
 from bus.registry import Registry, RegistryError, vietnam_date
 from bus.store.blobs import BlobStore
 from bus.store.outbox import Outbox
@@ -142,9 +142,11 @@ class AgencyNode:
 
     @property
     def ready(self) -> bool:
-        """Both runtimes consume and the broker answered them lately."""
+        """Both runtimes consume, and the broker answered them lately and takes their outputs."""
         runtimes = (self.publisher.runtime, self.inbox_runtime)
-        return all(r.started.is_set() and broker_fresh(seen_by(r))() for r in runtimes)
+        return all(
+            r.started.is_set() and broker_fresh(seen_by(r))() and publishing(r)() for r in runtimes
+        )
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self.inbox_runtime.run())]
