@@ -44,6 +44,18 @@ def _sasl(user: str) -> dict[str, str]:
     }
 
 
+def _agency(bootstrap: str) -> KafkaSettings:
+    """The ministry's node, logged in as its own principal."""
+    return KafkaSettings(
+        bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="agency-g22",
+        sasl_password=PASSWORDS["agency-g22"],
+        session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
+    )
+
+
 def _serve(
     broker: EmbeddedBroker, bootstrap: str, pki: Pki, service: str, folder: Path, *more: str
 ) -> subprocess.Popen[bytes]:
@@ -70,15 +82,7 @@ async def test_every_service_writes_under_its_own_principal_and_no_further(
     bootstrap = f"127.0.0.1:{port}"
     with EmbeddedBroker(advertised_port=port) as broker:
         async with sasl_listener(port, broker.port, PASSWORDS, may_write) as logins:
-            sasl = _sasl("agency-g22")
-            agency = KafkaSettings(
-                bootstrap,
-                security_protocol=sasl["DOCBUS_SECURITY_PROTOCOL"],
-                sasl_mechanism=sasl["DOCBUS_SASL_MECHANISM"],
-                sasl_username="agency-g22",
-                sasl_password=PASSWORDS["agency-g22"],
-                session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
-            )
+            agency = _agency(bootstrap)
             async with running_stack(
                 broker.bootstrap, pki, registry, tmp_path, services=False, settings=agency
             ) as stack:
@@ -131,14 +135,7 @@ async def test_a_service_the_broker_will_not_let_write_says_it_is_not_ready(
     bootstrap = f"127.0.0.1:{port}"
     with EmbeddedBroker(advertised_port=port) as broker:
         async with sasl_listener(port, broker.port, PASSWORDS, lacking):
-            sasl = _sasl("agency-g22")
-            agency = KafkaSettings(
-                bootstrap,
-                security_protocol=sasl["DOCBUS_SECURITY_PROTOCOL"],
-                sasl_username="agency-g22",
-                sasl_password=PASSWORDS["agency-g22"],
-                session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS,
-            )
+            agency = _agency(bootstrap)
             async with running_stack(
                 broker.bootstrap, pki, registry, tmp_path, services=False, settings=agency
             ) as stack:
