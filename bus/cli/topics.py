@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import click
 
@@ -12,16 +13,27 @@ from bus.kafka.topics import Difference, all_topics, check_topics, ensure_topics
 from bus.registry import Registry
 
 
+def _layout(f: Any) -> Any:
+    """The options ensure and check share: the broker, and the layout the topics should have."""
+    for option in reversed(
+        (
+            bootstrap_option,
+            click.option("--partitions", default=3, show_default=True, type=click.IntRange(min=1)),
+            click.option("--replication", default=1, show_default=True, type=click.IntRange(min=1)),
+            registry_option,
+        )
+    ):
+        f = option(f)
+    return f
+
+
 @click.group(cls=DocbusGroup)
 def topics() -> None:
     """The docbus topics (DESIGN §8)."""
 
 
 @topics.command("ensure")
-@bootstrap_option
-@click.option("--partitions", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--replication", default=1, show_default=True, type=click.IntRange(min=1))
-@registry_option
+@_layout
 def topics_ensure(
     bootstrap: str | None, partitions: int, replication: int, registry: Registry
 ) -> None:
@@ -37,10 +49,7 @@ def topics_ensure(
 
 
 @topics.command("check")
-@bootstrap_option
-@click.option("--partitions", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--replication", default=1, show_default=True, type=click.IntRange(min=1))
-@registry_option
+@_layout
 def topics_check(
     bootstrap: str | None, partitions: int, replication: int, registry: Registry
 ) -> None:

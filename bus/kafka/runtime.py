@@ -161,9 +161,9 @@ class ConsumerRuntime:
         self.processed = 0
         #: When the broker last answered this runtime's check (monotonic), for readiness.
         self.broker_seen: float | None = None
-        #: The error while the broker refuses this runtime's outputs (an ACL it lacks, a
-        #: topic that is gone): the batch is retried, and meanwhile it is not ready.
-        self.publish_failing: str | None = None
+        #: Whether the broker refuses this runtime's outputs now (an ACL it lacks, a topic
+        #: that is gone): the batch is retried, and meanwhile it is not ready.
+        self.publish_failing = False
 
     def request_stop(self) -> None:
         """Finish the batch in hand, commit, and close."""
@@ -384,7 +384,7 @@ class ConsumerRuntime:
                     for o in outputs
                 ]
                 await asyncio.gather(*sent)
-                self.publish_failing = None
+                self.publish_failing = False
                 count_outputs(
                     self.handler.stage,
                     [o.topic for o in outputs],
@@ -393,7 +393,7 @@ class ConsumerRuntime:
                 return
             except KafkaError as exc:
                 attempt += 1
-                self.publish_failing = repr(exc)
+                self.publish_failing = True
                 log.warning("publish failed; retrying", attempt=attempt, error=repr(exc))
                 if self._stopping.is_set():
                     raise Stopped from exc  # not committed: the batch is seen again
@@ -447,7 +447,7 @@ async def serve_with_ops(
 
 def publishing(runtime: ConsumerRuntime) -> Callable[[], bool]:
     """A readiness check: the broker takes ``runtime``'s outputs."""
-    return lambda: runtime.publish_failing is None
+    return lambda: not runtime.publish_failing
 
 
 def seen_by(runtime: ConsumerRuntime) -> Callable[[], float | None]:
