@@ -30,8 +30,9 @@ from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.records import document_record
 from bus.kafka.topics import Topics, ensure_topics
 from bus.registry import load_registry
-from bus.store.archive import NewEntry, SqliteArchive
+from bus.store.archive import SqliteArchive
 from bus.store.blobs import BlobStore
+from bus.store.documents import NewEntry
 from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore

@@ -16,10 +16,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from bus.wire.errors import DocbusError, Reason
+from bus.wire.errors import BusError, DocbusError, Reason
 
 
-class RegistryError(ValueError):
+class RegistryError(BusError, ValueError):
     """The registry data itself is inconsistent (a dangling reference or a cycle)."""
 
 

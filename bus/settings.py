@@ -19,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bus.wire.errors import Misconfigured
 from bus.wire.limits import BLOB_THRESHOLD, MAX_RECORD_BYTES
 
 ENV_PREFIX = "DOCBUS_"
@@ -28,7 +29,7 @@ DEFAULT_OUTBOX = DEFAULT_HOME / "outbox.sqlite"
 DEFAULT_BLOBS = DEFAULT_HOME / "blobs"
 
 
-class SettingsError(ValueError):
+class SettingsError(Misconfigured, ValueError):
     """A setting has a value it cannot take; the message names the variable."""
 
 

@@ -18,7 +18,8 @@ from starlette.concurrency import iterate_in_threadpool
 
 from bus.audit.evidence import export_evidence
 from bus.registry import VIETNAM
-from bus.store.archive import Archive, Entry, Search
+from bus.store.archive import Archive
+from bus.store.documents import Entry, Search
 from bus.store.lifecycle import history, lineage
 from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError

@@ -10,12 +10,14 @@ import structlog
 from bus.kafka.records import status_output
 from bus.kafka.runtime import Output, Record, Reject, Result, where
 from bus.kafka.topics import Topics
-from bus.store.archive import Archive, NewEntry, Stored, StoredCheckpoint
+from bus.store.archive import Archive
 from bus.store.blobs import BlobStore
+from bus.store.documents import NewEntry, Stored
+from bus.store.log import StoredCheckpoint
 from bus.tlog.checkpoint import Checkpoint
 from bus.trust.signing import SigningKey, note_signer
 from bus.trust.verifier import Rejected, Verifier
-from bus.wire.errors import DocbusError, Reason
+from bus.wire.errors import DocbusError, Misconfigured, Reason
 from bus.wire.headers import RECEIPT, header, log_headers
 from bus.wire.model import Document, LogProof, Status, StatusCode, event_digest, now_ms
 
@@ -44,7 +46,7 @@ class Archiver:
         blobs: BlobStore,
     ) -> None:
         if key.agency is None:
-            raise ValueError("the archiver's certificate carries no organizationIdentifier")
+            raise Misconfigured("the archiver's certificate carries no organizationIdentifier")
         self.archive = archive
         self.key = key
         self.by = key.agency

@@ -71,7 +71,7 @@ def serve_gateway(
     verifier = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=_reload())
     gateway = Gateway(verifier, registry, key, settings.topics)
     runtime = ConsumerRuntime(
-        settings, gateway, "docbus.gateway", topics=[settings.topics.submitted]
+        settings, gateway, "docbus.gateway", topics=[settings.topics.submitted], keep=blob_store()
     )
     asyncio.run(serve_with_ops([runtime], listen))
 
@@ -103,7 +103,11 @@ def serve_archiver(
     archive = existing_archive(data_dir, database, create=True)
     archiver = Archiver(archive, key, settings.topics, verifier, blob_store())
     runtime = ConsumerRuntime(
-        settings, archiver, "docbus.archiver", pattern=settings.topics.deliver_pattern
+        settings,
+        archiver,
+        "docbus.archiver",
+        pattern=settings.topics.deliver_pattern,
+        keep=blob_store(),
     )
     CHECKPOINT_AGE.set_function(lambda: _checkpoint_age(archive))
     try:
@@ -125,7 +129,7 @@ def _answers(archive: Archive) -> bool:
 def _read_only_archive(data_dir: Path | None, url: str | None) -> Archive:
     """An archive opened so that nothing can be written through it."""
     if url is not None:
-        from bus.store.postgres import PostgresArchive
+        from bus.store.archive import PostgresArchive
 
         return PostgresArchive(url, archive_blobs(data_dir), read_only=True)
     if data_dir is None:
@@ -201,7 +205,21 @@ def serve_agency(
     click.echo(
         f"agency node {agency} on http://{listen} (token: {token_file or data_dir / 'token'})"
     )
-    server.run()
+    asyncio.run(_serve_node(server, node))
+
+
+async def _serve_node(server: uvicorn.Server, node: AgencyNode) -> None:
+    """Serve the node's API until it is stopped, or a part of the node fails for good:
+    then stop serving and fail with that part's error (one line, its exit code)."""
+    serving = asyncio.create_task(server.serve())
+    failing = asyncio.create_task(node.failed.wait())
+    await asyncio.wait([serving, failing], return_when=asyncio.FIRST_COMPLETED)
+    failing.cancel()
+    if node.failure is not None:
+        server.should_exit = True
+        await serving
+        raise node.failure
+    await serving
 
 
 @serve.command("archive-api")
@@ -265,7 +283,9 @@ def serve_inbox(
     inbox = Inbox(
         agency, registry, verifier, key, folder, settings.topics, blob_store(), opener, edxml_dir
     )
-    runtime = ConsumerRuntime(settings, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic])
+    runtime = ConsumerRuntime(
+        settings, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic], keep=blob_store()
+    )
     asyncio.run(serve_with_ops([runtime], listen))
 
 

@@ -13,11 +13,15 @@ from bus.kafka.topics import Topics
 from bus.registry import Registry, vietnam_date
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verifier
-from bus.wire.errors import DocbusError, Reason
+from bus.wire.errors import DocbusError, Misconfigured, Reason
 from bus.wire.headers import RECEIPT, cloudevent, header
 from bus.wire.model import Document, Status, StatusCode, event_digest, now_ms
 
 log = structlog.get_logger(__name__)
+
+#: How much of a record over the size limit is still read to name its sender (more than
+#: a broker delivers to a consumer by default).
+CLAIMED_BYTES = 64 * 1024 * 1024
 
 
 class Gateway:
@@ -35,12 +39,13 @@ class Gateway:
         self, verifier: Verifier, registry: Registry, key: SigningKey, topics: Topics
     ) -> None:
         if key.agency is None:
-            raise ValueError("the gateway's certificate carries no organizationIdentifier")
+            raise Misconfigured("the gateway's certificate carries no organizationIdentifier")
         self.verifier = verifier
         self.registry = registry
         self.key = key
         self.by = key.agency
         self.topics = topics
+        self._large = verifier.codec.with_limit(CLAIMED_BYTES)
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
         # Verification and signing are CPU work: off the event loop, one batch at a time.
@@ -102,6 +107,11 @@ class Gateway:
     ) -> list[Result]:
         # The runtime says each rejection once, with its reason, as it dead-letters it.
         results: list[Result] = [Reject(record, reason, message)]
+        if payload is None and reason is Reason.TOO_LARGE:
+            # Refused unread, but its sender must hear why: what it claims to be names the
+            # sender, and the status answers these exact bytes, which only it holds.
+            claimed = self._large.claims(record.value or b"")
+            payload = claimed if isinstance(claimed, Document) else None
         if isinstance(payload, Document):
             status = Status(
                 document_id=payload.document_id,

@@ -21,7 +21,7 @@ from bus.store.lifecycle import State, states
 from bus.trust.sealing import EncryptionKey, open_sealed
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verified, Verifier
-from bus.wire.errors import DocbusError, Reason
+from bus.wire.errors import DocbusError, Misconfigured, Reason
 from bus.wire.headers import RECEIPT, header
 from bus.wire.model import Action, Document, Status, StatusCode, event_digest, now_ms
 from bus.wire.names import attachment_files, check_names, path_segment
@@ -95,7 +95,7 @@ class Inbox:
         index: ReceivedIndex | None = None,
     ) -> None:
         if key.agency != agency:
-            raise ValueError(f"the key is for {key.agency}, not {agency}")
+            raise Misconfigured(f"the key is for {key.agency}, not {agency}")
         self.agency = agency
         self.accepts = {agency} | registry.predecessors(agency)
         self.registry = registry
@@ -293,9 +293,9 @@ async def send_status(
     """Send ACCEPTED, ASSIGNED, PROCESSING or COMPLETED for a received document: the
     status answers ``record``, the exact event received (its ``event.avro``)."""
     if code not in FEEDBACK:
-        raise ValueError(f"{code.value} is not agency feedback ({', '.join(FEEDBACK)})")
+        raise Misconfigured(f"{code.value} is not agency feedback ({', '.join(FEEDBACK)})")
     if key.agency is None:
-        raise ValueError("the key's certificate carries no agency code")
+        raise Misconfigured("the key's certificate carries no agency code")
     status = Status(
         document_id,
         code,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bus.store.blobs import BlobStore
+from bus.wire.errors import Misconfigured
 from bus.wire.limits import BLOB_THRESHOLD
 from bus.wire.model import (
     Attachment,
@@ -54,7 +55,7 @@ def new_document(
     """A NEW document born on the bus (a fresh UUID, issued now); files over the blob
     threshold go to ``blobs`` when one is given."""
     if not recipients:
-        raise ValueError("a document needs at least one recipient")
+        raise Misconfigured("a document needs at least one recipient")
     return Document(
         document_id=str(uuid.uuid4()),
         sender=sender,

@@ -21,6 +21,7 @@ from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.wire.model import Role
+from tests.kafka_cluster import KafkaCluster, cluster_bootstrap, running_cluster
 
 MINISTRY = "000.00.00.G22"  # Văn phòng Chính phủ
 PROVINCE = "000.00.00.H41"  # UBND tỉnh Nghệ An
@@ -125,3 +126,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         return
     with postgres_database() as url:
         yield Store(tmp_path / "archive", url)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """The three-broker Apache Kafka cluster of deploy/kafka, started once per session; or,
+    with DOCBUS_TEST_KAFKA_CLUSTER=DIR, one a developer keeps running (`cluster up DIR`)."""
+    kept = os.environ.get("DOCBUS_TEST_KAFKA_CLUSTER")
+    if kept:
+        yield KafkaCluster(Path(kept), cluster_bootstrap(Path(kept)))
+        return
+    with running_cluster(tmp_path_factory.mktemp("kafka-cluster")) as cluster:
+        yield cluster

@@ -92,7 +92,8 @@ def start_gateway(stack: Stack) -> None:
         stack.verifier(), stack.registry, stack.pki.key("docbus.gateway", Role.SERVICE), topics
     )
     stack.start_service(
-        "gateway", ConsumerRuntime(s, gateway, "docbus.gateway", topics=[topics.submitted])
+        "gateway",
+        ConsumerRuntime(s, gateway, "docbus.gateway", topics=[topics.submitted], keep=stack.blobs),
     )
 
 
@@ -108,6 +109,7 @@ def start_services(stack: Stack) -> None:
             Archiver(stack.archive, archiver_key, topics, stack.verifier(), stack.blobs),
             "docbus.archiver",
             pattern=topics.deliver_pattern,
+            keep=stack.blobs,
         ),
     )
     for agency in (NGHE_AN, BAC_NINH):
@@ -124,7 +126,9 @@ def start_services(stack: Stack) -> None:
         )
         stack.start_service(
             f"inbox-{agency}",
-            ConsumerRuntime(s, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic]),
+            ConsumerRuntime(
+                s, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic], keep=stack.blobs
+            ),
         )
 
 
@@ -217,3 +221,14 @@ async def file_appears(path: Path, seconds: float = 20.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{path} did not appear within {seconds}s")
+
+
+def node_keys(pki: Pki, agency: str, folder: Path) -> Path:
+    """The key folder an agency node is started with (``docbus pki issue`` writes the same)."""
+    folder.mkdir(parents=True)
+    for role in (Role.SIGNER, Role.AGENCY):
+        pki.key(agency, role)
+        for kind in ("key", "cert"):
+            name = f"{role.value.lower()}.{kind}.pem"
+            (folder / name).write_bytes((pki.dev.root / "agencies" / agency / name).read_bytes())
+    return folder

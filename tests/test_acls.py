@@ -122,7 +122,7 @@ async def test_every_service_writes_under_its_own_principal_and_no_further(
                         p.wait(30)
 
 
-async def test_a_service_the_broker_will_not_let_write_says_it_is_not_ready(
+async def test_a_service_the_broker_will_not_let_write_is_not_ready_then_stops_in_one_line(
     pki: Pki, registry: Registry, tmp_path: Path
 ) -> None:
     # An ACL the gateway lacks (its grant on the delivery topics): its batch is retried,
@@ -147,9 +147,17 @@ async def test_a_service_the_broker_will_not_let_write_says_it_is_not_ready(
                     body = await _readyz(ops, 503, 60)
                     assert body["publishing (docbus.gateway)"] is False
                     assert body["broker (docbus.gateway)"] is True
+                    # No retry grants an ACL: after a bounded number of refusals the gateway
+                    # stops with the broker's refusal in one line (exit 2), its batch
+                    # uncommitted, rather than retrying forever.
+                    code = await asyncio.to_thread(gateway.wait, 120)
                 finally:
-                    gateway.kill()  # a batch it cannot publish would hold it to its 30 s deadline
-                    gateway.wait(30)
+                    if gateway.poll() is None:
+                        gateway.kill()
+                        gateway.wait(30)
+                assert code == 2
+                said = (tmp_path / "g" / "log").read_text().strip().splitlines()[-1]
+                assert said.startswith("Error: the broker refused: TopicAuthorizationFailed"), said
 
 
 async def _readyz(port: int, status: int, seconds: float) -> dict[str, object]:

@@ -401,7 +401,7 @@ def test_a_broker_that_is_down_is_exit_75_in_one_line(world: Path, tmp_path: Pat
         assert done.returncode == 75, done.stderr
         # One line: no aiokafka log lines, no "Unclosed AIOKafkaProducer", no traceback.
         assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
-        assert done.stderr.startswith("Error: unavailable, try again later")
+        assert done.stderr.startswith("Error: broker unavailable, try again later")
 
 
 def test_what_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:

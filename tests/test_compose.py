@@ -149,7 +149,7 @@ def test_each_service_writes_only_its_own_topics() -> None:
     }
     assert writers("docbus.deliver.nghe-an") == {"gateway"}  # the gateway alone delivers
     assert writers("docbus.checkpoints") == {"archiver", "witness"}  # notes, cosignatures
-    assert writers("docbus.submitted") == {"agency-g22"}  # publishers, not services
+    assert writers("docbus.submitted") == {"agency-g22", "agency-g10"}  # publishers alone
     assert "gateway" not in writers("docbus.checkpoints")
     assert all(p not in writers("docbus.deliver.ha-noi") for p in ("archiver", "agency-g22"))
     # Every service that reaches Kafka has a principal, and its password alone.

@@ -3,30 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
-from datetime import timedelta
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
 
-from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.broker import EmbeddedBroker, free_port
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.records import document_record
 from bus.kafka.runtime import ConsumerRuntime, Output, Record, Result
 from bus.kafka.topics import ensure_topics
 from bus.registry import Registry
-from bus.store.archive import SqliteArchive
+from bus.store.archive import PostgresArchive, SqliteArchive
+from bus.store.blobs import BlobStore
+from bus.store.documents import NewEntry
 from bus.store.outbox import State
+from bus.store.postgres import postgres_error
+from bus.store.sqlite import sqlite_error
 from bus.trust.pki import CertRole, KeyAlgorithm
+from bus.wire.errors import Unavailable
 from bus.wire.model import Role
 from producers.document import new_document
 from tests.conftest import MINISTRY, Pki
+from tests.postgres import OwnPostgres
 from tests.records import receipt_headers
-from tests.stack import NGHE_AN, read_topic, running_stack
+from tests.stack import NGHE_AN, node_keys, read_topic, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -173,9 +183,13 @@ async def _put(settings: KafkaSettings, topic: str, n: int) -> None:
 @pytest.mark.parametrize(
     "error",
     [
-        sqlite3.OperationalError("database is locked"),
+        # Each as its adapter raises it: the driver's error classified where it is raised.
+        sqlite_error(sqlite3.OperationalError("database is locked")),
+        postgres_error(psycopg.OperationalError("the connection is closed")),
+        postgres_error(psycopg.errors.AdminShutdown("terminating connection")),
         OSError(errno.ENOSPC, "No space left on device"),
     ],
+    ids=["sqlite-locked", "postgres-closed", "postgres-terminated", "disk-full"],
 )
 async def test_a_transient_failure_is_waited_out_and_never_dead_lettered(
     broker: EmbeddedBroker, error: Exception
@@ -246,3 +260,107 @@ async def test_a_stop_while_the_broker_is_down_ends_the_wait() -> None:
     runtime.request_stop()
     await asyncio.wait_for(task, 10)
     assert not runtime.started.is_set()
+
+
+async def test_an_agency_node_started_before_its_broker_serves_queues_and_sends_once_it_comes(
+    pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    broker = EmbeddedBroker()  # not started yet: nothing listens on its port
+    port = free_port()
+    keys = node_keys(pki, MINISTRY, tmp_path / "keys")
+    node = _node(broker, pki, keys, tmp_path, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            await _until_async(lambda: _answers(client, "/healthz", 200), 30)
+            assert (await client.get("/readyz")).status_code == 503  # up, not ready
+            token = (tmp_path / "node" / "token").read_text().strip()
+            client.headers["Authorization"] = f"Bearer {token}"
+            posted = await client.post(
+                "/v1/documents", json={"recipients": [NGHE_AN], "subject": "Trước khi có bus"}
+            )
+            assert posted.status_code == 202, posted.text  # durable in the outbox already
+            document_id = posted.json()["document_id"]
+            assert node.poll() is None, "the node waits for its broker instead of exiting"
+            with broker:
+                async with running_stack(broker.bootstrap, pki, registry, tmp_path / "bus"):
+                    await _until_async(lambda: _answers(client, "/readyz", 200), 60)
+                    await _until_async(lambda: _state(client, document_id, "ARCHIVED"), 90)
+    finally:
+        node.terminate()
+        node.wait(30)
+
+
+def _node(
+    broker: EmbeddedBroker, pki: Pki, keys: Path, folder: Path, port: int
+) -> subprocess.Popen[bytes]:
+    with (folder / "node.log").open("ab") as log:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "bus", "serve", "agency", "--agency", MINISTRY),
+                *("--keys", str(keys), "--trust", str(pki.dev.trust_dir)),
+                *("--data-dir", str(folder / "node"), "--listen", f"127.0.0.1:{port}"),
+            ],
+            env={**broker.client_env(), "DOCBUS_BLOB_DIR": str(folder / "blobs")},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _answers(client: httpx.AsyncClient, path: str, status: int) -> bool:
+    with contextlib.suppress(httpx.TransportError):
+        return (await client.get(path)).status_code == status
+    return False
+
+
+async def _state(client: httpx.AsyncClient, document_id: str, state: str) -> bool:
+    answer = await client.get(f"/v1/documents/{document_id}")
+    return bool(answer.json()["state"] == state)
+
+
+async def _until_async(check: Callable[[], Awaitable[bool]], seconds: float) -> None:
+    async with asyncio.timeout(seconds):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.3)
+
+
+def test_an_archive_opened_before_its_database_waits_and_carries_on_when_it_comes(
+    pki: Pki, tmp_path: Path
+) -> None:
+    keys = [pki.key(MINISTRY, Role.SIGNER), pki.key(MINISTRY, Role.AGENCY)]
+    docs = [new_document(MINISTRY, [NGHE_AN], f"Số {i}") for i in range(6)]
+    entries = [
+        NewEntry.of(d, document_record(d, keys), "docbus.deliver.nghe-an", datetime.now(UTC))
+        for d in docs
+    ]
+    pg = OwnPostgres(tmp_path / "pg")  # made, not started
+    archive = PostgresArchive(pg.url, BlobStore(tmp_path / "blobs"))  # no error: it waits
+    try:
+        with pytest.raises(Unavailable):  # transient: retried by the runtime, never rejected
+            archive.store(entries[:2])
+        pg.start()
+        _retried(lambda: archive.store(entries[:2]))  # the schema made when it first answers
+        assert pg.terminate_connections() >= 1
+        archive.store(entries[2:4])  # a connection cut: replaced at once, not kept
+        pg.restart()
+        _retried(lambda: archive.store(entries[4:]))  # a server crashed and back
+        assert archive.count() == 6 and archive.log_size() == 6
+    finally:
+        archive.close()
+        with contextlib.suppress(BaseException):
+            pg.stop("immediate")
+
+
+def _retried(call: Callable[[], object], seconds: float = 90) -> None:
+    """As the consumer runtime does: a transient failure is tried again until it passes."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            call()
+            return
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -61,12 +62,17 @@ def _raw_record(doc: Document, keys: Sequence[SigningKey]) -> bytes:
     return c.encode_event(sign_event(DOCUMENT_TYPE, c.encode_document(doc), keys))
 
 
-async def _submit(settings: KafkaSettings, doc: Document, keys: Sequence[SigningKey]) -> None:
-    producer = settings.producer()
+async def _submit(
+    settings: KafkaSettings, doc: Document, keys: Sequence[SigningKey], record: bytes | None = None
+) -> None:
+    # As an attacker's own client: no limit of ours on what it sends.
+    producer = settings.producer(max_request_size=64 * 1024 * 1024)
     await producer.start()
     try:
         await producer.send_and_wait(
-            settings.topics.submitted, _raw_record(doc, keys), key=doc.document_id.encode()
+            settings.topics.submitted,
+            record or _raw_record(doc, keys),
+            key=doc.document_id.encode(),
         )
     finally:
         await producer.stop()
@@ -202,6 +208,33 @@ async def test_a_record_over_the_one_limit_is_too_large_before_anything_is_sent(
         await stack.publisher.publish(doc)
     assert refused.value.reason is Reason.TOO_LARGE
     assert stack.publisher.outbox.get(doc.document_id, 0) is None
+
+
+async def test_a_record_too_large_for_any_topic_is_kept_whole_named_and_answered(
+    stack: Stack,
+) -> None:
+    # A genuine agency signs 15 MiB inline and writes it straight to the submitted topic
+    # (the embedded broker ignores max.message.bytes; Kafka checks a compressed batch).
+    # Copied as it is, it would be refused by the rejected topic too, and retried forever.
+    huge = dataclasses.replace(
+        new_document(MINISTRY, [NGHE_AN], "Quá lớn cho mọi chủ đề"),
+        attachments=(attachment("lon.bin", os.urandom(15 * 1024 * 1024)),),
+    )
+    record = _raw_record(huge, stack.ministry)
+    await _submit(stack.settings, huge, stack.ministry, record)
+    after = new_document(MINISTRY, [NGHE_AN], "Sau văn bản quá lớn")
+    await stack.publisher.publish(after)
+    assert await _final(stack, after) is State.ARCHIVED  # the gateway moved on
+    heard = await _rejected_statuses(stack, 1)
+    assert heard[huge.document_id].reason == Reason.TOO_LARGE.value  # the sender hears why
+    [named] = await read_topic(stack.settings, stack.settings.topics.rejected, 1, seconds=10)
+    headers = dict(named.headers)
+    assert headers["docbus.error.reason"] == b"too_large"
+    assert headers["docbus.kept.topic"] == stack.settings.topics.rejected.encode()
+    digest = headers["docbus.kept.sha256"].decode()
+    assert digest == hashlib.sha256(record).hexdigest()
+    assert stack.blobs.read(digest, len(record)) == record  # kept whole: nothing is lost
+    assert named.key == huge.document_id.encode() and named.value == b""
 
 
 def test_the_blob_store_takes_only_hashes_as_names(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from bus.audit.replay import delivery_topics, read_topics
 from bus.audit.report import Finding, Report, checkpoint_seen
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.runtime import Record
-from bus.store.archive import Archive, NewEntry, open_archive
+from bus.store.archive import Archive, open_archive
+from bus.store.documents import NewEntry
 from bus.tlog.checkpoint import Checkpoint
 from bus.tlog.merkle import leaf_hash, verify_inclusion
 from bus.trust.signing import SigningKey, sign_checkpoint

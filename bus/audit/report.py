@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bus.tlog.checkpoint import Checkpoint
+from bus.wire.errors import Misconfigured
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def write_report(report: Report, path: Path) -> None:
     elif path.suffix in (".html", ".htm"):
         path.write_text(_html(report), "utf-8")
     else:
-        raise ValueError(f"{path}: a report is .json or .html")
+        raise Misconfigured(f"{path}: a report is .json or .html")
 
 
 def _rows(rows: list[list[str]]) -> str:

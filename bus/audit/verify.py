@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from bus.audit.report import Finding, Report, checkpoint_seen
 from bus.audit.witness import Published
-from bus.store.archive import Archive, Entry
+from bus.store.archive import Archive
+from bus.store.documents import Entry
 from bus.tlog.checkpoint import Checkpoint, note_text
 from bus.tlog.merkle import CompactRange, leaf_hash, verify_consistency
 from bus.tlog.note import add_lines

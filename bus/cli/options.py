@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -17,32 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import click
-from aiokafka.errors import KafkaConnectionError, KafkaError, NodeNotReadyError
 
-from bus.kafka.clients import FETCH_WAIT_MS, LOGIN_REFUSED, KafkaSettings, scram_refused
+from bus.kafka.clients import FETCH_WAIT_MS, KafkaSettings
+from bus.kafka.errors import classified
 from bus.kafka.metrics import parse_listen
-from bus.registry import Registry, RegistryError, load_registry
+from bus.registry import Registry, load_registry
 from bus.settings import Settings, load_settings
 from bus.store.archive import Archive, open_archive
 from bus.store.blobs import BlobStore
 from bus.trust.signing import SigningKey
-from bus.wire.errors import DocbusError
+from bus.wire.errors import BusError, DocbusError, Misconfigured, Unavailable
 from bus.wire.model import Role
 
 PLUGIN_GROUP = "docbus.commands"
 _SETTINGS = "docbus.settings"
 _KAFKA = "docbus.kafka"
 CONFIG = "docbus.config"
-
-
-#: Exit code of a command that found the broker or a database unavailable (EX_TEMPFAIL).
-UNAVAILABLE = 75
-
-
-class Unavailable(click.ClickException):
-    """The broker or a database cannot be reached now: try again later (exit 75)."""
-
-    exit_code = UNAVAILABLE
 
 
 class UsageProblem(click.ClickException):
@@ -60,45 +49,38 @@ class DocbusGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except (KafkaConnectionError, NodeNotReadyError, ConnectionError, TimeoutError) as exc:
-            client = ctx.find_root().meta.get(_KAFKA)
-            problem = None
-            if isinstance(client, KafkaSettings):
-                problem = client.tls_problem() or client.login_problem()
-            if problem is not None:  # not down: this client is set up wrong (exit 2)
-                raise UsageProblem(problem) from None
-            raise Unavailable(f"unavailable, try again later: {exc}") from None
-        except KafkaError as exc:
-            if exc.retriable:
-                raise Unavailable(f"unavailable, try again later: {exc}") from None
-            raise click.ClickException(f"the broker refused: {exc}") from None
-        except DocbusError as exc:
-            raise click.ClickException(str(exc)) from None
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):  # another writer holds it: wait
-                raise Unavailable(f"unavailable, try again later: {exc}") from None
-            raise click.ClickException(f"database: {exc}") from None
-        except (RegistryError, OSError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except Exception as exc:  # a bug or a library's own error: one line, no traceback
-            if os.environ.get("DOCBUS_DEBUG"):
-                raise
-            if _database_unavailable(exc):
-                raise Unavailable(f"database unavailable, try again later: {exc}") from None
-            if scram_refused(exc):
-                raise UsageProblem(LOGIN_REFUSED) from None
-            known = type(exc).__module__.split(".")[0] in ("aiokafka", "bus")
-            raise click.ClickException(
-                str(exc) if known else f"internal error: {exc!r} (DOCBUS_DEBUG=1 for the traceback)"
-            ) from None
+        except Exception as exc:
+            error = classified(exc)
+            if error is None:  # a bug or a library's own error: one line, no traceback
+                if os.environ.get("DOCBUS_DEBUG"):
+                    raise
+                raise click.ClickException(
+                    f"internal error: {exc!r} (DOCBUS_DEBUG=1 for the traceback)"
+                ) from None
+            raise _exiting(_explained(ctx, error)) from None
 
 
-def _database_unavailable(exc: Exception) -> bool:
-    """A PostgreSQL connection refused or lost (psycopg is imported only where it is used)."""
-    return any(
-        c.__name__ == "OperationalError" and c.__module__.startswith("psycopg")
-        for c in type(exc).__mro__
-    )
+def _explained(ctx: click.Context, error: BusError) -> BusError:
+    """A broker that does not answer may be one this client is set up wrong for: then say
+    what to fix (exit 2) rather than "try again later" (exit 75)."""
+    client = ctx.find_root().meta.get(_KAFKA)
+    if isinstance(error, Unavailable) and isinstance(client, KafkaSettings):
+        problem = client.tls_problem() or client.login_problem()
+        if problem is not None:
+            return Misconfigured(problem)
+    return error
+
+
+def _exiting(error: BusError) -> click.ClickException:
+    """The error as the command's one line and exit code (DESIGN §7)."""
+    kind = _FAILURES.get(error.exit_code, click.ClickException)
+    return kind(str(error))
+
+
+#: A click exception per exit code of DESIGN §7 (click reads the code off the class).
+_FAILURES: dict[int, type[click.ClickException]] = {
+    code: type(f"Exit{code}", (click.ClickException,), {"exit_code": code}) for code in (1, 2, 75)
+}
 
 
 class LazyGroup(DocbusGroup):

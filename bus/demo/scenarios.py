@@ -28,7 +28,9 @@ from bus.demo.stack import (
     docbus,
     pair,
 )
-from bus.store.archive import Search, fold, open_archive
+from bus.store.archive import open_archive
+from bus.store.documents import Search
+from bus.store.schema import fold
 from bus.trust.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Verified, Verifier

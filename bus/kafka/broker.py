@@ -16,6 +16,7 @@ from types import TracebackType
 import structlog
 
 from bus.kafka.clients import KafkaSettings
+from bus.wire.errors import BusError
 
 log = structlog.get_logger(__name__)
 
@@ -23,7 +24,7 @@ log = structlog.get_logger(__name__)
 EMBEDDED_SESSION_TIMEOUT_MS = 2000
 
 
-class BrokerError(RuntimeError):
+class BrokerError(BusError, RuntimeError):
     """The embedded broker cannot be found or does not answer."""
 
 

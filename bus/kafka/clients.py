@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
@@ -16,13 +20,19 @@ from aiokafka.errors import (
     KafkaError,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
+    for_code,
 )
 from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.protocol.transaction import InitProducerIdRequest
 from pydantic import SecretStr
 
+from bus.kafka.errors import LOGIN_REFUSED, classified, scram_refused
 from bus.kafka.topics import Topics
 from bus.settings import Settings, SettingsError
+from bus.wire.errors import Misconfigured, Unavailable
 from bus.wire.limits import MAX_MESSAGE_BYTES
+
+log = structlog.get_logger(__name__)
 
 #: An idle consumer's fetch wait. Kafka answers a waiting fetch as soon as data arrives,
 #: so it costs no latency there, only how often an idle consumer asks; the embedded broker
@@ -31,7 +41,7 @@ from bus.wire.limits import MAX_MESSAGE_BYTES
 FETCH_WAIT_MS = 100
 PIPELINE_FETCH_WAIT_MS = 20
 
-LOGIN_REFUSED = (
+_REFUSED = (
     "SASL authentication failed: the broker knows no such user or password "
     "(DOCBUS_SASL_USERNAME, DOCBUS_SASL_PASSWORD)"
 )
@@ -124,6 +134,13 @@ class KafkaSettings:
             return None  # nothing answers (or it is not TLS): the broker is unavailable
         return None
 
+    async def setup_problem(self) -> str | None:
+        """Why this client, not the broker, is at fault when connecting fails (its TLS or
+        its login, as :meth:`tls_problem` and :meth:`login_problem` tell); None when the
+        broker is simply unavailable."""
+        tls = await asyncio.to_thread(self.tls_problem)
+        return tls or await self._login_problem(5.0)
+
     def login_problem(self, timeout: float = 5.0) -> str | None:
         """Why the first bootstrap broker answers and still gives this client no session:
         its SASL login refused, a mechanism it does not offer, or (with no SASL set) a
@@ -166,6 +183,31 @@ class KafkaSettings:
             conn.close()
         return None
 
+    async def learn_idempotence(self, seconds: float = 10.0) -> bool:
+        """Whether the broker gives out producer ids, asked once and remembered: Kafka
+        does, so producers there are idempotent; the embedded broker lists InitProducerId
+        among its ApiVersions but cannot answer it, so there they fall back (DESIGN §9).
+        Decided from what the broker answers, never from a flag the user must know."""
+        known = _IDEMPOTENT.get(self.bootstrap)
+        if known is not None:
+            return known
+        host, _, port = self.bootstrap.split(",")[0].strip().rpartition(":")
+        args = {k: v for k, v in self.common().items() if k != "bootstrap_servers"}
+        try:
+            async with asyncio.timeout(seconds):
+                conn = await create_conn(host, int(port), **args)
+        except (OSError, TimeoutError) as exc:  # the broker is not there (yet)
+            raise Unavailable("broker", str(exc) or type(exc).__name__) from exc
+        try:
+            async with asyncio.timeout(seconds):
+                code = await _producer_id(conn)
+        finally:
+            conn.close()
+        offered = code == 0
+        _IDEMPOTENT[self.bootstrap] = offered
+        log.info("producers idempotent" if offered else "broker has no producer ids")
+        return offered
+
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ssl_cafile)
         if self.ssl_certfile:
@@ -191,6 +233,8 @@ class KafkaSettings:
         args = {
             **self.common(),
             "acks": "all",
+            # Once the broker was asked (learn_idempotence): a re-sent batch never duplicates.
+            "enable_idempotence": _IDEMPOTENT.get(self.bootstrap, False),
             "linger_ms": 5,
             "max_batch_size": 1024 * 1024,
             "max_request_size": MAX_MESSAGE_BYTES,
@@ -220,16 +264,58 @@ class KafkaSettings:
         return AIOKafkaAdminClient(**self.common())
 
 
-def scram_refused(exc: BaseException) -> bool:
-    """aiokafka's SCRAM client fails on a server's refusal in its final message (``e=…``,
-    where Kafka itself answers SASL_AUTHENTICATION_FAILED) with a bare KeyError raised
-    where it reads that message."""
-    if not isinstance(exc, KeyError):
-        return False
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_name == "process_server_final_message"
+Client = TypeVar("Client", AIOKafkaProducer, AIOKafkaConsumer)
+
+#: Whether the broker of each bootstrap gives out producer ids, once asked.
+_IDEMPOTENT: dict[str, bool] = {}
+
+
+async def connected(
+    settings: KafkaSettings,
+    make: Callable[[], Client],
+    stopping: asyncio.Event,
+    what: str,
+    backoff: tuple[float, float] = (0.05, 5.0),
+) -> Client | None:
+    """A started client, made by ``make``: while the broker is unavailable, waited for
+    with backoff and jitter for as long as it takes (DESIGN §7); None if ``stopping`` is
+    set first. A client set up wrong (TLS, login) or refused raises its
+    :class:`~bus.wire.errors.BusError` at once: waiting would not fix it. Producers and
+    consumers alike connect through here."""
+    waits = 0
+    while not stopping.is_set():
+        client: Client | None = None
+        try:
+            await settings.learn_idempotence()
+            client = make()
+            await client.start()
+            return client
+        except Exception as exc:
+            if client is not None:
+                await client.stop()  # no "Unclosed" client left behind
+            error = classified(exc)
+            if error is None or not error.transient:
+                raise (error or exc) from exc
+            problem = await settings.setup_problem()
+            if problem is not None:
+                raise Misconfigured(problem) from exc
+        waits += 1
+        log.warning("broker unavailable; waiting", client=what, error=str(error))
+        pause = min(backoff[1], backoff[0] * 2 ** (waits - 1)) * random.uniform(0.8, 1.2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), pause)
+    return None
+
+
+async def _producer_id(conn: Any) -> int:
+    """The error code of asking ``conn``'s broker for a producer id; one it says is passing
+    (its coordinator still loading, say) is asked again."""
+    while True:
+        answer = await conn.send(InitProducerIdRequest(None, 60000))
+        code = int(answer.error_code)
+        if code == 0 or not for_code(code).retriable:
+            return code
+        await asyncio.sleep(0.2)
 
 
 def _text(path: Path | None) -> str | None:

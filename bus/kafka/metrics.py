@@ -17,6 +17,8 @@ import uvicorn
 from prometheus_client import Counter, Gauge, Histogram, make_asgi_app
 from starlette.types import Receive, Scope, Send
 
+from bus.wire.errors import Misconfigured
+
 RECORDS_IN = Counter(
     "docbus_records_in", "Records a service read from a topic.", ["stage", "topic"]
 )
@@ -140,7 +142,7 @@ def parse_listen(value: str) -> str:
     """``HOST:PORT`` as given; ValueError naming what is wrong."""
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not HOST:PORT")
+        raise Misconfigured(f"{value!r} is not HOST:PORT")
     return value
 
 

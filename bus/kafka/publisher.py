@@ -12,9 +12,9 @@ from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
-from bus.kafka.clients import KafkaSettings
+from bus.kafka.clients import KafkaSettings, connected
+from bus.kafka.errors import classified
 from bus.kafka.records import document_record
 from bus.kafka.runtime import ConsumerRuntime, Record, Reject, Result
 from bus.store.blobs import BlobStore
@@ -22,7 +22,7 @@ from bus.store.outbox import Outbox, OutboxEntry, State
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verified, Verifier
 from bus.wire.codec import default_codec
-from bus.wire.errors import DocbusError
+from bus.wire.errors import BusError, DocbusError
 from bus.wire.headers import cloudevent
 from bus.wire.limits import BLOB_THRESHOLD
 from bus.wire.model import Document, Role, Status, StatusCode, now_ms
@@ -163,25 +163,41 @@ class Publisher:
         self.blob_threshold = blob_threshold
         self.listener = StatusListener(outbox, verifier, inbound)
         self.runtime = ConsumerRuntime(
-            settings, self.listener, f"docbus.outbox.{outbox.id}", topics=[settings.topics.status]
+            settings,
+            self.listener,
+            # Named per agency, so its ACL grants it its own groups and no other's.
+            f"docbus.outbox.{next(filter(None, (k.agency for k in keys)), 'any')}.{outbox.id}",
+            topics=[settings.topics.status],
+            keep=blobs,
         )
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     async def start(self, listen: bool = True) -> None:
         """Connect; with ``listen``, also follow the statuses and re-send until answered.
 
-        Without it the publisher only queues and sends (no consumer-group join, so a
-        one-shot command returns at once); whoever listens later re-sends from the outbox.
+        With ``listen`` (a long-running sender) a broker that is down is waited for, as
+        every service waits (DESIGN §7); documents queued meanwhile are durable in the
+        outbox and sent once it answers. Without it the publisher only queues and sends (a
+        one-shot command, which says at once that the broker is unavailable); whoever
+        listens later re-sends from the outbox.
         """
-        self._producer = self.settings.producer()
-        try:
-            await self._producer.start()
-        except BaseException:
-            await self._producer.stop()  # never left unclosed
-            raise
         if not listen:
+            await self.settings.learn_idempotence()
+            producer = self.settings.producer()
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()  # never left unclosed
+                raise
+            self._producer = producer
             return
+        self._producer = await connected(
+            self.settings, self.settings.producer, self._stopping, "publisher"
+        )
+        if self._producer is None:
+            return  # stopped before the broker came up
         self._tasks = [
             asyncio.create_task(self.runtime.run()),
             asyncio.create_task(self._resend_loop()),
@@ -193,7 +209,13 @@ class Publisher:
         if self._tasks[0].done():
             self._tasks[0].result()
 
+    @property
+    def connected(self) -> bool:
+        """Whether the producer is up (before that, documents wait in the outbox)."""
+        return self._producer is not None
+
     async def stop(self) -> None:
+        self._stopping.set()
         self.runtime.request_stop()
         for task in self._tasks[1:]:
             task.cancel()
@@ -227,7 +249,8 @@ class Publisher:
         await self._send(document.document_id, document.revision, record)
 
     async def _send(self, document_id: str, revision: int, record: bytes) -> None:
-        assert self._producer is not None, "start() the publisher first"
+        if self._producer is None:
+            return  # the broker has not answered yet: the re-send loop sends it then
         doc = default_codec().decode_document(default_codec().decode_event(record).payload)
         try:
             await self._producer.send_and_wait(
@@ -236,8 +259,12 @@ class Publisher:
                 key=document_id.encode(),
                 headers=cloudevent(doc, doc.sender, now_ms()),
             )
-        except KafkaError as exc:
-            log.warning("send failed; will re-send", document_id=document_id, error=repr(exc))
+        except Exception as exc:
+            error = classified(exc)
+            if error is None:
+                raise
+            # Kept in the outbox whatever the reason: re-sent until it is answered.
+            log.warning("send failed; will re-send", document_id=document_id, error=str(error))
             return
         await asyncio.to_thread(self.outbox.mark_sent, document_id, revision)
 
@@ -274,5 +301,5 @@ class Publisher:
             await asyncio.sleep(period)
             try:
                 await self.resend_due()
-            except KafkaError as exc:
-                log.warning("re-send round failed", error=repr(exc))
+            except BusError as exc:
+                log.warning("re-send round failed", error=str(exc))

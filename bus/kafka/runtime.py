@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import random
 import signal
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from bus.kafka.clients import KafkaSettings
+from bus.kafka.clients import Client, KafkaSettings, connected
+from bus.kafka.errors import TooLarge, classified
 from bus.kafka.metrics import (
     BROKER_UP,
     LAG,
@@ -39,13 +38,15 @@ from bus.kafka.metrics import (
     count_outputs,
     ops_server,
 )
-from bus.wire.errors import DocbusError, Reason
-from bus.wire.headers import Headers, error_headers
+from bus.settings import DEFAULT_BLOBS
+from bus.store.blobs import BlobStore
+from bus.wire.errors import BusError, DocbusError, Reason, classify
+from bus.wire.headers import ERROR_PREFIX, KEPT_PREFIX, Headers, error_headers
+from bus.wire.limits import MAX_MESSAGE_BYTES
 
 log = structlog.get_logger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
-Client = TypeVar("Client", AIOKafkaProducer, AIOKafkaConsumer)
 
 
 @dataclass(frozen=True)
@@ -83,18 +84,10 @@ class Stopped(Exception):
 
 def transient(exc: BaseException) -> bool:
     """Whether a failure is the infrastructure's (retried for as long as it takes, never
-    dead-lettered) rather than the record's: a retriable Kafka error, a locked or failing
-    SQLite database, a full or failing disk, a timeout or a lost connection."""
-    if isinstance(exc, DocbusError):
-        return False
-    if isinstance(exc, KafkaError):
-        return bool(exc.retriable)
-    if isinstance(exc, sqlite3.OperationalError | TimeoutError | ConnectionError):
-        return True
-    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO
-
-
-_TRANSIENT_ERRNO = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EMFILE, errno.ENFILE}
+    dead-lettered) rather than the record's, as the error model classifies it where it was
+    raised (:mod:`bus.wire.errors`)."""
+    classified = classify(exc)
+    return classified is not None and classified.transient
 
 
 class Handler(Protocol):
@@ -129,6 +122,9 @@ class ConsumerRuntime:
     :param max_records: the batch bound (memory stays bounded).
     :param max_attempts: handler attempts before records are rejected one by one.
     :param backoff: first and largest pause between attempts, in seconds.
+    :param keep: where a record too large to publish is kept (its bytes, by SHA-256).
+    :param max_refusals: publish attempts the broker refuses for good (an ACL) before the
+        runtime stops with that error.
     """
 
     def __init__(
@@ -142,6 +138,8 @@ class ConsumerRuntime:
         max_attempts: int = 5,
         backoff: tuple[float, float] = (0.05, 5.0),
         consumer_overrides: dict[str, Any] | None = None,
+        keep: BlobStore | None = None,
+        max_refusals: int = 10,
     ) -> None:
         if not topics and pattern is None:
             raise ValueError("give topics or a pattern")
@@ -154,6 +152,11 @@ class ConsumerRuntime:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self._consumer_overrides = consumer_overrides or {}
+        #: Where a record too large for any topic is kept whole (DOCBUS_BLOB_DIR's store).
+        self.keep = keep or BlobStore(DEFAULT_BLOBS)
+        #: How often a refusal no retry cures is tried before the service stops with it.
+        self.max_refusals = max_refusals
+        self._largest = MAX_MESSAGE_BYTES
         self._stopping = asyncio.Event()
         self.started = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -244,22 +247,12 @@ class ConsumerRuntime:
     async def _connect(
         self, make: Callable[[], Client], stack: contextlib.AsyncExitStack
     ) -> Client | None:
-        """A started client, waiting (with backoff) for as long as the broker is down;
-        None if a stop is requested first. Every client started is stopped on exit."""
-        waits = 0
-        while not self._stopping.is_set():
-            client = make()
-            try:
-                await client.start()
-            except KafkaError as exc:
-                await client.stop()  # no "Unclosed" client left behind
-                waits += 1
-                log.warning("broker unavailable; waiting", stage=self.handler.stage, error=str(exc))
-                await self._sleep(self._pause(waits) * random.uniform(0.8, 1.2))
-                continue
+        """A started client (waiting while the broker is down), stopped on exit; None if a
+        stop is requested first."""
+        client = await connected(self.settings, make, self._stopping, self.handler.stage)
+        if client is not None:
             stack.push_async_callback(client.stop)
-            return client
-        return None
+        return client
 
     async def _closing(self) -> None:
         """Before the clients stop: commit what is done (aiokafka's stop() does not call the
@@ -375,15 +368,16 @@ class ConsumerRuntime:
         )
 
     async def _publish(self, producer: AIOKafkaProducer, results: list[Result]) -> None:
-        outputs = [self._to_output(r) for r in results]
-        attempt = 0
+        """Publish a batch's outputs and wait for acks=all. What the broker cannot take now
+        is retried for as long as it takes; a record too large for it is kept whole and
+        named on the rejected topic instead; a refusal no retry can cure (an ACL this
+        principal lacks) is retried a bounded number of times, not ready meanwhile, and
+        then stops the service with that error: its batch stays uncommitted, nothing lost."""
+        outputs = [await self._fitted(self._to_output(r)) for r in results]
+        attempt = refusals = 0
         while outputs:
-            try:
-                sent = [
-                    await producer.send(o.topic, o.value, key=o.key, headers=o.headers)
-                    for o in outputs
-                ]
-                await asyncio.gather(*sent)
+            failures = await self._send_all(producer, outputs)
+            if not failures:
                 self.publish_failing = False
                 count_outputs(
                     self.handler.stage,
@@ -391,13 +385,95 @@ class ConsumerRuntime:
                     [r.reason.value for r in results if isinstance(r, Reject)],
                 )
                 return
-            except KafkaError as exc:
-                attempt += 1
-                self.publish_failing = True
-                log.warning("publish failed; retrying", attempt=attempt, error=repr(exc))
-                if self._stopping.is_set():
-                    raise Stopped from exc  # not committed: the batch is seen again
-                await self._sleep(self._pause(attempt))
+            attempt += 1
+            self.publish_failing = True
+            error = failures[0][1]
+            log.warning("publish failed; retrying", attempt=attempt, error=str(error))
+            if isinstance(error, TooLarge):
+                outputs = [
+                    await self._kept(o, str(e)) if isinstance(e, TooLarge) else o
+                    for o, e in failures
+                ]
+                continue
+            if not error.transient:
+                refusals += 1
+                if refusals >= self.max_refusals:
+                    raise error
+            if self._stopping.is_set():
+                raise Stopped from error  # not committed: the batch is seen again
+            outputs = [o for o, _ in failures]
+            await self._sleep(self._pause(attempt))
+
+    async def _send_all(
+        self, producer: AIOKafkaProducer, outputs: list[Output]
+    ) -> list[tuple[Output, BusError]]:
+        """Send every output; those that failed, each with its classified error."""
+        pending: list[tuple[Output, asyncio.Future[Any] | BusError]] = []
+        for o in outputs:
+            try:
+                pending.append(
+                    (o, await producer.send(o.topic, o.value, key=o.key, headers=o.headers))
+                )
+            except Exception as exc:
+                pending.append((o, _failure(exc)))
+        failed: list[tuple[Output, BusError]] = []
+        for o, sent in pending:
+            if isinstance(sent, BusError):
+                failed.append((o, sent))
+                continue
+            try:
+                await sent
+            except Exception as exc:
+                failed.append((o, _failure(exc)))
+        return failed
+
+    async def _fitted(self, output: Output) -> Output:
+        """The output, or if it can never fit a record, the record that names it kept."""
+        size = (
+            len(output.value)
+            + len(output.key or b"")
+            + sum(len(k) + len(v) for k, v in output.headers)
+        )
+        if size + _RECORD_OVERHEAD <= self._largest:
+            return output
+        return await self._kept(output, f"{size} bytes, over the {self._largest}-byte limit")
+
+    async def _kept(self, output: Output, why: str) -> Output:
+        """A record too large for any topic, kept whole in the blob store (its exact bytes,
+        so nothing is lost and signatures still verify there); the rejected topic gets a
+        small record that names it by SHA-256, with the reason."""
+        digest = await asyncio.to_thread(self.keep.put_bytes, output.value)
+        log.warning(
+            "kept in the blob store: too large to publish",
+            sha256=digest,
+            topic=output.topic,
+            why=why,
+        )
+        headers = [(k, v) for k, v in output.headers if k != ERROR_PREFIX + "reason"]
+        return Output(
+            topic=self.settings.topics.rejected,
+            key=output.key,
+            value=b"",
+            headers=[
+                *headers,
+                (ERROR_PREFIX + "reason", Reason.TOO_LARGE.value.encode()),
+                (KEPT_PREFIX + "sha256", digest.encode()),
+                (KEPT_PREFIX + "size", str(len(output.value)).encode()),
+                (KEPT_PREFIX + "topic", output.topic.encode()),
+            ],
+        )
+
+
+#: What a record costs in a batch beyond its key, value and headers (framing, varints).
+_RECORD_OVERHEAD = 1024
+
+
+def _failure(exc: BaseException) -> BusError:
+    """A send's failure classified (a bug in a send is no record's fault: it is raised)."""
+    error = classified(exc)
+    if error is None:
+        raise exc
+    return error
 
 
 async def run_until_signalled(runtimes: Sequence[ConsumerRuntime], deadline: float = 30.0) -> None:

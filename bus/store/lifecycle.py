@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from bus.store.archive import Entry
+from bus.store.documents import Entry
 from bus.wire.codec import default_codec
 from bus.wire.model import Action
 

@@ -1,75 +1,21 @@
-"""The archive in PostgreSQL (DESIGN §6): several archiver processes on one database.
-
-The logic is :class:`~bus.store.archive.Archive`'s, the same as SQLite's; this module gives
-the connection, the dialect and the schema. Archivers run side by side as one consumer group
-over the delivery partitions; each batch is one transaction that first locks the log's
-table (EXCLUSIVE: readers go on reading), so log indexes are assigned inside the
-transaction and the log stays one append-only sequence whoever writes it. Verification,
-the expensive part, runs in every archiver at once; only the appends take turns.
-"""
+"""PostgreSQL for the archive (DESIGN §6): a pool of checked connections, psycopg's errors
+classified once, and the read-only role the archive API connects as."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import RowMaker
+from psycopg_pool import ConnectionPool
 
-from bus.store.archive import AUDITS_TABLE, FOLDED_SUBJECTS, Archive, Cursor
-from bus.store.blobs import BlobStore
-
-#: The advisory lock archivers take to migrate the schema (any fixed number: "docbus").
-_LOG_LOCK = int.from_bytes(b"docbus", "big")
-
-#: PostgreSQL's schema, by version: the same tables and versions as SQLite's.
-POSTGRES_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            """CREATE TABLE IF NOT EXISTS entries (
-    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    document_id TEXT NOT NULL,
-    revision BIGINT NOT NULL,
-    digest TEXT NOT NULL,
-    payload_digest TEXT NOT NULL DEFAULT '',
-    sender TEXT NOT NULL,
-    recipients TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    confidentiality TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    archived_at TEXT NOT NULL,
-    conflict INTEGER NOT NULL DEFAULT 0,
-    event BYTEA NOT NULL,
-    receipt BYTEA NOT NULL DEFAULT '',
-    log_index BIGINT NOT NULL UNIQUE,
-    UNIQUE (sender, document_id, revision, digest)
-)""",
-            "CREATE INDEX IF NOT EXISTS entries_document"
-            " ON entries (sender, document_id, revision)",
-            "CREATE INDEX IF NOT EXISTS entries_digest ON entries (digest)",
-            """CREATE TABLE IF NOT EXISTS log_nodes (
-    level INTEGER NOT NULL,
-    idx BIGINT NOT NULL,
-    hash BYTEA NOT NULL,
-    PRIMARY KEY (level, idx)
-)""",
-            """CREATE TABLE IF NOT EXISTS checkpoints (
-    size BIGINT PRIMARY KEY,
-    root BYTEA NOT NULL,
-    at TEXT NOT NULL,
-    signed BYTEA NOT NULL
-)""",
-            "CREATE TABLE IF NOT EXISTS log_keys (origin TEXT PRIMARY KEY, chain BYTEA NOT NULL)",
-        ),
-    ),
-    (FOLDED_SUBJECTS, ("ALTER TABLE entries ADD COLUMN subject_fold TEXT NOT NULL DEFAULT ''",)),
-    (3, (AUDITS_TABLE,)),
-)
+from bus.store.database import POSTGRES, Database, Rows
+from bus.wire.errors import BusError, Misconfigured, Unavailable
 
 
 class _Row(tuple[Any, ...]):
@@ -106,48 +52,97 @@ def redacted(url: str) -> str:
     return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
 
 
-class PostgresArchive(Archive):
-    """An archive in a PostgreSQL database, shared by any number of archiver processes.
+def postgres_error(exc: psycopg.Error) -> BusError | None:
+    """psycopg's error in the bus's model: a server or connection that is down, restarting,
+    terminated or out of resources (OperationalError, a closed connection, a pool that
+    lends none) is :class:`Unavailable`; a privilege refused is :class:`Misconfigured`;
+    None for a statement's own fault (a bug: raised as it is)."""
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return Unavailable("database", _first_line(exc))
+    if isinstance(
+        exc, psycopg.errors.InsufficientPrivilege | psycopg.errors.ReadOnlySqlTransaction
+    ):
+        return Misconfigured(f"the database refused: {_first_line(exc)}")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+@contextmanager
+def _classified() -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as exc:
+        error = postgres_error(exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
+class PostgresDatabase(Database):
+    """A pool of connections to one PostgreSQL database, each checked before it is lent:
+    a server restarted or a connection terminated is replaced, not kept.
 
     :param url: a libpq connection URL (``postgresql://user@host:5432/db``).
-    :param blobs: where blob-store attachments are copied (a folder).
-    :param read_only: every transaction of the connection is read-only.
+    :param read_only: every transaction is read-only (the server refuses writes).
+    :param size: connections kept (one writer, a reader or two).
     """
 
-    MIGRATIONS = POSTGRES_MIGRATIONS
+    dialect = POSTGRES
 
-    def __init__(self, url: str, blobs: BlobStore, read_only: bool = False) -> None:
-        options = "-c default_transaction_read_only=on" if read_only else ""
+    def __init__(self, url: str, read_only: bool = False, size: int = 2) -> None:
+        super().__init__(redacted(url))
         try:
-            db = psycopg.connect(url, autocommit=True, row_factory=_rows, options=options)
-        except (psycopg.ProgrammingError, psycopg.InterfaceError):
+            conninfo_to_dict(url)
+        except psycopg.Error:
             # libpq's message repeats the string it could not parse, password and all.
-            raise ValueError("the database URL is not a valid connection string") from None
-        super().__init__(redacted(url), blobs, db)
-        if not read_only:
-            self._migrate()
+            raise Misconfigured("the database URL is not a valid connection string") from None
+        options = "-c default_transaction_read_only=on" if read_only else ""
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=size,
+            kwargs={"autocommit": True, "row_factory": _rows, "options": options},
+            check=ConnectionPool.check_connection,
+            timeout=10,
+            reconnect_timeout=60,  # then given up, and tried again at the next call
+            open=False,
+        )
+        self.pool.open(wait=False)  # a database not up yet is waited for, not fatal
+        self._held: psycopg.Connection[Any] | None = None
 
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s")
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Rows:
+        with _classified(), self._connection() as db:
+            cursor = db.execute(self.dialect.sql(sql), params or None)
+            return Rows(cursor.fetchall() if cursor.description else [])
 
-    def _exec(self, sql: str, params: Sequence[object] = ()) -> Cursor:
-        return self._db.execute(self._sql(sql), params or None)  # type: ignore[arg-type]
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        with _classified(), self._connection() as db, db.cursor() as cursor:
+            cursor.executemany(self.dialect.sql(sql), rows)
 
-    def _exec_many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
-        with self._db.cursor() as cursor:  # type: ignore[attr-defined]
-            cursor.executemany(self._sql(sql), rows)
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._held is not None:  # inside a transaction: its connection
+            yield self._held
+            return
+        with self.pool.connection() as db:
+            yield db
 
-    def _begin(self) -> None:
-        # A table lock that only a writer may take: EXCLUSIVE needs UPDATE rights, so the
-        # read-only role cannot hold it (an advisory lock anyone can take, and keep), and
-        # it lets readers read meanwhile.
-        self._exec("BEGIN")
-        self._exec("LOCK TABLE log_nodes IN EXCLUSIVE MODE")
+    @contextmanager
+    def transaction(self, *first: str) -> Iterator[None]:
+        with _classified(), self.pool.connection() as db, db.transaction():
+            self._held = db
+            try:
+                for statement in first:
+                    db.execute(statement)
+                yield
+            finally:
+                self._held = None
 
-    def _begin_migration(self) -> None:
-        # Before the tables exist: archivers starting together migrate one at a time.
-        self._exec("BEGIN")
-        self._exec("SELECT pg_advisory_xact_lock(?)", (_LOG_LOCK,))
+    def close(self) -> None:
+        self.pool.close()
 
 
 def grant_reader(url: str, role: str, password: str | None = None) -> None:
@@ -155,15 +150,15 @@ def grant_reader(url: str, role: str, password: str | None = None) -> None:
     SELECT on its tables, now and after later migrations, and no right to write. The
     archive API connects as it, so it is read-only in the database's own terms."""
     if not _ROLE.fullmatch(role):
-        raise ValueError(f"{role!r} is not a role name (letters, digits, _; up to 63)")
+        raise Misconfigured(f"{role!r} is not a role name (letters, digits, _; up to 63)")
     name = sql.Identifier(role)
-    with psycopg.connect(url, autocommit=True) as db:
+    with _classified(), psycopg.connect(url, autocommit=True) as db:
         exists = db.execute(
             "SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles WHERE rolname = %s",
             (role,),
         ).fetchone()
         if exists is not None and exists[0]:
-            raise ValueError(f"{role} is a privileged role: a reader must be able to do nothing")
+            raise Misconfigured(f"{role} is a privileged role: a reader must be able to do nothing")
         if exists is None:
             db.execute(sql.SQL("CREATE ROLE {} LOGIN NOINHERIT").format(name))
         if password is not None:

@@ -20,6 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from bus.wire.errors import BusError
+
 ALG_ED25519 = 0x01
 ALG_COSIGNATURE_V1 = 0x04
 MAX_NOTE = 1_000_000
@@ -27,7 +29,7 @@ MAX_SIGNATURES = 100
 _DASH = "— "  # U+2014 EM DASH and a space
 
 
-class NoteError(ValueError):
+class NoteError(BusError, ValueError):
     """A note that is malformed, or whose signatures do not verify."""
 
 

@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from bus.trust.policy import ENCRYPTION_EKU, POLICY_FILE, role_eku
 from bus.trust.signing import PrivateKey, load_certificates, load_private_key
+from bus.wire.errors import BusError
 from bus.wire.model import Role
 
 
@@ -318,7 +319,7 @@ def pem_cert(*certs: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
-class PkiError(Exception):
+class PkiError(BusError):
     """A development PKI operation that cannot be done (missing CA, foreign certificate)."""
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from bus.wire.errors import DocbusError, Reason
+from bus.wire.errors import DocbusError, Misconfigured, Reason
 from bus.wire.model import Role
 
 POLICY_FILE = "policy.toml"
@@ -37,7 +37,7 @@ def role_eku(role: Role) -> x509.ObjectIdentifier:
     for oid, r in ROLE_EKUS.items():
         if r is role:
             return x509.ObjectIdentifier(oid)
-    raise ValueError(f"no EKU for {role}")
+    raise Misconfigured(f"no EKU for {role}")
 
 
 class Service(StrEnum):
@@ -101,7 +101,7 @@ class TrustPolicy:
     def parse(cls, data: dict[str, Any]) -> TrustPolicy:
         unknown = set(data) - {"role", "services", "bridges", "revocation", "witnesses"}
         if unknown:
-            raise ValueError(f"unknown keys {sorted(unknown)}")
+            raise Misconfigured(f"unknown keys {sorted(unknown)}")
         rules = tuple(
             RoleRule(
                 role=Role(rule["role"]),

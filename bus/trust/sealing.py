@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bus.wire.errors import DocbusError, Reason
+from bus.wire.errors import DocbusError, Misconfigured, Reason
 from bus.wire.model import (
     Attachment,
     Confidentiality,
@@ -89,7 +89,7 @@ class EncryptionKey:
         x = next((k for k in found.values() if isinstance(k, x25519.X25519PrivateKey)), None)
         m = next((k for k in found.values() if isinstance(k, mlkem.MLKEM768PrivateKey)), None)
         if x is None:
-            raise ValueError("no X25519 encryption key in the file")
+            raise Misconfigured("no X25519 encryption key in the file")
         return cls(x, m)
 
     def private(self, suite: SealSuite) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:

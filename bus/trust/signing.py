@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from bus.tlog.checkpoint import Checkpoint
 from bus.tlog.note import NoteSigner
-from bus.wire.errors import DocbusError, Reason
+from bus.wire.errors import DocbusError, Misconfigured, Reason
 from bus.wire.model import Algorithm, Role, Signature, SignedEvent
 
 PrivateKey = (
@@ -157,7 +157,7 @@ class SigningKey:
 
     def __post_init__(self) -> None:
         if not self.chain:
-            raise ValueError("a signing key needs its certificate")
+            raise Misconfigured("a signing key needs its certificate")
         leaf_key = self.chain[0].public_key()
         mine = self.key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -166,7 +166,7 @@ class SigningKey:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         if mine != theirs:
-            raise ValueError("the private key does not match the certificate")
+            raise Misconfigured("the private key does not match the certificate")
 
     @classmethod
     def load(

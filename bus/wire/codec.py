@@ -8,6 +8,7 @@ current reader schema of the same name.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from collections.abc import Callable
@@ -69,6 +70,12 @@ class Codec:
             for f in _avsc_files(history):
                 s = _load(f.read_text(encoding="utf-8"))
                 self._writers.setdefault(s.fingerprint, s)
+
+    def with_limit(self, max_record_bytes: int) -> Codec:
+        """The same codec with another record size limit (the schemas are shared)."""
+        other = copy.copy(self)
+        other.max_record_bytes = max_record_bytes
+        return other
 
     def fingerprint(self, name: str) -> bytes:
         """The fingerprint of the current schema called ``name``."""

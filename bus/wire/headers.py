@@ -14,6 +14,9 @@ from bus.wire.model import Document, Status
 Headers = list[tuple[str, bytes]]
 
 ERROR_PREFIX = "docbus.error."
+#: On a rejected record too large to copy: where its exact bytes are kept (the blob store
+#: by SHA-256), their size and the topic it was bound for.
+KEPT_PREFIX = "docbus.kept."
 #: The gateway's signed DELIVERED status for a delivered record: its signed receipt time.
 RECEIPT = "docbus.receipt"
 

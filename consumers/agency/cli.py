@@ -12,7 +12,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bus.cli.options import DocbusGroup, Unavailable, path_option
+from bus.cli.options import DocbusGroup, path_option
+from bus.wire.errors import Unavailable
 from consumers.agency.app import FEEDBACK_CODES
 
 _node_option = click.option(
@@ -35,7 +36,7 @@ def _call(node: str, token_file: Path, method: str, path: str, **kw: Any) -> Any
             **kw,
         )
     except httpx.TransportError as exc:
-        raise Unavailable(f"node unavailable, try again later: {exc}") from None
+        raise Unavailable("node", str(exc)) from None
     if response.status_code >= 400:
         try:
             problem = response.json()

@@ -33,7 +33,7 @@ from bus.trust.sealing import EncryptionKey, parties, seal
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Policy, Rejected, Verified, Verifier
-from bus.wire.errors import DocbusError, Reason
+from bus.wire.errors import DocbusError, Misconfigured, Reason
 from bus.wire.limits import BLOB_THRESHOLD
 from bus.wire.model import (
     Confidentiality,
@@ -95,7 +95,7 @@ class AgencyNode:
         blob_threshold: int = BLOB_THRESHOLD,
     ) -> None:
         if keys.agency.agency != agency:
-            raise ValueError(f"the AGENCY key is for {keys.agency.agency}, not {agency}")
+            raise Misconfigured(f"the AGENCY key is for {keys.agency.agency}, not {agency}")
         self.agency = agency
         self.keys = keys
         self.trust = trust
@@ -135,22 +135,40 @@ class AgencyNode:
             index=self.received,
         )
         self.inbox_runtime = ConsumerRuntime(
-            settings, self.inbox, f"docbus.inbox.{agency}", topics=[self.inbox.topic]
+            settings, self.inbox, f"docbus.inbox.{agency}", topics=[self.inbox.topic], keep=blobs
         )
         self.events = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=every)
         self._tasks: list[asyncio.Task[None]] = []
+        #: Why a part of the node stopped for good (then ``failed`` is set).
+        self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
 
     @property
     def ready(self) -> bool:
-        """Both runtimes consume, and the broker answered them lately and takes their outputs."""
+        """The producer is up, both runtimes consume, and the broker answered them lately and
+        takes their outputs."""
         runtimes = (self.publisher.runtime, self.inbox_runtime)
-        return all(
+        return self.publisher.connected and all(
             r.started.is_set() and broker_fresh(seen_by(r))() and publishing(r)() for r in runtimes
         )
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self.inbox_runtime.run())]
-        await self.publisher.start()
+        """Start following the bus, without waiting for it: a broker that is down is waited
+        for while the API serves (not ready), and documents queued meanwhile are durable in
+        the outbox and sent once it answers (DESIGN §7)."""
+        self._tasks = [
+            asyncio.create_task(self.inbox_runtime.run()),
+            asyncio.create_task(self.publisher.start()),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A part that stops with an error (a login the broker refuses, an ACL it lacks)
+        stops the node: it would never be ready, and no retry cures it."""
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+            self.failed.set()
 
     async def stop(self) -> None:
         self.inbox_runtime.request_stop()
@@ -321,5 +339,5 @@ def api_token(token_file: Path | None, data_dir: Path) -> str:
         tmp.replace(path)
     token = path.read_text("utf-8").strip()
     if len(token) < 16:
-        raise ValueError(f"the token in {path} is shorter than 16 characters")
+        raise Misconfigured(f"the token in {path} is shorter than 16 characters")
     return token
