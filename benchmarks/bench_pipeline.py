@@ -1,8 +1,11 @@
-"""The whole pipeline on the embedded broker: publish → gateway → archiver → ARCHIVED.
+"""The whole pipeline: publish → gateway → archiver → ARCHIVED, on the embedded broker or on
+a three-broker Apache Kafka cluster (``deploy/kafka/cluster up DIR``, then ``--cluster DIR``).
 
-Run: python -m benchmarks.bench_pipeline [--documents N] [--latency-seconds S]
+Run: python -m benchmarks.bench_pipeline [--documents N] [--latency-seconds S] [--cluster DIR]
 
-The gateway and the archiver run as separate ``docbus serve`` processes, as deployed.
+The gateway and the archiver run as separate ``docbus serve`` processes, as deployed; on the
+cluster each logs in as its own principal (SASL_SSL, the ACLs of deploy/acls.txt) and the
+load client and the bare figures use the admin's mTLS session.
 Documents (4 KiB attachment, signed by a SIGNER and an AGENCY key, Ed25519) are signed
 before the clock starts; the figures are for the bus. Beside them, measured in the same
 run: the bare broker's produce+consume rate for records of the same size, and the
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,6 +43,7 @@ from bus.trust.verifier import Verified, Verifier
 from bus.wire.codec import default_codec
 from bus.wire.model import Role, Status, StatusCode, attachment, event_digest, now_ms
 from producers.document import new_document
+from tests.kafka_cluster import KafkaCluster
 
 SENDER, RECIPIENT = "000.00.00.G22", "000.00.00.H41"
 
@@ -146,11 +150,13 @@ async def latency(
     return sorted((seen[d] - sent_at[d]) * 1000 for d in sent_at)
 
 
-async def bare_round_trip(settings: KafkaSettings, size: int, rate: float, n: int) -> list[float]:
+async def bare_round_trip(
+    settings: KafkaSettings, size: int, rate: float, n: int, replication: int
+) -> list[float]:
     """Milliseconds from produce to consume of single records sent at a steady ``rate``, on
     the bare broker (the floor under each of the pipeline's hops)."""
     topic = "bench.roundtrip"
-    await ensure_topics(settings, [topic], partitions=1)
+    await ensure_topics(settings, [topic], partitions=1, replication=replication)
     consumer = AIOKafkaConsumer(
         topic, **settings.common(), auto_offset_reset="latest", fetch_max_wait_ms=5
     )
@@ -184,9 +190,9 @@ async def bare_round_trip(settings: KafkaSettings, size: int, rate: float, n: in
     return sorted(times)
 
 
-async def bare_broker(settings: KafkaSettings, size: int, n: int) -> float:
+async def bare_broker(settings: KafkaSettings, size: int, n: int, replication: int) -> float:
     topic = "bench.bare"
-    await ensure_topics(settings, [topic], partitions=3)
+    await ensure_topics(settings, [topic], partitions=3, replication=replication)
     value = os.urandom(size)
     producer = settings.producer()
     consumer = AIOKafkaConsumer(
@@ -255,6 +261,64 @@ def fresh_database(server: str | None) -> Iterator[str | None]:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+@dataclasses.dataclass(frozen=True)
+class Bus:
+    """Where the benchmark runs: the load client's settings, each principal's environment."""
+
+    settings: KafkaSettings
+    env: Callable[[str], dict[str, str]]
+    replication: int
+    name: str
+
+
+@contextlib.contextmanager
+def running_bus(cluster: Path | None) -> Iterator[Bus]:
+    if cluster is None:
+        with EmbeddedBroker() as broker:
+            yield Bus(broker.settings(), lambda _: broker.client_env(), 1, "embedded broker")
+        return
+    kafka = KafkaCluster(cluster, "")
+    yield Bus(
+        kafka.settings("admin"),
+        lambda principal: {**os.environ, **kafka.env(principal)},
+        3,
+        "three-broker Kafka cluster, SASL_SSL",
+    )
+
+
+def serve(
+    bus: Bus, principal: str, args: list[str], extra: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bus", "serve", *args],
+        env={**bus.env(principal), **extra},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def start_services(
+    bus: Bus, args: argparse.Namespace, pki: DevPki, keys: dict[str, tuple[Path, Path]],
+    database: str | None, folder: Path,
+) -> dict[str, subprocess.Popen[bytes]]:  # fmt: skip
+    extra = (
+        {} if args.fetch_wait_ms is None else {"DOCBUS_FETCH_MAX_WAIT_MS": str(args.fetch_wait_ms)}
+    )
+    trust = ["--trust", str(pki.trust_dir)]
+    gk, gc = keys["docbus.gateway"]
+    ak, ac = keys["docbus.archiver"]
+    procs = {"gateway": serve(bus, "gateway", ["gateway", *trust, "--key", f"{gk},{gc}"], extra)}
+    for i in range(args.archivers):
+        store = ["--database", database] if database else []
+        procs[f"archiver-{i}"] = serve(
+            bus, "archiver",
+            ["archiver", "--data-dir", str(folder / f"archive-{i}"), *store, *trust,
+             "--key", f"{ak},{ac}"],
+            extra,
+        )  # fmt: skip
+    return procs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--documents", type=int, default=20000)
@@ -270,6 +334,12 @@ def main() -> None:
         "--postgres",
         metavar="URL",
         help="archive in a fresh database on this PostgreSQL server (default: SQLite)",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="DIR",
+        type=Path,
+        help="run on the Kafka cluster `deploy/kafka/cluster up DIR` made (default: embedded)",
     )
     args = parser.parse_args()
     if args.archivers > 1 and not args.postgres:
@@ -291,54 +361,11 @@ def main() -> None:
     docs = make_documents(args.documents + n_latency, keys)
     record_size = len(docs[0][1])
 
-    with EmbeddedBroker() as broker, fresh_database(args.postgres) as database:
-        settings = broker.settings()
-        asyncio.run(ensure_topics(settings, all_topics(settings.topics, load_registry()), 3))
-        env = broker.client_env()
-        if args.fetch_wait_ms is not None:
-            env["DOCBUS_FETCH_MAX_WAIT_MS"] = str(args.fetch_wait_ms)
-        gk, gc = services["docbus.gateway"]
-        ak, ac = services["docbus.archiver"]
-        procs = {
-            "gateway": subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bus",
-                    "serve",
-                    "gateway",
-                    "--trust",
-                    str(pki.trust_dir),
-                    "--key",
-                    f"{gk},{gc}",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            ),
-            **{
-                f"archiver-{i}": subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bus",
-                        "serve",
-                        "archiver",
-                        "--data-dir",
-                        str(tmp / f"archive-{i}"),
-                        *(["--database", database] if database else []),
-                        "--trust",
-                        str(pki.trust_dir),
-                        "--key",
-                        f"{ak},{ac}",
-                    ],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                for i in range(args.archivers)
-            },
-        }
+    with running_bus(args.cluster) as bus, fresh_database(args.postgres) as database:
+        settings = bus.settings
+        topics = all_topics(settings.topics, load_registry())
+        asyncio.run(ensure_topics(settings, topics, 3, bus.replication))
+        procs = start_services(bus, args, pki, services, database, tmp)
         try:
             time.sleep(3)
             warm = docs[:200]
@@ -353,8 +380,10 @@ def main() -> None:
             for p in procs.values():
                 p.terminate()
                 p.wait(timeout=30)
-        bare = asyncio.run(bare_broker(settings, record_size, args.documents))
-        trip = asyncio.run(bare_round_trip(settings, record_size, args.rate, n_latency))
+        bare = asyncio.run(bare_broker(settings, record_size, args.documents, bus.replication))
+        trip = asyncio.run(
+            bare_round_trip(settings, record_size, args.rate, n_latency, bus.replication)
+        )
 
     gateway = SigningKey.load(Role.SERVICE, *services["docbus.gateway"])
     archiver = SigningKey.load(Role.SERVICE, *services["docbus.archiver"])
@@ -366,6 +395,7 @@ def main() -> None:
     p50 = statistics.median(lat)
     p99 = lat[int(len(lat) * 0.99) - 1]
     store = f"PostgreSQL, {args.archivers} archiver(s)" if database else "SQLite, 1 archiver"
+    print(f"broker                              {bus.name}")
     print(f"archive                             {store}")
     print(f"record size                         {record_size} bytes")
     print(

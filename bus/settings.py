@@ -37,7 +37,12 @@ class Settings(BaseSettings):
     """Every setting of every docbus command and service (the README has the table)."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
+        # An empty variable (DOCBUS_SSL_CERTFILE=) is unset, not the current folder.
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
     )
 
     bootstrap: str | None = Field(None, description="Kafka bootstrap `host:port[,host:port…]`")

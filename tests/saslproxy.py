@@ -6,7 +6,6 @@ SaslHandshake and SaslAuthenticate itself as Kafka does (SCRAM-SHA-256/512, serv
 by scramp; a refusal is SASL_AUTHENTICATION_FAILED with Kafka's own message), closes a
 connection that sends anything but ApiVersions before it has logged in (Kafka's
 "unexpected Kafka request during SASL handshake"), then passes every request through.
-Behind a TLS terminator it makes a SASL_SSL listener.
 
 Given ``may_write(principal, topic)``, it also stands in for Kafka's authorizer where a
 write is concerned: a Produce naming a topic the principal may not write is answered
@@ -19,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ssl
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -27,12 +27,32 @@ from aiokafka.protocol import produce
 from scramp import ScramException, ScramMechanism
 from scramp.core import ScramServer
 
-from tests.tlsproxy import connect, pipe
-
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM = 58, 33
 PRODUCE, TOPIC_AUTHORIZATION_FAILED = 0, 29
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+async def connect(
+    upstream: int, client: asyncio.StreamWriter
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A connection to the broker behind, or None (and the client's closed) if it is down."""
+    try:
+        return await asyncio.open_connection("127.0.0.1", upstream)
+    except OSError:
+        client.close()
+        return None
 
 
 async def _frame(reader: asyncio.StreamReader) -> bytes:

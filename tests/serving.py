@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import uvicorn
 
 
@@ -28,3 +29,15 @@ async def serving(app: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+async def ready(port: int, status: int, seconds: float) -> dict[str, object]:
+    """Poll a service's /readyz on ``port`` until it answers ``status``; its body."""
+    async with httpx.AsyncClient() as client, asyncio.timeout(seconds):
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                answer = await client.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                if answer.status_code == status:
+                    body: dict[str, object] = answer.json()
+                    return body
+            await asyncio.sleep(0.5)

@@ -1,34 +1,32 @@
-"""deploy/acls.txt at work: each service logs in as its own principal and the pipeline runs
-to ARCHIVED under exactly those ACLs; a principal that writes where it may not is refused.
+"""A grant taken away while a service runs: the service is not ready while its batch is
+retried, then stops in one line (DESIGN §7, §9).
 
-The embedded broker has no authorizer, so the SASL stand-in of tests/saslproxy.py plays
-Kafka's for writes: a Produce to a topic the principal may not write is answered
-TOPIC_AUTHORIZATION_FAILED (DESIGN §9). The gateway and the archiver are real ``docbus
-serve`` processes, each with its own credentials.
+Every principal of deploy/acls.txt running the pipeline on the real Kafka cluster under its
+own ACLs, and being refused what they deny, is tested in tests/test_on_kafka.py. What needs
+this stand-in (tests/saslproxy.py, playing Kafka's authorizer for writes) is a grant removed
+from one running service: on the shared session cluster that would refuse the module's own
+services too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
-from aiokafka.errors import TopicAuthorizationFailedError
 
 from bus.kafka.broker import EMBEDDED_SESSION_TIMEOUT_MS, EmbeddedBroker, free_port
 from bus.kafka.clients import KafkaSettings
 from bus.registry import Registry
-from bus.store.outbox import State
 from bus.trust.pki import CertRole, KeyAlgorithm
 from producers.document import new_document
 from tests.acls import may_write
 from tests.conftest import MINISTRY, Pki
 from tests.saslproxy import sasl_listener
-from tests.stack import NGHE_AN, read_topic, running_stack
+from tests.serving import ready
+from tests.stack import NGHE_AN, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -75,53 +73,6 @@ def _serve(
     )
 
 
-async def test_every_service_writes_under_its_own_principal_and_no_further(
-    pki: Pki, registry: Registry, tmp_path: Path
-) -> None:
-    port = free_port()
-    bootstrap = f"127.0.0.1:{port}"
-    with EmbeddedBroker(advertised_port=port) as broker:
-        async with sasl_listener(port, broker.port, PASSWORDS, may_write) as logins:
-            agency = _agency(bootstrap)
-            async with running_stack(
-                broker.bootstrap, pki, registry, tmp_path, services=False, settings=agency
-            ) as stack:
-                services = [
-                    _serve(broker, bootstrap, pki, name, tmp_path / name)
-                    for name in ("gateway", "archiver")
-                ]
-                try:
-                    doc = new_document(MINISTRY, [NGHE_AN], "Văn bản theo quyền từng dịch vụ")
-                    await stack.publisher.publish(doc)
-                    async with asyncio.timeout(90):
-                        entry = await stack.publisher.wait(doc.document_id)
-                    assert entry.state is State.ARCHIVED  # every write it took was allowed
-                    assert {"gateway", "archiver", "agency-g22"} <= set(logins)
-
-                    # The agency, with its genuine credentials, copies the delivered record
-                    # straight onto a delivery topic, and writes a checkpoint: refused.
-                    topics = agency.topics
-                    [delivered] = await read_topic(agency, topics.deliver("nghe-an"), 1)
-                    producer = agency.producer()
-                    await producer.start()
-                    try:
-                        for topic in (topics.deliver("ha-noi"), topics.checkpoints):
-                            with pytest.raises(TopicAuthorizationFailedError):
-                                await producer.send_and_wait(
-                                    topic, delivered.value, headers=list(delivered.headers)
-                                )
-                        # Its own topic still takes its writes on the same connection.
-                        await producer.send_and_wait(topics.rejected, b"still allowed")
-                    finally:
-                        await producer.stop()
-                    assert await read_topic(agency, topics.deliver("ha-noi"), 1, 3) == []
-                finally:
-                    for p in services:
-                        p.terminate()
-                    for p in services:
-                        p.wait(30)
-
-
 async def test_a_service_the_broker_will_not_let_write_is_not_ready_then_stops_in_one_line(
     pki: Pki, registry: Registry, tmp_path: Path
 ) -> None:
@@ -142,9 +93,9 @@ async def test_a_service_the_broker_will_not_let_write_is_not_ready_then_stops_i
                 listen = ("--listen", f"127.0.0.1:{ops}")
                 gateway = _serve(broker, bootstrap, pki, "gateway", tmp_path / "g", *listen)
                 try:
-                    await _readyz(ops, 200, 60)
+                    await ready(ops, 200, 60)
                     await stack.publisher.publish(new_document(MINISTRY, [NGHE_AN], "Công văn"))
-                    body = await _readyz(ops, 503, 60)
+                    body = await ready(ops, 503, 60)
                     assert body["publishing (docbus.gateway)"] is False
                     assert body["broker (docbus.gateway)"] is True
                     # No retry grants an ACL: after a bounded number of refusals the gateway
@@ -158,15 +109,3 @@ async def test_a_service_the_broker_will_not_let_write_is_not_ready_then_stops_i
                 assert code == 2
                 said = (tmp_path / "g" / "log").read_text().strip().splitlines()[-1]
                 assert said.startswith("Error: the broker refused: TopicAuthorizationFailed"), said
-
-
-async def _readyz(port: int, status: int, seconds: float) -> dict[str, object]:
-    """Poll /readyz until it answers ``status``; its body."""
-    async with httpx.AsyncClient() as client, asyncio.timeout(seconds):
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                answer = await client.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-                if answer.status_code == status:
-                    body: dict[str, object] = answer.json()
-                    return body
-            await asyncio.sleep(0.5)

@@ -172,6 +172,9 @@ class Publisher:
         )
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Sends in flight, one per record: a broker short of replicas holds a send for up to
+        # its request timeout, and neither a request nor the re-send loop waits for that.
+        self._sending: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
 
     async def start(self, listen: bool = True) -> None:
@@ -220,6 +223,7 @@ class Publisher:
         for task in self._tasks[1:]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._sending.values(), return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
 
@@ -227,8 +231,8 @@ class Publisher:
         """Sign, keep in the outbox, send. Returns the record; sent again until answered.
 
         Raises ``too_large`` (DocbusError) before anything is sent for a document over the
-        bounds. Once this returns the document is durable: a failed send is logged and retried
-        by the re-send loop rather than raised.
+        bounds. Once this returns the document is durable and its send under way (``stop``
+        waits for it): a failed send is logged and retried by the re-send loop, never raised.
         """
         if self.blobs is not None:
             document = await asyncio.to_thread(self.blobs.offload, document, self.blob_threshold)
@@ -246,11 +250,18 @@ class Publisher:
             document.recipients,
             record,
         )
-        await self._send(document.document_id, document.revision, record)
+        self._start_send(document.document_id, document.revision, record)
+
+    def _start_send(self, document_id: str, revision: int, record: bytes) -> None:
+        key = (document_id, revision)
+        if self._producer is None or key in self._sending:
+            return  # no broker yet, or a send already under way: the re-send loop follows up
+        task = asyncio.create_task(self._send(document_id, revision, record))
+        self._sending[key] = task
+        task.add_done_callback(lambda _: self._sending.pop(key, None))
 
     async def _send(self, document_id: str, revision: int, record: bytes) -> None:
-        if self._producer is None:
-            return  # the broker has not answered yet: the re-send loop sends it then
+        assert self._producer is not None
         doc = default_codec().decode_document(default_codec().decode_event(record).payload)
         try:
             await self._producer.send_and_wait(
@@ -260,11 +271,12 @@ class Publisher:
                 headers=cloudevent(doc, doc.sender, now_ms()),
             )
         except Exception as exc:
-            error = classified(exc)
-            if error is None:
-                raise
             # Kept in the outbox whatever the reason: re-sent until it is answered.
-            log.warning("send failed; will re-send", document_id=document_id, error=str(error))
+            log.warning(
+                "send failed; will re-send",
+                document_id=document_id,
+                error=str(classified(exc) or exc),
+            )
             return
         await asyncio.to_thread(self.outbox.mark_sent, document_id, revision)
 
@@ -285,7 +297,7 @@ class Publisher:
         due = await asyncio.to_thread(self.outbox.due, self.resend_after)
         for entry in due:
             log.info("re-sending", document_id=entry.document_id, attempts=entry.attempts)
-            await self._send(entry.document_id, entry.revision, entry.record)
+            self._start_send(entry.document_id, entry.revision, entry.record)
         for entry in await asyncio.to_thread(self.outbox.newly_overdue, self.deadline):
             log.error(
                 "ALARM: no final status within the deadline",
