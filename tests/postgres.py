@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,9 +44,11 @@ class OwnPostgres:
             account = pwd.getpwnam("postgres")
             folder.mkdir(parents=True, exist_ok=True)
             os.chown(folder, account.pw_uid, account.pw_gid)
-            for parent in folder.parents:  # pytest's tmp folders are 0700: let it in
-                if str(parent).startswith("/tmp/pytest-of-"):
-                    os.chmod(parent, 0o755)
+            # pytest's tmp folders are 0700 (under TMPDIR, wherever it is): let it in.
+            base = Path(tempfile.gettempdir())
+            for parent in folder.parents:
+                if parent != base and parent.is_relative_to(base):
+                    os.chmod(parent, parent.stat().st_mode | 0o005)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
 
     @property
