@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
@@ -16,7 +16,7 @@ from bus.kafka.broker import EMBEDDED_SESSION_TIMEOUT_MS
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.publisher import Publisher
 from bus.kafka.runtime import ConsumerRuntime
-from bus.kafka.topics import ensure_topics
+from bus.kafka.topics import all_topics, ensure_topics
 from bus.registry import Registry
 from bus.store.archive import Archive, SqliteArchive
 from bus.store.blobs import BlobStore
@@ -144,20 +144,7 @@ async def running_stack(
     settings: KafkaSettings | None = None,
 ) -> AsyncIterator[Stack]:
     settings = settings or KafkaSettings(bootstrap, session_timeout_ms=EMBEDDED_SESSION_TIMEOUT_MS)
-    topics = settings.topics
-    on = date.today()
-    today = {registry.resolve(a.code, on).jurisdiction.id for a in registry.in_force(on)}
-    await ensure_topics(
-        settings,
-        [
-            topics.submitted,
-            topics.status,
-            topics.rejected,
-            topics.checkpoints,
-            *map(topics.deliver, today),
-        ],
-        partitions=partitions,
-    )
+    await ensure_topics(settings, all_topics(settings.topics, registry), partitions=partitions)
     ministry = [
         pki.key(MINISTRY, Role.SIGNER),
         pki.key(MINISTRY, Role.AGENCY, KeyAlgorithm.ED25519),

@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 
 from bus.kafka.broker import free_port
 from bus.kafka.clients import KafkaSettings
+from bus.kafka.directory import load_directory
 from bus.kafka.errors import Forbidden, classified
 from bus.kafka.publisher import Publisher
 from bus.registry import load_registry
@@ -334,7 +335,9 @@ def test_a_principal_is_refused_what_acls_deny_in_one_line(
     assert refusal in _one_line(done)
 
 
-@pytest.mark.parametrize("topic", ["docbus.deliver.central", "docbus.checkpoints"])
+@pytest.mark.parametrize(
+    "topic", ["docbus.deliver.central", "docbus.checkpoints", "docbus.directory"]
+)
 async def test_an_agency_writing_a_topic_of_the_services_is_refused(
     services: Services, topic: str
 ) -> None:
@@ -348,6 +351,37 @@ async def test_an_agency_writing_a_topic_of_the_services_is_refused(
     finally:
         await producer.stop()
     assert isinstance(classified(refused.value), Forbidden)
+
+
+def test_the_directory_operator_alone_publishes_it_and_every_principal_reads_it(
+    services: Services, pki: Pki
+) -> None:
+    key = _key(pki, "docbus.directory")
+    made = services.folder / "directory.json"
+    signed = services.folder / "directory.signed"
+    trust = ("--trust", str(pki.dev.trust_dir))
+    generate = ("directory", "generate", "--version", "1", "--output", str(made))
+    assert (
+        _docbus(services.cluster, "directory", services.folder, *generate, wait=True).returncode
+        == 0
+    )
+    # Signed as the operator, published as the operator's principal: the only writer.
+    publish = ("directory", "publish", str(made), "--key", key, *trust)
+    done = _docbus(services.cluster, "directory", services.folder, *publish, wait=True)
+    assert done.returncode == 0, (services.folder / "directory.log").read_text()[-2000:]
+    # The same file, signed, published by an agency: its ACL refuses it, in one line.
+    sign = ("directory", "publish", str(made), "--key", key, *trust, "--output", str(signed))
+    assert _docbus(services.cluster, "directory", services.folder, *sign, wait=True).returncode == 0
+    env = {**os.environ, **services.cluster.env("agency-g22")}
+    refused = subprocess.run(
+        [*DOCBUS, "directory", "publish", str(signed), *trust],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "TopicAuthorizationFailed" in _one_line(refused)
+    verifier = Verifier(pki.trust)
+    for principal in ("gateway", "archiver", "inbox-nghe-an", "agency-g22", "agency-g10"):
+        found = asyncio.run(load_directory(services.cluster.settings(principal), verifier))
+        assert found is not None and found.version == 1, principal
 
 
 NO_PASSWORD = {"DOCBUS_SASL_PASSWORD_FILE": "", "DOCBUS_SASL_PASSWORD": "not-it"}

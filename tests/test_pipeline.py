@@ -291,8 +291,8 @@ async def test_operator_commands_on_a_running_bus(
         done = await docbus(
             "topics", "ensure", "--bootstrap", broker.bootstrap, "--partitions", "1"
         )
-        assert done.returncode == 0, done.stdout  # 4 + 35 jurisdictions, as §8 says
-        assert "39 topics, 0 differences" in done.stdout and "created" not in done.stdout
+        assert done.returncode == 0, done.stdout  # 5 + 35 jurisdictions, as §8 and §13 say
+        assert "40 topics, 0 differences" in done.stdout and "created" not in done.stdout
         rows = json.loads(
             (await docbus("archive", "list", "--data-dir", tmp_path, "--json")).stdout
         )

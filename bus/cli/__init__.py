@@ -19,6 +19,7 @@ _OWN = {
     "verify": "bus.cli.verify:verify",
     "open": "bus.cli.verify:open_command",
     "registry": "bus.cli.registry:registry",
+    "directory": "bus.cli.directory:directory",
     "topics": "bus.cli.topics:topics",
     "demo": "bus.cli.demo:demo",
     "dev": "bus.cli.demo:dev",

@@ -43,6 +43,10 @@ class Topics:
     def checkpoints(self) -> str:
         return f"{self.prefix}.checkpoints"
 
+    @property
+    def directory(self) -> str:
+        return f"{self.prefix}.directory"
+
     def deliver(self, jurisdiction: str) -> str:
         return f"{self.prefix}.deliver.{jurisdiction}"
 
@@ -57,7 +61,7 @@ def all_topics(topics: Topics, registry: Registry, on: date | None = None) -> li
     jurisdictions = sorted(
         {registry.resolve(a.code, day).jurisdiction.id for a in registry.in_force(day)}
     )
-    fixed = [topics.submitted, topics.status, topics.rejected, topics.checkpoints]
+    fixed = [topics.submitted, topics.status, topics.rejected, topics.checkpoints, topics.directory]
     return [*fixed, *map(topics.deliver, jurisdictions)]
 
 
@@ -68,6 +72,8 @@ def topic_configs(name: str, replication: int = 1) -> dict[str, str]:
     configs = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
     if not name.endswith(".submitted"):
         configs["retention.ms"] = "-1"
+    if name.endswith(".directory"):  # each version kept under its own key (DESIGN §13)
+        configs["cleanup.policy"] = "compact"
     if replication >= 3:
         configs["min.insync.replicas"] = "2"
     return configs

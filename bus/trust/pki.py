@@ -146,6 +146,8 @@ DEFAULT_POLICY = """# Who may do what on this bus (DESIGN §4). Roles come from 
 gateway = ["docbus.gateway"]
 archiver = ["docbus.archiver"]
 witness = ["docbus.witness"]
+# The operator of the national directory (DESIGN §13): it alone signs directories.
+directory = ["docbus.directory"]
 
 [bridges]
 "bridge.vpcp" = ["000.00.00.G22"]

@@ -46,6 +46,7 @@ class Service(StrEnum):
     GATEWAY = "gateway"
     ARCHIVER = "archiver"
     WITNESS = "witness"
+    DIRECTORY = "directory"
 
 
 @dataclass(frozen=True)

@@ -272,6 +272,23 @@ class Verifier:
         and not revoked at ``at`` (now by default). Raises DocbusError."""
         return self._pinned_key(chain, at, Service.WITNESS, ALG_COSIGNATURE_V1)
 
+    def verify_pinned(self, event: SignedEvent, at: datetime, service: Service) -> SignerInfo:
+        """An event of another kind than documents and statuses (a directory), signed once,
+        by a certificate pinned as ``service`` in policy.toml. Raises DocbusError."""
+        self.refresh()
+        signers = self._check_signatures(event, at)
+        if len(signers) != 1:
+            raise DocbusError(Reason.POLICY, f"signed {len(signers)} times, once expected")
+        [signer] = signers
+        if signer.role is not Role.SERVICE or not self.trust.policy.is_service(
+            service, signer.agency
+        ):
+            raise DocbusError(
+                Reason.POLICY,
+                f"{signer.subject} is no pinned {service.value} (policy.toml [services])",
+            )
+        return signer
+
     def _pinned_key(
         self, chain: Sequence[bytes], at: datetime | None, service: Service, alg: int
     ) -> NoteVerifier:

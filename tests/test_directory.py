@@ -1,0 +1,224 @@
+"""The national directory (DESIGN §13): its canonical form, its one signature by the pinned
+operator, versions that only go forward, and its topic on the embedded broker, attacked by a
+genuine certificate that is not the operator's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bus.directory.generate import make_directory, national
+from bus.directory.model import Directory, DirectoryError, diff, parse_directory
+from bus.directory.signed import forward, open_directory, sign_directory
+from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.directory import directory_records, load_directory, newest
+from bus.kafka.records import document_record
+from bus.kafka.topics import ensure_topics
+from bus.trust.pki import CertRole, KeyAlgorithm
+from bus.trust.signing import SigningKey, sign_event
+from bus.trust.verifier import Verifier
+from bus.wire.codec import default_codec
+from bus.wire.model import Role
+from producers.document import new_document
+from tests.conftest import MINISTRY, PROVINCE, Pki
+
+SEED = json.loads(
+    (Path(__file__).resolve().parents[1] / "bus" / "data" / "registry.json").read_text("utf-8")
+)
+ISSUED = datetime(2026, 12, 3, 7, 0, tzinfo=UTC)
+
+
+def _directory(version: int, registry: dict[str, object] | None = None) -> Directory:
+    return make_directory(
+        registry or SEED, {PROVINCE: "-----BEGIN CERTIFICATE-----"}, version, ISSUED
+    )
+
+
+def _operator(pki: Pki) -> SigningKey:
+    return pki.key("docbus.directory", Role.SERVICE)
+
+
+texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+
+
+@given(
+    name=texts,
+    version=st.integers(min_value=1, max_value=10**12 - 1),
+    encryption=st.dictionaries(texts, texts, max_size=4),
+)
+def test_a_directory_reads_back_as_written_and_only_in_canonical_form(
+    name: str, version: int, encryption: dict[str, str]
+) -> None:
+    made = make_directory(SEED, encryption, version, ISSUED, name)
+    data = made.to_json()
+    assert parse_directory(data) == made
+    spaced = json.dumps(json.loads(data), ensure_ascii=False, indent=1).encode()
+    with pytest.raises(DirectoryError, match="canonical"):
+        parse_directory(spaced)
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda d: d.update(version=0), "version"),
+        (lambda d: d.update(version=True), "version"),
+        (lambda d: d.update(format=2), "format"),
+        (lambda d: d.pop("registry"), "registry"),
+        (lambda d: d.update(issued="2026-12-03T07:00:00"), "time zone"),
+        (lambda d: d["registry"]["agencies"][0].update(unit="nowhere"), "unknown unit"),
+    ],
+)
+def test_a_malformed_directory_is_refused_saying_why(change: object, said: str) -> None:
+    data = json.loads(_directory(1).to_json())
+    change(data)  # type: ignore[operator]
+    encoded = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    with pytest.raises(DirectoryError, match=said):
+        parse_directory(encoded.encode())
+
+
+def test_the_operators_signature_opens_and_any_other_is_refused(pki: Pki) -> None:
+    verifier = Verifier(pki.trust)
+    made = _directory(3)
+    assert open_directory(sign_directory(made, _operator(pki)), verifier) == made
+    # A genuine certificate that is not the pinned operator's: a gateway, an agency.
+    for key in (pki.key("docbus.gateway", Role.SERVICE), pki.key(MINISTRY, Role.AGENCY)):
+        with pytest.raises(DirectoryError, match=r"no pinned directory|role"):
+            open_directory(sign_directory(made, key), verifier)
+    codec = default_codec()
+    unsigned = codec.encode_event(
+        sign_event("application/vnd.docbus.directory+json", made.to_json(), [])
+    )
+    with pytest.raises(DirectoryError, match="no signature"):
+        open_directory(unsigned, verifier)
+    # The operator's signature over other bytes: one agency's certificate swapped.
+    event = codec.decode_event(sign_directory(made, _operator(pki)))
+    forged = event.payload.replace(b"-----BEGIN CERTIFICATE-----", b"-----BEGIN CERTIFICATE----!")
+    with pytest.raises(DirectoryError, match="does not verify"):
+        open_directory(
+            codec.encode_event(event.__class__(event.payload_type, forged, event.signatures)),
+            verifier,
+        )
+    # A document is not a directory, however well signed.
+    record = document_record(
+        new_document(MINISTRY, [PROVINCE], "x"), [pki.key(MINISTRY, Role.SIGNER)]
+    )
+    with pytest.raises(DirectoryError, match="not a directory"):
+        open_directory(record, verifier)
+
+
+def test_versions_only_go_forward() -> None:
+    forward(None, _directory(1))
+    forward(_directory(1), _directory(2))
+    for older in (1, 2):
+        with pytest.raises(DirectoryError, match="not newer"):
+            forward(_directory(2), _directory(older))
+    other = make_directory(SEED, {}, 5, ISSUED, "elsewhere")
+    with pytest.raises(DirectoryError, match="is not 'vn'"):
+        forward(_directory(2), other)
+
+
+def test_a_merger_reads_as_an_operator_expects() -> None:
+    merged = json.loads(json.dumps(SEED))
+    [unit] = [u for u in merged["units"] if u["id"] == "nghe-an"]
+    unit.update(valid_to="2026-12-31", successor="ha-tinh")
+    lines = diff(_directory(1), _directory(2, merged))
+    assert lines == [
+        "version 1 → 2",
+        "~ unit nghe-an: successor None → 'ha-tinh'",
+        "~ unit nghe-an: valid_to None → '2026-12-31'",
+    ]
+    assert (
+        _directory(2, merged).parsed.resolve(PROVINCE, date(2027, 1, 1)).jurisdiction.id
+        == "ha-tinh"
+    )
+
+
+def test_at_national_size_every_generated_agency_resolves_to_a_province() -> None:
+    grown = _directory(1, national(SEED, communes=3300, agencies=20000))
+    registry = grown.parsed
+    assert len(registry.agencies) == 20000
+    assert sum(u.level.value == "COMMUNE" for u in registry.units.values()) >= 3300
+    provinces = {u.id for u in registry.units.values() if u.level.value == "PROVINCE"}
+    for agency in list(registry.agencies.values())[-50:]:
+        assert registry.resolve(agency.code, date(2026, 12, 3)).jurisdiction.id in provinces
+
+
+async def test_on_the_topic_the_newest_genuine_version_wins_and_forgeries_change_nothing(
+    pki: Pki, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = broker.settings()
+    await ensure_topics(settings, [settings.topics.directory], partitions=1)
+    verifier = Verifier(pki.trust)
+    assert await load_directory(settings, verifier) is None  # nothing yet
+    # Offline: no valid directory on the topic, the signed file.
+    offline = tmp_path / "directory.signed"
+    offline.write_bytes(sign_directory(_directory(1), _operator(pki)))
+    assert (await load_directory(settings, verifier, offline)).version == 1  # type: ignore[union-attr]
+
+    operator, gateway = _operator(pki), pki.key("docbus.gateway", Role.SERVICE)
+    producer = settings.producer()
+    await producer.start()
+    try:
+        for made, key in (
+            (_directory(1), operator),
+            (_directory(2), operator),
+            (_directory(9), gateway),
+        ):
+            await producer.send_and_wait(
+                settings.topics.directory, sign_directory(made, key), key=made.key
+            )
+        # A genuine older version written again after the newer one.
+        await producer.send_and_wait(
+            settings.topics.directory, sign_directory(_directory(1), operator)
+        )
+    finally:
+        await producer.stop()
+    found = await load_directory(settings, verifier, offline)
+    assert found is not None and found.version == 2  # not the forged 9, not the replayed 1
+    # A reader with version 2 in force finds nothing newer: the forgery changes nothing.
+    assert newest(await directory_records(settings), verifier, found) is None
+
+
+def test_the_operator_publishes_and_everyone_reads_with_the_command(
+    pki: Pki, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    key, cert = pki.dev.issue(
+        "docbus.directory", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True
+    )
+    trust = ["--trust", str(pki.dev.trust_dir)]
+    env = broker.client_env()
+
+    def docbus(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bus", "directory", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    asyncio.run(
+        ensure_topics(broker.settings(), [broker.settings().topics.directory], partitions=1)
+    )
+    for version in (1, 2):
+        made = docbus(
+            "generate", "--version", str(version), "--output", str(tmp_path / f"{version}.json")
+        )
+        assert made.returncode == 0, made.stderr
+    assert (
+        docbus("publish", str(tmp_path / "2.json"), "--key", f"{key},{cert}", *trust).returncode
+        == 0
+    )
+    again = docbus("publish", str(tmp_path / "1.json"), "--key", f"{key},{cert}", *trust)
+    assert again.returncode == 1 and "not newer" in again.stderr, again.stderr
+    assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    shown = docbus("show", *trust)
+    assert shown.returncode == 0 and "directory vn version 2" in shown.stdout, shown.stderr
