@@ -75,6 +75,9 @@ class Settings(BaseSettings):
         "100 elsewhere)",
     )
     registry: Path | None = Field(None, description="an operator's registry file")
+    directory_file: Path | None = Field(
+        None, description="the signed directory file, used when docbus.directory has none"
+    )
     outbox: Path = Field(DEFAULT_OUTBOX, description="the publisher's outbox file")
     database: SecretStr | None = Field(
         None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from bus.cli.options import (
     settings,
     trust_option,
 )
-from bus.kafka.clients import PIPELINE_FETCH_WAIT_MS
+from bus.directory.model import Directory
+from bus.kafka.clients import PIPELINE_FETCH_WAIT_MS, KafkaSettings
+from bus.kafka.directory import DirectoryFollower, following
 from bus.kafka.metrics import CHECKPOINT_AGE
 from bus.kafka.runtime import ConsumerRuntime, serve_with_ops
 from bus.logs import name_service
@@ -73,7 +76,8 @@ def serve_gateway(
     runtime = ConsumerRuntime(
         settings, gateway, "docbus.gateway", topics=[settings.topics.submitted], keep=blob_store()
     )
-    asyncio.run(serve_with_ops([runtime], listen))
+    follower = _follower(settings, verifier, lambda found: gateway.use(found.parsed))
+    asyncio.run(following(follower, serve_with_ops([runtime], listen)))
 
 
 @serve.command("archiver")
@@ -110,10 +114,22 @@ def serve_archiver(
         keep=blob_store(),
     )
     CHECKPOINT_AGE.set_function(lambda: _checkpoint_age(archive))
+    follower = _follower(
+        settings, verifier, lambda found: setattr(verifier, "registry", found.parsed)
+    )
+    checks = [("archive", lambda: _answers(archive))]
     try:
-        asyncio.run(serve_with_ops([runtime], listen, [("archive", lambda: _answers(archive))]))
+        asyncio.run(following(follower, serve_with_ops([runtime], listen, checks)))
     finally:
         archive.close()
+
+
+def _follower(
+    client: KafkaSettings, verifier: Verifier, apply: Callable[[Directory], None]
+) -> DirectoryFollower:
+    """The service follows the national directory (DESIGN §13); without one on the topic it
+    uses DOCBUS_DIRECTORY_FILE, else the registry it was given."""
+    return DirectoryFollower(client, verifier, apply, settings().directory_file)
 
 
 def _checkpoint_age(archive: Archive) -> float:

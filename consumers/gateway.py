@@ -47,6 +47,11 @@ class Gateway:
         self.topics = topics
         self._large = verifier.codec.with_limit(CLAIMED_BYTES)
 
+    def use(self, registry: Registry) -> None:
+        """Route by ``registry`` from the next record on (a newer directory, DESIGN §13)."""
+        self.registry = registry
+        self.verifier.use_registry(registry)
+
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
         # Verification and signing are CPU work: off the event loop, one batch at a time.
         return await asyncio.to_thread(self._process, records)

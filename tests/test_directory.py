@@ -8,7 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,11 @@ from bus.directory.generate import make_directory, national
 from bus.directory.model import Directory, DirectoryError, diff, parse_directory
 from bus.directory.signed import forward, open_directory, sign_directory
 from bus.kafka.broker import EmbeddedBroker
+from bus.kafka.clients import KafkaSettings
 from bus.kafka.directory import directory_records, load_directory, newest
 from bus.kafka.records import document_record
 from bus.kafka.topics import ensure_topics
+from bus.registry import Registry, vietnam_date
 from bus.trust.pki import CertRole, KeyAlgorithm
 from bus.trust.signing import SigningKey, sign_event
 from bus.trust.verifier import Verifier
@@ -29,6 +31,7 @@ from bus.wire.codec import default_codec
 from bus.wire.model import Role
 from producers.document import new_document
 from tests.conftest import MINISTRY, PROVINCE, Pki
+from tests.stack import read_topic, running_stack
 
 SEED = json.loads(
     (Path(__file__).resolve().parents[1] / "bus" / "data" / "registry.json").read_text("utf-8")
@@ -222,3 +225,90 @@ def test_the_operator_publishes_and_everyone_reads_with_the_command(
     assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1
     shown = docbus("show", *trust)
     assert shown.returncode == 0 and "directory vn version 2" in shown.stdout, shown.stderr
+
+
+def _merged(on: date) -> dict[str, object]:
+    """The seed with Nghệ An merged into Hà Tĩnh from ``on`` (Vietnam's date)."""
+    merged = json.loads(json.dumps(SEED))
+    [unit] = [u for u in merged["units"] if u["id"] == "nghe-an"]
+    unit.update(valid_to=(on - timedelta(days=1)).isoformat(), successor="ha-tinh")
+    return merged
+
+
+async def test_a_running_gateway_routes_by_a_newer_directory_without_a_restart(
+    pki: Pki, registry: Registry, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    operator = _operator(pki)
+    settings = broker.settings()
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path, services=False) as stack:
+        producer = settings.producer()
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                settings.topics.directory, sign_directory(_directory(1), operator)
+            )
+            log = tmp_path / "gateway.log"
+            gateway = _gateway(pki, broker, log)
+            try:
+                before = new_document(MINISTRY, [PROVINCE], "Trước khi sáp nhập")
+                await stack.publisher.publish(before)
+                assert await _delivered(settings, "nghe-an", before.document_id)
+                # The merger takes effect today, Vietnam's date: published while it runs.
+                today = vietnam_date(datetime.now(UTC))
+                merged = _directory(2, _merged(today))
+                await producer.send_and_wait(
+                    settings.topics.directory, sign_directory(merged, operator), key=merged.key
+                )
+                await _logged(log, '"version": 2', 40)
+                after = new_document(MINISTRY, [PROVINCE], "Sau khi sáp nhập")
+                await stack.publisher.publish(after)
+                assert await _delivered(settings, "ha-tinh", after.document_id)
+                # A newer version signed by a genuine agency key: refused, logged, no change.
+                forged = json.loads(json.dumps(_merged(today)))
+                [unit] = [u for u in forged["units"] if u["id"] == "nghe-an"]
+                unit["successor"] = "thanh-hoa"
+                record = sign_directory(_directory(3, forged), pki.key(MINISTRY, Role.AGENCY))
+                await producer.send_and_wait(settings.topics.directory, record)
+                await _logged(log, "directory refused", 40)
+                last = new_document(MINISTRY, [PROVINCE], "Sau bản giả mạo")
+                await stack.publisher.publish(last)
+                assert await _delivered(settings, "ha-tinh", last.document_id)
+                assert gateway.poll() is None  # the same process: no restart
+            finally:
+                gateway.terminate()
+                gateway.wait(30)
+        finally:
+            await producer.stop()
+
+
+async def _delivered(settings: KafkaSettings, jurisdiction: str, document_id: str) -> bool:
+    """Whether the document reaches the jurisdiction's delivery topic within 30 s."""
+    topic = settings.topics.deliver(jurisdiction)
+    for _ in range(10):
+        records = await read_topic(settings, topic, 1000, 3)
+        if any(document_id.encode() in (r.value or b"") for r in records):
+            return True
+    return False
+
+
+def _gateway(pki: Pki, broker: EmbeddedBroker, log: Path) -> subprocess.Popen[bytes]:
+    key, cert = pki.dev.issue(
+        "docbus.gateway", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True
+    )
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "bus", "serve", "gateway"),
+            *("--trust", str(pki.dev.trust_dir), "--key", f"{key},{cert}"),
+        ],
+        env=broker.client_env(),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def _logged(log: Path, text: str, seconds: float) -> None:
+    for _ in range(int(seconds / 0.5)):
+        if text in await asyncio.to_thread(log.read_text):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{text} not logged within {seconds}s")

@@ -5,10 +5,12 @@ the one in force); one that is not is logged with its reason and changes nothing
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from bus.directory.model import Directory, DirectoryError
 from bus.directory.signed import forward, open_directory
@@ -28,24 +30,39 @@ async def publish_directory(settings: KafkaSettings, record: bytes, directory: D
         await producer.stop()
 
 
-async def directory_records(settings: KafkaSettings) -> list[bytes]:
-    """Every record on the directory topic, from its start to its end as of now."""
+async def _assigned(settings: KafkaSettings) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A consumer of the whole directory topic from its start (no group: each reader reads
+    everything), and its partitions (none when the topic does not exist)."""
     consumer = AIOKafkaConsumer(**settings.common(), enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         topic = settings.topics.directory
         await consumer.topics()  # metadata, so that its partitions are known
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not parts:
-            return []
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        records: list[bytes] = []
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(*parts, timeout_ms=500)
-            records += [r.value for rs in batch.values() for r in rs if r.value is not None]
-        return records
+        if parts:
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+    except BaseException:
+        await consumer.stop()  # never left unclosed
+        raise
+    return consumer, parts
+
+
+async def _to_end(consumer: AIOKafkaConsumer, parts: list[TopicPartition]) -> list[bytes]:
+    """The records from the consumer's position to each partition's end as of now."""
+    ends = await consumer.end_offsets(parts) if parts else {}
+    records: list[bytes] = []
+    while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+        batch = await consumer.getmany(*parts, timeout_ms=500)
+        records += [r.value for rs in batch.values() for r in rs if r.value is not None]
+    return records
+
+
+async def directory_records(settings: KafkaSettings) -> list[bytes]:
+    """Every record on the directory topic, from its start to its end as of now."""
+    consumer, parts = await _assigned(settings)
+    try:
+        return await _to_end(consumer, parts)
     finally:
         await consumer.stop()
 
@@ -88,3 +105,90 @@ async def load_directory(
         record = await asyncio.to_thread(fallback.read_bytes)
         found = open_directory(record, verifier)
     return found
+
+
+class DirectoryFollower:
+    """Keeps a service on the newest directory (DESIGN §13): loads it at start, then reads
+    what the topic gains and applies each newer genuine version within ``period``, without
+    a restart. ``apply`` takes each version applied (its registry, its certificates)."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        verifier: Verifier,
+        apply: Callable[[Directory], None],
+        fallback: Path | None = None,
+        period: float = 15.0,
+    ) -> None:
+        self.settings = settings
+        self.verifier = verifier
+        self.apply = apply
+        self.fallback = fallback
+        self.period = period
+        self.current: Directory | None = None
+        self._reader: tuple[AIOKafkaConsumer, list[TopicPartition]] | None = None
+
+    async def start(self) -> None:
+        """The newest directory on the topic (its history: older versions are no
+        refusals), else the signed file, applied before the service handles its first
+        record; with neither, the service keeps the registry it has."""
+        found = None
+        try:
+            self._reader = await _assigned(self.settings)
+            found = newest(await _to_end(*self._reader), self.verifier)
+        except (KafkaError, OSError) as exc:
+            log.warning("directory topic not read: following it once it answers", error=str(exc))
+            await self._close()
+        if found is None and self.fallback is not None:
+            found = open_directory(await asyncio.to_thread(self.fallback.read_bytes), self.verifier)
+        if found is not None:
+            self._use(found)
+
+    def _use(self, found: Directory) -> None:
+        self.apply(found)
+        self.current = found
+        log.info("directory applied", name=found.name, version=found.version)
+
+    async def run(self) -> None:
+        """Follow the topic until cancelled: each version it gains is checked against the
+        one in force (an older or forged one is logged and changes nothing)."""
+        try:
+            while True:
+                try:
+                    await self._follow()
+                except (KafkaError, OSError) as exc:
+                    log.warning("directory topic unavailable; retrying", error=str(exc))
+                    await self._close()
+                    await asyncio.sleep(self.period)
+        finally:
+            await self._close()
+
+    async def _follow(self) -> None:
+        if self._reader is None:  # from the start again: what is in force is skipped
+            self._reader = await _assigned(self.settings)
+        consumer, parts = self._reader
+        if not parts:
+            await asyncio.sleep(self.period)
+            await self._close()  # the topic may exist by now
+            return
+        batch = await consumer.getmany(*parts, timeout_ms=int(self.period * 1000))
+        records = [r.value for rs in batch.values() for r in rs if r.value is not None]
+        found = newest(records, self.verifier, self.current) if records else None
+        if found is not None:
+            self._use(found)
+
+    async def _close(self) -> None:
+        if self._reader is not None:
+            await self._reader[0].stop()
+            self._reader = None
+
+
+async def following(follower: DirectoryFollower, service: Awaitable[None]) -> None:
+    """Run ``service`` on the newest directory, following the topic while it runs."""
+    await follower.start()
+    task = asyncio.create_task(follower.run())
+    try:
+        await service
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -132,6 +132,10 @@ class Verifier:
         self._witnesses = tuple(NoteVerifier.parse(key) for key in trust.policy.witnesses.values())
         self._checked = time.monotonic()
 
+    def use_registry(self, registry: Registry) -> None:
+        """Check recipients against ``registry`` from the next record on (DESIGN §13)."""
+        self.registry = registry
+
     def refresh(self) -> bool:
         """Read the trust folder again if it changed (at most every ``reload_every``);
         whether it did. A folder that fails to load keeps the current trust, logged."""
