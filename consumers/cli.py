@@ -176,7 +176,10 @@ def _read_only_archive(data_dir: Path | None, url: str | None) -> Archive:
     help="The API's bearer token (default: one made in DATA_DIR/token on first start).",
 )
 @path_option(
-    "--address-book", folder=True, exists=True, help="Recipients' encryption certificates."
+    "--address-book",
+    folder=True,
+    exists=True,
+    help="Recipients' encryption certificates, for offline use (default: the directory's).",
 )
 @bootstrap_option
 @registry_option
@@ -206,6 +209,7 @@ def serve_agency(
         address_book,
         settings().trust_reload_seconds,
         settings().blob_threshold,
+        settings().directory_file,
     )
     token = api_token(token_file, data_dir)
     server = uvicorn.Server(

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,14 @@ import httpx
 import pytest
 import uvicorn
 
+from bus.directory.generate import make_directory
+from bus.directory.signed import sign_directory
 from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.records import document_record, send_once, status_record
 from bus.kafka.runtime import Output
 from bus.registry import Registry
+from bus.trust.pki import KemAlgorithm
+from bus.trust.sealing import EncryptionKey
 from bus.wire.model import Action, Role, Status, StatusCode, event_digest, now_ms
 from bus.wire.names import path_segment
 from consumers.agency.app import EVENT_TYPE, create_app
@@ -56,8 +61,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _node(stack: Stack, agency: str, folder: Path) -> AgencyNode:
-    keys = NodeKeys(stack.pki.key(agency, Role.SIGNER), stack.pki.key(agency, Role.AGENCY), None)
+def _node(
+    stack: Stack, agency: str, folder: Path, encryption: EncryptionKey | None = None
+) -> AgencyNode:
+    signer, agency_key = stack.pki.key(agency, Role.SIGNER), stack.pki.key(agency, Role.AGENCY)
+    keys = NodeKeys(signer, agency_key, encryption)
     return AgencyNode(
         agency,
         keys,
@@ -438,6 +446,62 @@ async def test_files_sent_as_multipart_arrive_whole_small_inline_large_by_hash(
         "/v1/documents", files=[("file", ("a.txt", b"x", "text/plain"))]
     )
     assert missing.status_code == 400 and missing.json()["reason"] == "malformed"
+
+
+async def test_a_secret_document_is_sealed_to_the_certificate_the_directory_names(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    # No address book anywhere: the ministry's node seals with what the directory names.
+    key_file, cert_file = pki.dev.issue_encryption(NGHE_AN, KemAlgorithm.X25519)
+    operator = pki.key("docbus.directory", Role.SERVICE)
+    directory = make_directory(
+        json.loads((files("bus") / "data" / "registry.json").read_text("utf-8")),
+        {NGHE_AN: cert_file.read_text("ascii")},
+        1,
+        datetime.now(UTC),
+    )
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
+        await stack.stop_service(f"inbox-{NGHE_AN}")
+        record = sign_directory(directory, operator)
+        await send_once(stack.settings, Output(stack.settings.topics.directory, None, record))
+        opener = EncryptionKey.from_pem(key_file.read_bytes())
+        recipient = _node(stack, NGHE_AN, tmp_path / "nghe-an", opener)
+        async with (
+            _serve(_node(stack, MINISTRY, tmp_path / "ministry")) as ministry,
+            _serve(recipient) as nghe_an,
+        ):
+            await _until(_directory_in_force(ministry.node))
+            body = "Chỉ người nhận được đọc".encode()
+            posted = await ministry.client.post(
+                "/v1/documents",
+                json={
+                    "recipients": [NGHE_AN],
+                    "subject": "Phương án tuyệt mật",
+                    "confidentiality": "SECRET",
+                    "attachments": [
+                        {"name": "mat.txt", "content_base64": base64.b64encode(body).decode()}
+                    ],
+                },
+            )
+            assert posted.status_code == 202, posted.text
+            document_id = posted.json()["document_id"]
+            kept = ministry.node.outbox.get(document_id, 0)
+            assert kept is not None and body not in kept.record  # sealed before it left
+
+            async def opened() -> bytes | None:
+                got = await nghe_an.client.get(
+                    f"/v1/inbox/{MINISTRY}/{document_id}/0/attachments/0"
+                )
+                return got.content if got.status_code == 200 else None
+
+            assert await _until(opened) == body
+
+
+def _directory_in_force(node: AgencyNode) -> Callable[[], Any]:
+    async def check() -> bool:
+        return node.directory is not None
+
+    return check
 
 
 async def test_a_revised_then_revoked_document_shows_its_state_in_the_recipients_node(

@@ -20,7 +20,9 @@ from typing import Any
 
 import structlog
 
+from bus.directory.model import Directory
 from bus.kafka.clients import KafkaSettings
+from bus.kafka.directory import DirectoryFollower
 from bus.kafka.metrics import broker_fresh
 from bus.kafka.publisher import Publisher
 from bus.kafka.records import send_once, status_output
@@ -93,6 +95,7 @@ class AgencyNode:
         address_book: Path | None = None,
         reload_seconds: float = 10,
         blob_threshold: int = BLOB_THRESHOLD,
+        directory_file: Path | None = None,
     ) -> None:
         if keys.agency.agency != agency:
             raise Misconfigured(f"the AGENCY key is for {keys.agency.agency}, not {agency}")
@@ -138,6 +141,9 @@ class AgencyNode:
             settings, self.inbox, f"docbus.inbox.{agency}", topics=[self.inbox.topic], keep=blobs
         )
         self.events = Verifier(TrustStore.load(trust), Policy(), registry, reload_every=every)
+        #: The national directory in force (DESIGN §13): recipients' encryption certificates.
+        self.directory: Directory | None = None
+        self.follower = DirectoryFollower(settings, self.events, self.use, directory_file)
         self._tasks: list[asyncio.Task[None]] = []
         #: Why a part of the node stopped for good (then ``failed`` is set).
         self.failure: BaseException | None = None
@@ -159,9 +165,20 @@ class AgencyNode:
         self._tasks = [
             asyncio.create_task(self.inbox_runtime.run()),
             asyncio.create_task(self.publisher.start()),
+            asyncio.create_task(self._follow()),
         ]
         for task in self._tasks:
             task.add_done_callback(self._ended)
+
+    async def _follow(self) -> None:
+        await self.follower.start()
+        await self.follower.run()
+
+    def use(self, directory: Directory) -> None:
+        """Resolve and seal by ``directory`` from the next document on."""
+        self.directory = directory
+        self.registry = directory.parsed
+        self.events.use_registry(directory.parsed)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         """A part that stops with an error (a login the broker refuses, an ACL it lacks)
@@ -172,6 +189,8 @@ class AgencyNode:
 
     async def stop(self) -> None:
         self.inbox_runtime.request_stop()
+        for task in self._tasks[2:]:
+            task.cancel()  # the directory follower runs until cancelled
         await self.publisher.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.outbox.close()
@@ -189,9 +208,12 @@ class AgencyNode:
                 raise DocbusError(Reason.UNKNOWN_RECIPIENT, str(exc)) from None
         if doc.confidentiality in (Confidentiality.NONE, Confidentiality.UNKNOWN):
             return doc
-        if self.address_book is None:
-            raise DocbusError(Reason.POLICY, "this node has no address book to seal with")
-        book = AddressBook(self.address_book, TrustStore.load(self.trust))
+        certificates = self.directory.encryption if self.directory else None
+        if self.address_book is None and not certificates:
+            raise DocbusError(
+                Reason.POLICY, "this node has no directory (or address book) to seal with yet"
+            )
+        book = AddressBook(self.address_book, TrustStore.load(self.trust), certificates)
         recipients = [book.recipient(p, now_ms()) for p in parties(doc)]
         return seal(doc, recipients, SealSuite.X25519_SHA256_AES256GCM)
 
