@@ -4,8 +4,10 @@ service did, its lag is measured, and /readyz follows the broker going away and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -219,3 +221,61 @@ def test_docbus_dev_says_which_child_died_and_why(tmp_path: Path) -> None:
     assert dev.returncode == 1, "".join(lines) + rest
     assert "the broker died: killed by SIGKILL" in rest
     assert "Traceback" not in rest
+
+
+def test_with_docbus_dev_a_secret_document_goes_by_curl_alone_and_its_recipient_opens_it(
+    tmp_path: Path,
+) -> None:
+    # The README's integrator flow: JSON over HTTP, no keys or address book on the sender's
+    # side; the node seals to the certificate the national directory names.
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "bus", "dev", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert dev.stdout is not None
+        urls = {}
+        for line in dev.stdout:
+            if found := re.search(r"(\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2})\s.*?(http://\S+)", line):
+                urls[found[1]] = found[2]
+            if "Ctrl-C stops everything" in line:
+                break
+        body = "Chỉ Nghệ An đọc được".encode()
+
+        def node(agency: str) -> httpx.Client:
+            token = (tmp_path / "nodes" / agency / "token").read_text().strip()
+            return httpx.Client(
+                base_url=urls[agency], headers={"Authorization": f"Bearer {token}"}, timeout=30
+            )
+
+        with node("000.00.00.G22") as ministry, node("000.00.00.H41") as nghe_an:
+            posted = _posted_when_sealable(ministry, body)
+            document_id = posted.json()["document_id"]
+            path = f"/v1/inbox/000.00.00.G22/{document_id}/0/attachments/0"
+            for _ in range(120):
+                opened = nghe_an.get(path)
+                if opened.status_code == 200:
+                    break
+                time.sleep(0.5)
+            assert opened.status_code == 200 and opened.content == body, opened.text
+    finally:
+        dev.terminate()
+        dev.wait(60)
+
+
+def _posted_when_sealable(ministry: httpx.Client, body: bytes) -> httpx.Response:
+    """POST a SECRET document; a node that has not read the directory yet answers 422."""
+    draft = {
+        "recipients": ["000.00.00.H41"],
+        "subject": "Phương án tuyệt mật",
+        "confidentiality": "SECRET",
+        "attachments": [{"name": "mat.txt", "content_base64": base64.b64encode(body).decode()}],
+    }
+    for _ in range(60):
+        posted = ministry.post("/v1/documents", json=draft)
+        if posted.status_code == 202:
+            return posted
+        time.sleep(0.5)
+    raise AssertionError(posted.text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import subprocess
@@ -12,13 +13,19 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.resources import files
 from pathlib import Path
 
+from bus.directory.generate import make_directory
+from bus.directory.signed import sign_directory
 from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.topics import all_topics, ensure_topics
 from bus.registry import load_registry
 from bus.trust.pki import CertRole, DevPki, KemAlgorithm, KeyAlgorithm
+from bus.trust.signing import SigningKey
+from bus.wire.model import Role
 
 MINISTRY = "000.00.00.G22"  # Văn phòng Chính phủ
 NGHE_AN = "000.00.00.H41"  # UBND tỉnh Nghệ An
@@ -30,6 +37,7 @@ INBOXES = (NGHE_AN, BAC_NINH, SO_NOI_VU_NGHE_AN)
 NODES = (MINISTRY, *INBOXES)  # ``docbus dev`` runs an agency node for each
 GATEWAY, ARCHIVER = "docbus.gateway", "docbus.archiver"
 BRIDGE = "bridge.vpcp"  # the edXML bridge registered for Văn phòng Chính phủ
+DIRECTORY = "docbus.directory"  # the national directory's operator (DESIGN §13)
 
 
 def docbus(*args: str | Path) -> list[str]:
@@ -116,7 +124,7 @@ class Stack:
             if not (self.pki / "agencies" / agency / f"{role.value}.key.pem").exists():
                 dev.issue(agency, role, alg)
 
-        for service in (GATEWAY, ARCHIVER, BRIDGE):
+        for service in (GATEWAY, ARCHIVER, BRIDGE, DIRECTORY):
             once(service, CertRole.SERVICE, KeyAlgorithm.ED25519)
         once(MINISTRY, CertRole.SIGNER, KeyAlgorithm.ED25519)
         once(MINISTRY, CertRole.AGENCY, KeyAlgorithm.ECDSA_P256)
@@ -126,6 +134,24 @@ class Stack:
             once(agency, CertRole.AGENCY, KeyAlgorithm.ED25519)
             if not (self.pki / "agencies" / agency / "encryption.key.pem").exists():
                 dev.issue_encryption(agency, KemAlgorithm.MLKEM768_X25519)
+
+    def publish_directory(self) -> None:
+        """The national directory, as its operator publishes it (DESIGN §13): the shipped
+        registry and the encryption certificates of the agencies that have one, which the
+        nodes seal to."""
+        agencies = self.pki / "agencies"
+        certificates = {
+            agency: (agencies / agency / "encryption.cert.pem").read_text("ascii")
+            for agency in NODES
+            if (agencies / agency / "encryption.cert.pem").is_file()
+        }
+        shipped = json.loads((files("bus") / "data" / "registry.json").read_text("utf-8"))
+        made = make_directory(shipped, certificates, 1, datetime.now(UTC))
+        base = agencies / DIRECTORY
+        operator = SigningKey.load(
+            Role.SERVICE, base / "service.key.pem", base / "service.cert.pem"
+        )
+        self.send(self.settings.topics.directory, sign_directory(made, operator), made.key)
 
     def start_services(self) -> None:
         for name in self.commands():
@@ -217,8 +243,6 @@ class Stack:
             self.node_dir(agency),
             "--listen",
             f"127.0.0.1:{self.ports[agency]}",
-            "--address-book",
-            self.pki / "agencies",
         )
 
     def wait_ready(self, seconds: float = 60.0, only: str | None = None) -> None:
@@ -265,6 +289,8 @@ def running(
             ensure_topics(stack.settings, all_topics(stack.settings.topics, load_registry()), 2)
         )
         stack.make_pki()
+        if nodes:
+            stack.publish_directory()
         stack.start_services()
         try:
             stack.wait_ready()
