@@ -5,6 +5,7 @@ genuine certificate that is not the operator's."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,13 +24,14 @@ from bus.kafka.clients import KafkaSettings
 from bus.kafka.directory import directory_records, load_directory, newest
 from bus.kafka.records import document_record
 from bus.kafka.topics import ensure_topics
-from bus.registry import Registry, vietnam_date
+from bus.registry import VIETNAM, Registry
 from bus.trust.pki import CertRole, KeyAlgorithm
 from bus.trust.signing import SigningKey, sign_event
 from bus.trust.verifier import Verifier
 from bus.wire.codec import default_codec
-from bus.wire.model import Role
+from bus.wire.model import Document, Role
 from producers.document import new_document
+from tests.acls import acls
 from tests.conftest import MINISTRY, PROVINCE, Pki
 from tests.stack import read_topic, running_stack
 
@@ -227,12 +229,35 @@ def test_the_operator_publishes_and_everyone_reads_with_the_command(
     assert shown.returncode == 0 and "directory vn version 2" in shown.stdout, shown.stderr
 
 
+NEW_COMMUNE_AGENCY = "000.77.01.H25"
+
+
 def _merged(on: date) -> dict[str, object]:
-    """The seed with Nghệ An merged into Hà Tĩnh from ``on`` (Vietnam's date)."""
+    """The seed with Nghệ An merged into Hà Tĩnh from ``on`` (Vietnam's date), and a commune
+    of Hà Tĩnh created that day with an agency of its own."""
     merged = json.loads(json.dumps(SEED))
     [unit] = [u for u in merged["units"] if u["id"] == "nghe-an"]
     unit.update(valid_to=(on - timedelta(days=1)).isoformat(), successor="ha-tinh")
+    since = {"valid_from": on.isoformat(), "valid_to": None, "successor": None}
+    merged["units"].append(
+        {"id": "xa-moi", "name": "Xã Mới", "level": "COMMUNE", "parent": "ha-tinh", **since}
+    )
+    merged["agencies"].append(
+        {"code": NEW_COMMUNE_AGENCY, "name": "UBND xã Mới", "unit": "xa-moi", **since}
+    )
     return merged
+
+
+def _midnight() -> datetime:
+    """Vietnam's midnight nearest to now: documents dated a minute either side of it are
+    within the verifier's tolerance whatever the time of day."""
+    now = datetime.now(VIETNAM)
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start if now.hour < 12 else start + timedelta(days=1)
+
+
+def _dated(document: Document, at: datetime) -> Document:
+    return dataclasses.replace(document, issued_at=at)
 
 
 async def test_a_running_gateway_routes_by_a_newer_directory_without_a_restart(
@@ -250,27 +275,35 @@ async def test_a_running_gateway_routes_by_a_newer_directory_without_a_restart(
             log = tmp_path / "gateway.log"
             gateway = _gateway(pki, broker, log)
             try:
-                before = new_document(MINISTRY, [PROVINCE], "Trước khi sáp nhập")
-                await stack.publisher.publish(before)
-                assert await _delivered(settings, "nghe-an", before.document_id)
-                # The merger takes effect today, Vietnam's date: published while it runs.
-                today = vietnam_date(datetime.now(UTC))
-                merged = _directory(2, _merged(today))
+                first = new_document(MINISTRY, [PROVINCE], "Trước khi công bố")
+                await stack.publisher.publish(first)
+                assert await _delivered(settings, "nghe-an", first.document_id)
+                # A merger and a new commune from Vietnam's midnight, published while it runs.
+                midnight = _midnight()
+                merged = _directory(2, _merged(midnight.date()))
                 await producer.send_and_wait(
                     settings.topics.directory, sign_directory(merged, operator), key=merged.key
                 )
                 await _logged(log, '"version": 2', 40)
-                after = new_document(MINISTRY, [PROVINCE], "Sau khi sáp nhập")
-                await stack.publisher.publish(after)
-                assert await _delivered(settings, "ha-tinh", after.document_id)
+                minute = timedelta(minutes=1)
+                before = _dated(new_document(MINISTRY, [PROVINCE], "Ngày cũ"), midnight - minute)
+                after = _dated(new_document(MINISTRY, [PROVINCE], "Ngày mới"), midnight + minute)
+                created = _dated(
+                    new_document(MINISTRY, [NEW_COMMUNE_AGENCY], "Xã mới"), midnight + minute
+                )
+                for doc in (before, after, created):
+                    await stack.publisher.publish(doc)
+                assert await _delivered(settings, "nghe-an", before.document_id)  # as before
+                assert await _delivered(settings, "ha-tinh", after.document_id)  # its successor
+                assert await _delivered(settings, "ha-tinh", created.document_id)
                 # A newer version signed by a genuine agency key: refused, logged, no change.
-                forged = json.loads(json.dumps(_merged(today)))
+                forged = json.loads(json.dumps(_merged(midnight.date())))
                 [unit] = [u for u in forged["units"] if u["id"] == "nghe-an"]
                 unit["successor"] = "thanh-hoa"
                 record = sign_directory(_directory(3, forged), pki.key(MINISTRY, Role.AGENCY))
                 await producer.send_and_wait(settings.topics.directory, record)
                 await _logged(log, "directory refused", 40)
-                last = new_document(MINISTRY, [PROVINCE], "Sau bản giả mạo")
+                last = _dated(new_document(MINISTRY, [PROVINCE], "Sau bản giả"), midnight + minute)
                 await stack.publisher.publish(last)
                 assert await _delivered(settings, "ha-tinh", last.document_id)
                 assert gateway.poll() is None  # the same process: no restart
@@ -312,3 +345,24 @@ async def _logged(log: Path, text: str, seconds: float) -> None:
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"{text} not logged within {seconds}s")
+
+
+def test_deploy_acls_let_each_agency_read_the_delivery_topic_the_directory_gives_it() -> None:
+    # deploy/acls.txt is written by hand and checked against the directory: an agency's
+    # principal (known by its inbox group, docbus.inbox.CODE) reads exactly its
+    # jurisdiction's delivery topic as the shipped directory resolves it today.
+    registry = _directory(1).parsed
+    today = date.today()
+    rules = acls()
+    for principal in {p for p, *_ in rules}:
+        groups = [n for p, op, kind, n, _ in rules if p == principal and kind == "group"]
+        codes = [g.removeprefix("docbus.inbox.") for g in groups if g.startswith("docbus.inbox.")]
+        if not codes:
+            continue  # a service, not an agency
+        jurisdictions = {registry.resolve(code, today).jurisdiction.id for code in codes}
+        reads = {
+            n.removeprefix("docbus.deliver.")
+            for p, op, kind, n, _ in rules
+            if p == principal and op == "Read" and n.startswith("docbus.deliver.")
+        }
+        assert reads == jurisdictions, principal
