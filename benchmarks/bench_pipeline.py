@@ -48,6 +48,15 @@ from tests.kafka_cluster import KafkaCluster
 SENDER, RECIPIENT = "000.00.00.G22", "000.00.00.H41"
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -121,11 +130,15 @@ async def throughput(
         await asyncio.gather(*futures)
         await producer.stop()
 
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     await asyncio.gather(archived_watcher(settings, {d for d, _ in docs}, seen, ready), send())
     elapsed = max(seen.values()) - start
     for name, pid in pids.items():
         rss[name].append(rss_mb(pid))
-    return {"docs_per_s": len(docs) / elapsed, "elapsed": elapsed, "rss": rss}
+    per_doc = {
+        name: (cpu_seconds(pid) - cpu[name]) * 1000 / len(docs) for name, pid in pids.items()
+    }
+    return {"docs_per_s": len(docs) / elapsed, "elapsed": elapsed, "rss": rss, "cpu_ms": per_doc}
 
 
 async def latency(
@@ -269,13 +282,15 @@ class Bus:
     env: Callable[[str], dict[str, str]]
     replication: int
     name: str
+    brokers: dict[str, int]  # name → pid, for CPU per document
 
 
 @contextlib.contextmanager
 def running_bus(cluster: Path | None) -> Iterator[Bus]:
     if cluster is None:
         with EmbeddedBroker() as broker:
-            yield Bus(broker.settings(), lambda _: broker.client_env(), 1, "embedded broker")
+            pids = {"broker": broker.pid} if broker.pid else {}
+            yield Bus(broker.settings(), lambda _: broker.client_env(), 1, "embedded broker", pids)
         return
     kafka = KafkaCluster(cluster, "")
     yield Bus(
@@ -283,6 +298,10 @@ def running_bus(cluster: Path | None) -> Iterator[Bus]:
         lambda principal: {**os.environ, **kafka.env(principal)},
         3,
         "three-broker Kafka cluster, SASL_SSL",
+        {
+            f"broker-{path.stem.removeprefix('kafka-')}": int(path.read_text())
+            for path in sorted((cluster / "run").glob("kafka-*.pid"))
+        },
     )
 
 
@@ -372,7 +391,13 @@ def main() -> None:
             asyncio.run(throughput(settings, warm, {}))
             result = asyncio.run(
                 throughput(
-                    settings, docs[200 : args.documents], {n: p.pid for n, p in procs.items()}
+                    settings,
+                    docs[200 : args.documents],
+                    {
+                        **{n: p.pid for n, p in procs.items()},
+                        **bus.brokers,
+                        "load client": os.getpid(),
+                    },
                 )
             )
             lat = asyncio.run(latency(settings, docs[args.documents :], args.rate))
@@ -410,6 +435,11 @@ def main() -> None:
         f"p99 {trip[int(len(trip) * 0.99) - 1]:.1f} ms"
     )
     print(f"crypto in-process (verify 5 + sign 2) {crypto:,.0f} documents/s (one core)")
+    cpu: dict[str, float] = result["cpu_ms"]  # type: ignore[assignment]
+    print(
+        f"CPU per document                    {sum(cpu.values()):.2f} ms: "
+        + ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items())
+    )
     for name, series in result["rss"].items():  # type: ignore[attr-defined]
         print(
             f"RSS {name:<9}                       " + " → ".join(f"{v:.0f}" for v in series) + " MB"

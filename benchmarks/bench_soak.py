@@ -26,6 +26,7 @@ from benchmarks.bench_pipeline import (
     RECIPIENT,
     SENDER,
     Bus,
+    cpu_seconds,
     fresh_database,
     make_documents,
     rss_mb,
@@ -39,8 +40,6 @@ from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey
 from bus.wire.model import Role
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -50,13 +49,12 @@ class Sample:
 
 
 def sample(pid: int) -> Sample:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-    return Sample(rss_mb(pid), len(os.listdir(f"/proc/{pid}/fd")), cpu)
+    return Sample(rss_mb(pid), len(os.listdir(f"/proc/{pid}/fd")), cpu_seconds(pid))
 
 
 def folder_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+    """Disk used (blocks, not sizes: Kafka's index files are sparse, preallocated)."""
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 def database_mb(url: str) -> float:

@@ -173,6 +173,23 @@ class Registry:
             unit = self.units[unit.successor]
         return unit
 
+    def jurisdictions_from(self, code: str, on: date) -> list[str]:
+        """The delivery jurisdictions ``code`` belongs to on ``on`` and on every later day the
+        registry changes (a merger it names ahead), in order: what an inbox must read."""
+        spans: list[_Span] = [*self.units.values(), *self.agencies.values()]
+        changes = {s.valid_from for s in spans} | {
+            s.valid_to + timedelta(days=1) for s in spans if s.valid_to is not None
+        }
+        found: list[str] = []
+        for day in sorted({on} | {d for d in changes if d is not None and d > on}):
+            try:
+                jurisdiction = self.resolve(code, day).jurisdiction.id
+            except DocbusError:
+                continue  # not in force that day
+            if jurisdiction not in found:
+                found.append(jurisdiction)
+        return found
+
     def in_force(self, on: date) -> Iterator[Agency]:
         """The agencies in force on ``on``, in file order."""
         return (a for a in self.agencies.values() if a.in_force(on))

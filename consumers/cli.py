@@ -306,7 +306,13 @@ def serve_inbox(
     runtime = ConsumerRuntime(
         settings, inbox, f"docbus.inbox.{agency}", topics=[inbox.topic], keep=blob_store()
     )
-    asyncio.run(serve_with_ops([runtime], listen))
+
+    def moved(found: Directory) -> None:
+        inbox.use(found.parsed)
+        runtime.follow(inbox.delivery_topics)
+
+    follower = _follower(settings, verifier, moved)
+    asyncio.run(following(follower, serve_with_ops([runtime], listen)))
 
 
 @click.group(cls=DocbusGroup)

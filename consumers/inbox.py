@@ -15,7 +15,7 @@ from bus.kafka.clients import KafkaSettings
 from bus.kafka.records import send_once, status_output
 from bus.kafka.runtime import Output, Record, Reject, Result, where
 from bus.kafka.topics import Topics
-from bus.registry import Registry
+from bus.registry import Registry, vietnam_date
 from bus.store.blobs import BlobStore
 from bus.store.lifecycle import State, states
 from bus.trust.sealing import EncryptionKey, open_sealed
@@ -97,10 +97,11 @@ class Inbox:
         if key.agency != agency:
             raise Misconfigured(f"the key is for {key.agency}, not {agency}")
         self.agency = agency
-        self.accepts = {agency} | registry.predecessors(agency)
-        self.registry = registry
-        self.jurisdiction = registry.resolve(agency, now_ms().date()).jurisdiction.id
         self.verifier = verifier
+        #: Every jurisdiction this inbox has belonged to while it ran: documents dated
+        #: before a merger still go to the old one's topic, and are still read.
+        self.jurisdictions: list[str] = []
+        self.use(registry)
         self.key = key
         self.folder = folder
         self.topics = topics
@@ -112,9 +113,27 @@ class Inbox:
             edxml_dir.mkdir(parents=True, exist_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
 
+    def use(self, registry: Registry) -> None:
+        """Take ``registry`` (a newer directory, DESIGN §13): the agencies merged into this
+        one, and its jurisdictions from today on (a merger named ahead included), added to
+        those it reads."""
+        self.registry = registry
+        self.accepts = {self.agency} | registry.predecessors(self.agency)
+        today = vietnam_date(now_ms())
+        self.jurisdiction = registry.resolve(self.agency, today).jurisdiction.id
+        for jurisdiction in registry.jurisdictions_from(self.agency, today):
+            if jurisdiction not in self.jurisdictions:
+                self.jurisdictions.append(jurisdiction)
+        self.verifier.use_registry(registry)
+
     @property
     def topic(self) -> str:
         return self.topics.deliver(self.jurisdiction)
+
+    @property
+    def delivery_topics(self) -> list[str]:
+        """The delivery topics of every jurisdiction it has belonged to."""
+        return [self.topics.deliver(j) for j in self.jurisdictions]
 
     async def handle(self, records: Sequence[Record]) -> Sequence[Result]:
         return await asyncio.to_thread(self._process, records)

@@ -22,7 +22,8 @@ from bus.directory.signed import forward, open_directory, sign_directory
 from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.clients import KafkaSettings
 from bus.kafka.directory import directory_records, load_directory, newest
-from bus.kafka.records import document_record
+from bus.kafka.records import document_record, send_once
+from bus.kafka.runtime import Output
 from bus.kafka.topics import ensure_topics
 from bus.registry import VIETNAM, Registry
 from bus.trust.pki import CertRole, KeyAlgorithm
@@ -30,10 +31,11 @@ from bus.trust.signing import SigningKey, sign_event
 from bus.trust.verifier import Verifier
 from bus.wire.codec import default_codec
 from bus.wire.model import Document, Role
+from consumers.inbox import document_folder
 from producers.document import new_document
 from tests.acls import acls
 from tests.conftest import MINISTRY, PROVINCE, Pki
-from tests.stack import read_topic, running_stack
+from tests.stack import file_appears, read_topic, running_stack
 
 SEED = json.loads(
     (Path(__file__).resolve().parents[1] / "bus" / "data" / "registry.json").read_text("utf-8")
@@ -325,18 +327,78 @@ async def _delivered(settings: KafkaSettings, jurisdiction: str, document_id: st
 
 
 def _gateway(pki: Pki, broker: EmbeddedBroker, log: Path) -> subprocess.Popen[bytes]:
-    key, cert = pki.dev.issue(
-        "docbus.gateway", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True
-    )
+    issued = pki.dev.issue("docbus.gateway", CertRole.SERVICE, KeyAlgorithm.ED25519, replace=True)
+    return _serve(broker, log, "gateway", pki, issued)
+
+
+def _serve(
+    broker: EmbeddedBroker, log: Path, service: str, pki: Pki, key: tuple[Path, Path], *more: str
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
-            *(sys.executable, "-m", "bus", "serve", "gateway"),
-            *("--trust", str(pki.dev.trust_dir), "--key", f"{key},{cert}"),
+            *(sys.executable, "-m", "bus", "serve", service, "--trust", str(pki.dev.trust_dir)),
+            *("--key", f"{key[0]},{key[1]}", *more),
         ],
         env=broker.client_env(),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
+
+
+async def test_a_running_inbox_follows_its_new_jurisdiction_and_misses_nothing_of_the_old(
+    pki: Pki, registry: Registry, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    operator, settings = _operator(pki), broker.settings()
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path, services=False) as stack:
+        await send_once(
+            settings,
+            Output(settings.topics.directory, None, sign_directory(_directory(1), operator)),
+        )
+        folder = tmp_path / "inbox"
+        agency_key = pki.dev.issue(PROVINCE, CertRole.AGENCY, KeyAlgorithm.ED25519, replace=True)
+        logs = {name: tmp_path / f"{name}.log" for name in ("gateway", "inbox")}
+        services = [
+            _gateway(pki, broker, logs["gateway"]),
+            _serve(
+                broker,
+                logs["inbox"],
+                "inbox",
+                pki,
+                agency_key,
+                "--agency",
+                PROVINCE,
+                "--dir",
+                str(folder),
+            ),
+        ]
+        try:
+            first = new_document(MINISTRY, [PROVINCE], "Trước khi công bố")
+            await stack.publisher.publish(first)
+            await file_appears(
+                document_folder(folder, MINISTRY, first.document_id, 0) / "event.avro", 60
+            )
+            midnight, minute = _midnight(), timedelta(minutes=1)
+            merged = _directory(2, _merged(midnight.date()))
+            await send_once(
+                settings,
+                Output(settings.topics.directory, merged.key, sign_directory(merged, operator)),
+            )
+            for log in logs.values():
+                await _logged(log, '"version": 2', 40)
+            before = _dated(new_document(MINISTRY, [PROVINCE], "Ngày cũ"), midnight - minute)
+            after = _dated(new_document(MINISTRY, [PROVINCE], "Ngày mới"), midnight + minute)
+            for doc in (before, after):
+                await stack.publisher.publish(doc)
+            assert await _delivered(settings, "ha-tinh", after.document_id)
+            for doc in (before, after):  # the old topic still read, the new one followed
+                await file_appears(
+                    document_folder(folder, MINISTRY, doc.document_id, 0) / "event.avro", 60
+                )
+            assert all(service.poll() is None for service in services)  # no restart
+        finally:
+            for service in services:
+                service.terminate()
+                service.wait(30)
 
 
 async def _logged(log: Path, text: str, seconds: float) -> None:
@@ -366,3 +428,12 @@ def test_deploy_acls_let_each_agency_read_the_delivery_topic_the_directory_gives
             if p == principal and op == "Read" and n.startswith("docbus.deliver.")
         }
         assert reads == jurisdictions, principal
+
+
+def test_an_inbox_reads_every_jurisdiction_its_agency_has_from_today_on() -> None:
+    today = date(2026, 12, 3)
+    assert _directory(1).parsed.jurisdictions_from(PROVINCE, today) == ["nghe-an"]
+    ahead = _directory(2, _merged(date(2027, 1, 1))).parsed  # a merger named ahead
+    assert ahead.jurisdictions_from(PROVINCE, today) == ["nghe-an", "ha-tinh"]
+    done = _directory(2, _merged(date(2026, 7, 1))).parsed  # one already made
+    assert done.jurisdictions_from(PROVINCE, today) == ["ha-tinh"]

@@ -131,6 +131,11 @@ class EmbeddedBroker:
         )
 
     @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (for per-process CPU figures)."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def exit_code(self) -> int | None:
         """None while the broker runs (or was stopped here); its exit code once it died
         by itself (negative: the signal that ended it)."""

@@ -168,6 +168,17 @@ class ConsumerRuntime:
         #: that is gone): the batch is retried, and meanwhile it is not ready.
         self.publish_failing = False
 
+    def follow(self, topics: Sequence[str]) -> None:
+        """Consume ``topics`` from now on (the directory moved this consumer's jurisdiction):
+        the group rebalances, what is done is committed first, and a topic it keeps carries
+        on from its committed offsets."""
+        if self.pattern is not None or list(topics) == self.topics:
+            return
+        self.topics = list(topics)
+        if self._consumer is not None:
+            self._consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
+        log.info("following", stage=self.handler.stage, topics=self.topics)
+
     def request_stop(self) -> None:
         """Finish the batch in hand, commit, and close."""
         self._stopping.set()

@@ -179,6 +179,8 @@ class AgencyNode:
         self.directory = directory
         self.registry = directory.parsed
         self.events.use_registry(directory.parsed)
+        self.inbox.use(directory.parsed)
+        self.inbox_runtime.follow(self.inbox.delivery_topics)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         """A part that stops with an error (a login the broker refuses, an ACL it lacks)
