@@ -75,6 +75,8 @@ class Inbox:
     :param key: the agency's AGENCY key, which signs its statuses.
     :param folder: where documents are stored, one folder per document revision.
     :param decrypt_key: the agency's encryption key, to open sealed documents.
+    :param previous_keys: its earlier encryption keys (before a renewal the directory
+        published): what was sealed to them still opens.
     :param edxml_dir: also write each received document there as edXML, where a legacy
         document management system picks it up.
     """
@@ -93,6 +95,7 @@ class Inbox:
         decrypt_key: EncryptionKey | None = None,
         edxml_dir: Path | None = None,
         index: ReceivedIndex | None = None,
+        previous_keys: Sequence[EncryptionKey] = (),
     ) -> None:
         if key.agency != agency:
             raise Misconfigured(f"the key is for {key.agency}, not {agency}")
@@ -107,6 +110,7 @@ class Inbox:
         self.topics = topics
         self.blobs = blobs
         self.decrypt_key = decrypt_key
+        self.decrypt_keys = (*([decrypt_key] if decrypt_key else []), *previous_keys)
         self.edxml_dir = edxml_dir
         self.index = index
         if edxml_dir is not None:
@@ -212,17 +216,19 @@ class Inbox:
         sealed = doc.sealed
         if sealed is None:
             return doc, None
-        if self.decrypt_key is None:
+        if not self.decrypt_keys:
             return doc, "sealed; this inbox has no encryption key"
         doc = self.blobs.inline(doc)  # sealed parts are opened in one piece
         for code in sorted(self.accepts & {k.agency for k in sealed.keys}):
-            try:
-                opened = open_sealed(doc, self.decrypt_key, code)[1]
-                check_names(opened)  # the sealed names: unseen by the gateway
-                return opened, None
-            except DocbusError as exc:
-                log.error("cannot open", document_id=doc.document_id, error=exc.message)
-        return doc, "sealed; it does not open with this inbox's key"
+            for key in self.decrypt_keys:  # the current key first, then earlier ones
+                try:
+                    opened = open_sealed(doc, key, code)[1]
+                    check_names(opened)  # the sealed names: unseen by the gateway
+                    return opened, None
+                except DocbusError as exc:
+                    failure = exc.message
+            log.error("cannot open", document_id=doc.document_id, error=failure)
+        return doc, "sealed; it does not open with this inbox's keys"
 
     def _store(
         self,

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import socket
@@ -23,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from bus.directory.generate import make_directory
 from bus.directory.signed import sign_directory
@@ -32,6 +35,7 @@ from bus.kafka.runtime import Output
 from bus.registry import Registry
 from bus.trust.pki import KemAlgorithm
 from bus.trust.sealing import EncryptionKey
+from bus.wire.codec import default_codec
 from bus.wire.model import Action, Role, Status, StatusCode, event_digest, now_ms
 from bus.wire.names import path_segment
 from consumers.agency.app import EVENT_TYPE, create_app
@@ -62,10 +66,14 @@ def _free_port() -> int:
 
 
 def _node(
-    stack: Stack, agency: str, folder: Path, encryption: EncryptionKey | None = None
+    stack: Stack,
+    agency: str,
+    folder: Path,
+    encryption: EncryptionKey | None = None,
+    previous: tuple[EncryptionKey, ...] = (),
 ) -> AgencyNode:
     signer, agency_key = stack.pki.key(agency, Role.SIGNER), stack.pki.key(agency, Role.AGENCY)
-    keys = NodeKeys(signer, agency_key, encryption)
+    keys = NodeKeys(signer, agency_key, encryption, previous)
     return AgencyNode(
         agency,
         keys,
@@ -497,11 +505,83 @@ async def test_a_secret_document_is_sealed_to_the_certificate_the_directory_name
             assert await _until(opened) == body
 
 
-def _directory_in_force(node: AgencyNode) -> Callable[[], Any]:
+def _directory_in_force(node: AgencyNode, version: int = 1) -> Callable[[], Any]:
     async def check() -> bool:
-        return node.directory is not None
+        return node.directory is not None and node.directory.version >= version
 
     return check
+
+
+async def test_a_renewed_encryption_certificate_seals_the_next_document_and_old_ones_still_open(
+    broker: EmbeddedBroker, pki: Pki, registry: Registry, tmp_path: Path
+) -> None:
+    operator = pki.key("docbus.directory", Role.SERVICE)
+    shipped = json.loads((files("bus") / "data" / "registry.json").read_text("utf-8"))
+    old_key, old_cert = pki.dev.issue_encryption(NGHE_AN, KemAlgorithm.X25519)
+    old = (EncryptionKey.from_pem(old_key.read_bytes()), old_cert.read_text("ascii"))
+    new_key, new_cert = pki.dev.issue_encryption(NGHE_AN, KemAlgorithm.X25519)  # renewed
+    new = (EncryptionKey.from_pem(new_key.read_bytes()), new_cert.read_text("ascii"))
+    async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
+        await stack.stop_service(f"inbox-{NGHE_AN}")
+        topic = stack.settings.topics.directory
+
+        async def publish(version: int, cert: str) -> None:
+            made = make_directory(shipped, {NGHE_AN: cert}, version, datetime.now(UTC))
+            await send_once(stack.settings, Output(topic, made.key, sign_directory(made, operator)))
+
+        await publish(1, old[1])
+        # The recipient's node holds the renewed key and keeps the old one.
+        recipient = _node(stack, NGHE_AN, tmp_path / "nghe-an", new[0], (old[0],))
+        async with (
+            _serve(_node(stack, MINISTRY, tmp_path / "ministry")) as ministry,
+            _serve(recipient) as nghe_an,
+        ):
+            await _until(_directory_in_force(ministry.node, 1))
+            first = await _secret(ministry, "Trước khi đổi khóa")
+            await publish(2, new[1])
+            await _until(_directory_in_force(ministry.node, 2))
+            second = await _secret(ministry, "Sau khi đổi khóa")
+            for document_id, cert in ((first, old[1]), (second, new[1])):
+                kept = ministry.node.outbox.get(document_id, 0)
+                assert kept is not None
+                sealed = _sealed_to(kept.record)
+                assert sealed == {_key_id(cert)}  # the certificate in force when it was sent
+                path = f"/v1/inbox/{MINISTRY}/{document_id}/0/attachments/0"
+
+                async def opened(path: str = path) -> bytes | None:
+                    got = await nghe_an.client.get(path)
+                    return got.content if got.status_code == 200 else None
+
+                assert await _until(opened) == b"mat"
+
+
+async def _secret(node: Node, subject: str) -> str:
+    posted = await node.client.post(
+        "/v1/documents",
+        json={
+            "recipients": [NGHE_AN],
+            "subject": subject,
+            "confidentiality": "SECRET",
+            "attachments": [
+                {"name": "mat.txt", "content_base64": base64.b64encode(b"mat").decode()}
+            ],
+        },
+    )
+    assert posted.status_code == 202, posted.text
+    return str(posted.json()["document_id"])
+
+
+def _sealed_to(record: bytes) -> set[str]:
+    codec = default_codec()
+    doc = codec.decode_document(codec.decode_event(record).payload)
+    assert doc.sealed is not None
+    return {k.key_id for k in doc.sealed.keys}
+
+
+def _key_id(pem: str) -> str:
+    """The sealing key id of an encryption certificate file (its leaf, the chain after it)."""
+    leaf = x509.load_pem_x509_certificates(pem.encode())[0]
+    return hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 async def test_a_revised_then_revoked_document_shows_its_state_in_the_recipients_node(

@@ -61,6 +61,9 @@ class NodeKeys:
     signer: SigningKey
     agency: SigningKey
     encryption: EncryptionKey | None
+    #: Earlier encryption keys (``encryption-*.key.pem``), kept after a renewal: what was
+    #: sealed to them still opens.
+    previous: tuple[EncryptionKey, ...] = ()
 
     @classmethod
     def load(cls, folder: Path, password: bytes | None = None) -> NodeKeys:
@@ -76,6 +79,10 @@ class NodeKeys:
             agency=SigningKey.load(Role.AGENCY, *pair("agency"), password=password),
             encryption=(
                 EncryptionKey.from_pem(encryption.read_bytes()) if encryption.is_file() else None
+            ),
+            previous=tuple(
+                EncryptionKey.from_pem(path.read_bytes())
+                for path in sorted(folder.glob("encryption-*.key.pem"))
             ),
         )
 
@@ -136,6 +143,7 @@ class AgencyNode:
             blobs,
             keys.encryption,
             index=self.received,
+            previous_keys=keys.previous,
         )
         self.inbox_runtime = ConsumerRuntime(
             settings, self.inbox, f"docbus.inbox.{agency}", topics=[self.inbox.topic], keep=blobs
