@@ -338,7 +338,32 @@ def start_services(
     return procs
 
 
-def main() -> None:
+@dataclasses.dataclass(frozen=True)
+class BenchKeys:
+    """A development PKI of the benchmark's own, the sender's keys and the services'."""
+
+    folder: Path
+    pki: DevPki
+    sender: list[SigningKey]
+    services: dict[str, tuple[Path, Path]]
+
+
+def bench_keys(prefix: str) -> BenchKeys:
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    pki = DevPki(folder / "pki")
+    pki.init()
+    sender = [
+        SigningKey.load(r, *pki.issue(SENDER, c, KeyAlgorithm.ED25519))
+        for r, c in ((Role.SIGNER, CertRole.SIGNER), (Role.AGENCY, CertRole.AGENCY))
+    ]
+    services = {
+        name: pki.issue(name, CertRole.SERVICE, KeyAlgorithm.ED25519)
+        for name in ("docbus.gateway", "docbus.archiver")
+    }
+    return BenchKeys(folder, pki, sender, services)
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--documents", type=int, default=20000)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
@@ -363,43 +388,27 @@ def main() -> None:
     args = parser.parse_args()
     if args.archivers > 1 and not args.postgres:
         parser.error("several archivers share one PostgreSQL archive: give --postgres")
+    return args
 
-    tmp = Path(tempfile.mkdtemp(prefix="docbus-bench-"))
-    pki = DevPki(tmp / "pki")
-    pki.init()
-    keys = [
-        SigningKey.load(r, *pki.issue(SENDER, c, KeyAlgorithm.ED25519))
-        for r, c in ((Role.SIGNER, CertRole.SIGNER), (Role.AGENCY, CertRole.AGENCY))
-    ]
-    services = {
-        name: pki.issue(name, CertRole.SERVICE, KeyAlgorithm.ED25519)
-        for name in ("docbus.gateway", "docbus.archiver")
-    }
+
+def main() -> None:
+    args = arguments()
+    keys = bench_keys("docbus-bench-")
     n_latency = int(args.latency_seconds * args.rate)
     print(f"signing {args.documents + n_latency} documents ...", flush=True)
-    docs = make_documents(args.documents + n_latency, keys)
+    docs = make_documents(args.documents + n_latency, keys.sender)
     record_size = len(docs[0][1])
 
     with running_bus(args.cluster) as bus, fresh_database(args.postgres) as database:
         settings = bus.settings
         topics = all_topics(settings.topics, load_registry())
         asyncio.run(ensure_topics(settings, topics, 3, bus.replication))
-        procs = start_services(bus, args, pki, services, database, tmp)
+        procs = start_services(bus, args, keys.pki, keys.services, database, keys.folder)
+        pids = {**{n: p.pid for n, p in procs.items()}, **bus.brokers, "load client": os.getpid()}
         try:
             time.sleep(3)
-            warm = docs[:200]
-            asyncio.run(throughput(settings, warm, {}))
-            result = asyncio.run(
-                throughput(
-                    settings,
-                    docs[200 : args.documents],
-                    {
-                        **{n: p.pid for n, p in procs.items()},
-                        **bus.brokers,
-                        "load client": os.getpid(),
-                    },
-                )
-            )
+            asyncio.run(throughput(settings, docs[:200], {}))  # warm up
+            result = asyncio.run(throughput(settings, docs[200 : args.documents], pids))
             lat = asyncio.run(latency(settings, docs[args.documents :], args.rate))
         finally:
             for p in procs.values():
@@ -410,19 +419,29 @@ def main() -> None:
             bare_round_trip(settings, record_size, args.rate, n_latency, bus.replication)
         )
 
-    gateway = SigningKey.load(Role.SERVICE, *services["docbus.gateway"])
-    archiver = SigningKey.load(Role.SERVICE, *services["docbus.archiver"])
-    verifier = Verifier(TrustStore.load(pki.trust_dir), registry=load_registry())
+    gateway = SigningKey.load(Role.SERVICE, *keys.services["docbus.gateway"])
+    archiver = SigningKey.load(Role.SERVICE, *keys.services["docbus.archiver"])
+    verifier = Verifier(TrustStore.load(keys.pki.trust_dir), registry=load_registry())
     crypto = statistics.median(
         crypto_in_process(docs[:2000], verifier, gateway, archiver) for _ in range(3)
     )
-
-    p50 = statistics.median(lat)
-    p99 = lat[int(len(lat) * 0.99) - 1]
     store = f"PostgreSQL, {args.archivers} archiver(s)" if database else "SQLite, 1 archiver"
     print(f"broker                              {bus.name}")
     print(f"archive                             {store}")
     print(f"record size                         {record_size} bytes")
+    report(args, result, lat, bare, trip, crypto)
+
+
+def report(
+    args: argparse.Namespace,
+    result: dict[str, object],
+    lat: list[float],
+    bare: float,
+    trip: list[float],
+    crypto: float,
+) -> None:
+    p50 = statistics.median(lat)
+    p99 = lat[int(len(lat) * 0.99) - 1]
     print(
         f"pipeline publish → ARCHIVED         {result['docs_per_s']:,.0f} documents/s "
         f"({args.documents - 200} documents in {result['elapsed']:.1f}s)"

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from benchmarks.bench_pipeline import (
     RECIPIENT,
     SENDER,
     Bus,
+    bench_keys,
     cpu_seconds,
     fresh_database,
     make_documents,
@@ -36,9 +36,7 @@ from benchmarks.bench_pipeline import (
 )
 from bus.kafka.topics import all_topics, ensure_topics
 from bus.registry import load_registry
-from bus.trust.pki import CertRole, DevPki, KeyAlgorithm
 from bus.trust.signing import SigningKey
-from bus.wire.model import Role
 
 
 @dataclass(frozen=True)
@@ -72,25 +70,15 @@ def main() -> None:
     args = parser.parse_args()
     args.archivers, args.fetch_wait_ms = 1, None
 
-    tmp = Path(tempfile.mkdtemp(prefix="docbus-soak-"))
-    pki = DevPki(tmp / "pki")
-    pki.init()
-    keys = [
-        SigningKey.load(r, *pki.issue(SENDER, c, KeyAlgorithm.ED25519))
-        for r, c in ((Role.SIGNER, CertRole.SIGNER), (Role.AGENCY, CertRole.AGENCY))
-    ]
-    services = {
-        name: pki.issue(name, CertRole.SERVICE, KeyAlgorithm.ED25519)
-        for name in ("docbus.gateway", "docbus.archiver")
-    }
+    keys = bench_keys("docbus-soak-")
     print(f"soak: {args.documents:,} documents {SENDER} → {RECIPIENT}, rounds of {args.round:,}")
     with running_bus(args.cluster) as bus, fresh_database(args.postgres) as database:
         assert database is not None
         topics = all_topics(bus.settings.topics, load_registry())
         asyncio.run(ensure_topics(bus.settings, topics, 3, bus.replication))
-        procs = start_services(bus, args, pki, services, database, tmp)
+        procs = start_services(bus, args, keys.pki, keys.services, database, keys.folder)
         try:
-            soak(args, bus, procs, database, keys)
+            soak(args, bus, procs, database, keys.sender)
         finally:
             for p in procs.values():
                 p.terminate()
