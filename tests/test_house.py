@@ -19,7 +19,11 @@ ALLOWED = {
     "bus.wire": set(),
     "bus.tlog": {"bus.wire"},
     "bus.trust": {"bus.wire", "bus.tlog", "bus.registry"},
-    "bus.kafka": {"bus.wire", "bus.tlog", "bus.trust", "bus.registry", "bus.settings", "bus.store"},
+    "bus.directory": {"bus.wire", "bus.trust", "bus.registry"},
+    "bus.kafka": {
+        *("bus.wire", "bus.tlog", "bus.trust", "bus.registry", "bus.settings", "bus.store"),
+        "bus.directory",
+    },
     "bus.store": {"bus.wire", "bus.tlog"},
     "bus.audit": {"bus.wire", "bus.tlog", "bus.trust", "bus.kafka", "bus.store", "bus.registry"},
     "bus.registry": {"bus.wire"},

@@ -12,6 +12,7 @@ count (2,000 as a benchmark).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -193,6 +194,19 @@ async def test_documents_reach_archived_over_sasl_ssl_with_idempotent_producers(
         await _all_archived(publisher, [d.document_id for d in docs], 120)
     _archived_once(services, [d.document_id for d in docs])
     _alive(services)
+    # An auditor replays the delivery topic (no group, partitions it assigns itself) and
+    # finds every document verified and archived.
+    report = services.folder / "replay.json"
+    replay = (
+        "audit", "replay", "--topic", "docbus.deliver.nghe-an", "--trust", str(pki.dev.trust_dir),
+        "--archive", str(services.archive.parent), "--report", str(report),
+    )  # fmt: skip
+    done = await asyncio.to_thread(
+        _docbus, services.cluster, "auditor", services.folder, *replay, wait=True
+    )
+    assert done.returncode == 0, (services.folder / "auditor.log").read_text()[-3000:]
+    counts = json.loads(report.read_text())["counts"]
+    assert counts["verified and archived"] >= len(docs), counts
 
 
 async def test_services_sigkilled_mid_stream_come_back_ready_and_lose_nothing(
@@ -357,21 +371,26 @@ def test_the_directory_operator_alone_publishes_it_and_every_principal_reads_it(
     services: Services, pki: Pki
 ) -> None:
     key = _key(pki, "docbus.directory")
-    made = services.folder / "directory.json"
-    signed = services.folder / "directory.signed"
     trust = ("--trust", str(pki.dev.trust_dir))
-    generate = ("directory", "generate", "--version", "1", "--output", str(made))
-    assert (
-        _docbus(services.cluster, "directory", services.folder, *generate, wait=True).returncode
-        == 0
-    )
+
+    def directory(*args: str) -> int:
+        done = _docbus(
+            services.cluster, "directory", services.folder, "directory", *args, wait=True
+        )
+        return done.returncode
+
+    for version in (1, 2):
+        made = services.folder / f"directory-{version}.json"
+        assert directory("generate", "--version", str(version), "--output", str(made)) == 0
     # Signed as the operator, published as the operator's principal: the only writer.
-    publish = ("directory", "publish", str(made), "--key", key, *trust)
-    done = _docbus(services.cluster, "directory", services.folder, *publish, wait=True)
-    assert done.returncode == 0, (services.folder / "directory.log").read_text()[-2000:]
-    # The same file, signed, published by an agency: its ACL refuses it, in one line.
-    sign = ("directory", "publish", str(made), "--key", key, *trust, "--output", str(signed))
-    assert _docbus(services.cluster, "directory", services.folder, *sign, wait=True).returncode == 0
+    first = str(services.folder / "directory-1.json")
+    assert directory("publish", first, "--key", key, *trust) == 0, (
+        services.folder / "directory.log"
+    ).read_text()[-2000:]
+    # The next version, signed by the operator, published by an agency: its ACL refuses it.
+    signed = services.folder / "directory-2.signed"
+    second = str(services.folder / "directory-2.json")
+    assert directory("publish", second, "--key", key, *trust, "--output", str(signed)) == 0
     env = {**os.environ, **services.cluster.env("agency-g22")}
     refused = subprocess.run(
         [*DOCBUS, "directory", "publish", str(signed), *trust],

@@ -10,7 +10,7 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bus.audit.report import Finding, Report, checkpoint_seen
-from bus.kafka.clients import KafkaSettings
+from bus.kafka.clients import KafkaSettings, partitions_of
 from bus.kafka.runtime import Record
 from bus.store.archive import Archive
 from bus.tlog.checkpoint import Checkpoint
@@ -35,15 +35,11 @@ async def read_topics(
     )
     await consumer.start()
     try:
-        known = await consumer.topics()
+        known = await partitions_of(consumer, topics)
         missing = [t for t in topics if t not in known]
         if missing:
             raise DocbusError(Reason.POLICY, f"no topic {', '.join(missing)}")
-        tps = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
+        tps = [tp for t in topics for tp in known[t]]
         consumer.assign(tps)
         if start is None:
             await consumer.seek_to_beginning(*tps)

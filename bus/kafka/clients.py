@@ -7,13 +7,13 @@ import contextlib
 import random
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -318,3 +318,21 @@ async def _producer_id(conn: Any) -> int:
 
 def _text(path: Path | None) -> str | None:
     return None if path is None else str(path)
+
+
+async def partitions_of(
+    consumer: AIOKafkaConsumer, topics: Sequence[str]
+) -> dict[str, list[TopicPartition]]:
+    """The partitions of each of ``topics`` the broker has now (a topic it lacks, or will
+    not describe to this principal, is absent).
+
+    aiokafka's ``partitions_for_topic`` reads the client's cached metadata, which holds only
+    the topics it subscribed to: on Kafka, none for a consumer that assigns partitions
+    itself (the embedded broker happens to send every topic at bootstrap)."""
+    cluster = await consumer._client.fetch_all_metadata()  # the one call that asks the broker
+    found = {}
+    for topic in topics:
+        numbers = cluster.partitions_for_topic(topic)
+        if numbers is not None:
+            found[topic] = [TopicPartition(topic, n) for n in sorted(numbers)]
+    return found

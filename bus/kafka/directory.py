@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaError
 
 from bus.directory.model import Directory, DirectoryError
 from bus.directory.signed import forward, open_directory
-from bus.kafka.clients import KafkaSettings
+from bus.kafka.clients import KafkaSettings, partitions_of
 from bus.trust.verifier import Verifier
 
 log = structlog.get_logger("directory")
@@ -37,8 +37,7 @@ async def _assigned(settings: KafkaSettings) -> tuple[AIOKafkaConsumer, list[Top
     try:
         await consumer.start()
         topic = settings.topics.directory
-        await consumer.topics()  # metadata, so that its partitions are known
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        parts = (await partitions_of(consumer, [topic])).get(topic, [])
         if parts:
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
