@@ -480,19 +480,7 @@ async def test_a_secret_document_is_sealed_to_the_certificate_the_directory_name
         ):
             await _until(_directory_in_force(ministry.node))
             body = "Chỉ người nhận được đọc".encode()
-            posted = await ministry.client.post(
-                "/v1/documents",
-                json={
-                    "recipients": [NGHE_AN],
-                    "subject": "Phương án tuyệt mật",
-                    "confidentiality": "SECRET",
-                    "attachments": [
-                        {"name": "mat.txt", "content_base64": base64.b64encode(body).decode()}
-                    ],
-                },
-            )
-            assert posted.status_code == 202, posted.text
-            document_id = posted.json()["document_id"]
+            document_id = await _secret(ministry, "Phương án tuyệt mật", body)
             kept = ministry.node.outbox.get(document_id, 0)
             assert kept is not None and body not in kept.record  # sealed before it left
 
@@ -555,16 +543,15 @@ async def test_a_renewed_encryption_certificate_seals_the_next_document_and_old_
                 assert await _until(opened) == b"mat"
 
 
-async def _secret(node: Node, subject: str) -> str:
+async def _secret(node: Node, subject: str, body: bytes = b"mat") -> str:
+    """POST a SECRET document to Nghệ An with one attachment holding ``body``; its id."""
     posted = await node.client.post(
         "/v1/documents",
         json={
             "recipients": [NGHE_AN],
             "subject": subject,
             "confidentiality": "SECRET",
-            "attachments": [
-                {"name": "mat.txt", "content_base64": base64.b64encode(b"mat").decode()}
-            ],
+            "attachments": [{"name": "mat.txt", "content_base64": base64.b64encode(body).decode()}],
         },
     )
     assert posted.status_code == 202, posted.text

@@ -198,20 +198,26 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
-def test_docbus_dev_says_which_child_died_and_why(tmp_path: Path) -> None:
+def _dev(folder: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    """``docbus dev`` started in ``folder``, and what it printed until it was up."""
     dev = subprocess.Popen(
-        [sys.executable, "-m", "bus", "dev", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "bus", "dev", "--data-dir", str(folder)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    assert dev.stdout is not None
+    lines = []
+    for line in dev.stdout:
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    return dev, lines
+
+
+def test_docbus_dev_says_which_child_died_and_why(tmp_path: Path) -> None:
+    dev, lines = _dev(tmp_path)
     try:
-        assert dev.stdout is not None
-        lines = []
-        for line in dev.stdout:  # until it is up
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
         [broker] = [p for p, c in _children(dev.pid).items() if "tansu" in c and " broker " in c]
         os.kill(broker, signal.SIGKILL)
         rest, _ = dev.communicate(timeout=60)
@@ -228,20 +234,12 @@ def test_with_docbus_dev_a_secret_document_goes_by_curl_alone_and_its_recipient_
 ) -> None:
     # The README's integrator flow: JSON over HTTP, no keys or address book on the sender's
     # side; the node seals to the certificate the national directory names.
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "bus", "dev", "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    dev, lines = _dev(tmp_path)
     try:
-        assert dev.stdout is not None
         urls = {}
-        for line in dev.stdout:
+        for line in lines:
             if found := re.search(r"(\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2})\s.*?(http://\S+)", line):
                 urls[found[1]] = found[2]
-            if "Ctrl-C stops everything" in line:
-                break
         body = "Chỉ Nghệ An đọc được".encode()
 
         def node(agency: str) -> httpx.Client:
