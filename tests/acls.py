@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bus.kafka.acls import parse_acls
+
 ACLS = Path(__file__).resolve().parents[1] / "deploy" / "acls.txt"
 
 
 def acls() -> list[tuple[str, str, str, str, str]]:
     """(principal, operation, resource, name, pattern) of every rule."""
-    lines = ACLS.read_text("utf-8").splitlines()
-    return [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#")]  # type: ignore[misc]
+    return [tuple(rule) for rule in parse_acls(ACLS.read_text("utf-8"))]  # type: ignore[misc]
 
 
 def writers(topic: str) -> set[str]:

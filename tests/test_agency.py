@@ -33,7 +33,7 @@ from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.records import document_record, send_once, status_record
 from bus.kafka.runtime import Output
 from bus.registry import Registry
-from bus.trust.pki import KemAlgorithm
+from bus.trust.pki import KemAlgorithm, pem_cert
 from bus.trust.sealing import EncryptionKey
 from bus.wire.codec import default_codec
 from bus.wire.model import Action, Role, Status, StatusCode, event_digest, now_ms
@@ -462,16 +462,18 @@ async def test_a_secret_document_is_sealed_to_the_certificate_the_directory_name
     # No address book anywhere: the ministry's node seals with what the directory names.
     key_file, cert_file = pki.dev.issue_encryption(NGHE_AN, KemAlgorithm.X25519)
     operator = pki.key("docbus.directory", Role.SERVICE)
+    signer = pem_cert(*pki.key(MINISTRY, Role.SIGNER).chain).decode()
     directory = make_directory(
         json.loads((files("bus") / "data" / "registry.json").read_text("utf-8")),
         {NGHE_AN: cert_file.read_text("ascii")},
         1,
         datetime.now(UTC),
+        signing={MINISTRY: [signer]},
     )
     async with running_stack(broker.bootstrap, pki, registry, tmp_path) as stack:
         await stack.stop_service(f"inbox-{NGHE_AN}")
-        record = sign_directory(directory, operator)
-        await send_once(stack.settings, Output(stack.settings.topics.directory, None, record))
+        for key, record in sign_directory(directory, operator):
+            await send_once(stack.settings, Output(stack.settings.topics.directory, key, record))
         opener = EncryptionKey.from_pem(key_file.read_bytes())
         recipient = _node(stack, NGHE_AN, tmp_path / "nghe-an", opener)
         async with (
@@ -479,6 +481,7 @@ async def test_a_secret_document_is_sealed_to_the_certificate_the_directory_name
             _serve(recipient) as nghe_an,
         ):
             await _until(_directory_in_force(ministry.node))
+            await _agencies_as_the_directory_names_them(ministry, cert_file.read_text(), signer)
             body = "Chỉ người nhận được đọc".encode()
             document_id = await _secret(ministry, "Phương án tuyệt mật", body)
             kept = ministry.node.outbox.get(document_id, 0)
@@ -491,6 +494,25 @@ async def test_a_secret_document_is_sealed_to_the_certificate_the_directory_name
                 return got.content if got.status_code == 200 else None
 
             assert await _until(opened) == body
+
+
+async def _agencies_as_the_directory_names_them(node: Node, sealing: str, signer: str) -> None:
+    """An integrator looks recipients up on its node: unit, jurisdiction, certificates."""
+    found = (await node.client.get(f"/v1/agencies/{NGHE_AN}")).json()
+    assert found["jurisdiction"] == "nghe-an" and found["in_force"] is True
+    assert found["encryption_certificate"] == sealing
+    ministry = (await node.client.get(f"/v1/agencies/{MINISTRY}")).json()
+    assert ministry["signing_certificates"] == [signer]
+    assert ministry["encryption_certificate"] is None
+    page = (await node.client.get("/v1/agencies", params={"unit": "nghe-an", "limit": 1})).json()
+    assert [a["code"] for a in page["items"]] == [NGHE_AN] and page["directory_version"] == 1
+    rest = await node.client.get("/v1/agencies", params={"unit": "nghe-an", "after": page["next"]})
+    assert all(a["code"] > NGHE_AN for a in rest.json()["items"])
+    unknown = await node.client.get("/v1/agencies/000.00.00.Z99")
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == "application/problem+json"
+    anonymous = await node.client.get(f"/v1/agencies/{NGHE_AN}", headers={"authorization": ""})
+    assert anonymous.status_code == 401
 
 
 def _directory_in_force(node: AgencyNode, version: int = 1) -> Callable[[], Any]:
@@ -515,7 +537,8 @@ async def test_a_renewed_encryption_certificate_seals_the_next_document_and_old_
 
         async def publish(version: int, cert: str) -> None:
             made = make_directory(shipped, {NGHE_AN: cert}, version, datetime.now(UTC))
-            await send_once(stack.settings, Output(topic, made.key, sign_directory(made, operator)))
+            for key, record in sign_directory(made, operator):
+                await send_once(stack.settings, Output(topic, key, record))
 
         await publish(1, old[1])
         # The recipient's node holds the renewed key and keeps the old one.

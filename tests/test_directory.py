@@ -13,27 +13,38 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bus.directory.generate import make_directory, national
 from bus.directory.model import Directory, DirectoryError, diff, parse_directory
-from bus.directory.signed import forward, open_directory, sign_directory
+from bus.directory.parts import is_part, split
+from bus.directory.signed import (
+    DirectoryReader,
+    forward,
+    open_directory,
+    read_file,
+    sign_directory,
+    to_file,
+)
+from bus.kafka.acls import Rule, delivery_grants, parse_acls
 from bus.kafka.broker import EmbeddedBroker
 from bus.kafka.clients import KafkaSettings
-from bus.kafka.directory import directory_records, load_directory, newest
+from bus.kafka.directory import directory_records, load_directory
 from bus.kafka.records import document_record, send_once
 from bus.kafka.runtime import Output
-from bus.kafka.topics import ensure_topics
+from bus.kafka.topics import Topics, ensure_topics
 from bus.registry import VIETNAM, Registry
 from bus.trust.pki import CertRole, KeyAlgorithm
 from bus.trust.signing import SigningKey, sign_event
 from bus.trust.verifier import Verifier
 from bus.wire.codec import default_codec
+from bus.wire.limits import MAX_RECORD_BYTES
 from bus.wire.model import Document, Role
 from consumers.inbox import document_folder
 from producers.document import new_document
-from tests.acls import acls
+from tests.acls import ACLS
 from tests.conftest import MINISTRY, PROVINCE, Pki
 from tests.stack import file_appears, read_topic, running_stack
 
@@ -60,11 +71,12 @@ texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_si
     name=texts,
     version=st.integers(min_value=1, max_value=10**12 - 1),
     encryption=st.dictionaries(texts, texts, max_size=4),
+    signing=st.dictionaries(texts, st.lists(texts, max_size=3), max_size=4),
 )
 def test_a_directory_reads_back_as_written_and_only_in_canonical_form(
-    name: str, version: int, encryption: dict[str, str]
+    name: str, version: int, encryption: dict[str, str], signing: dict[str, list[str]]
 ) -> None:
-    made = make_directory(SEED, encryption, version, ISSUED, name)
+    made = make_directory(SEED, encryption, version, ISSUED, name, signing)
     data = made.to_json()
     assert parse_directory(data) == made
     spaced = json.dumps(json.loads(data), ensure_ascii=False, indent=1).encode()
@@ -100,36 +112,39 @@ def test_the_operators_signature_opens_and_any_other_is_refused(pki: Pki) -> Non
         with pytest.raises(DirectoryError, match=r"no pinned directory|role"):
             open_directory(sign_directory(made, key), verifier)
     codec = default_codec()
-    unsigned = codec.encode_event(
-        sign_event("application/vnd.docbus.directory+json", made.to_json(), [])
-    )
+    *parts, (named, manifest) = sign_directory(made, _operator(pki))
+    event = codec.decode_event(manifest)
+    unsigned = codec.encode_event(sign_event(event.payload_type, event.payload, []))
     with pytest.raises(DirectoryError, match="no signature"):
-        open_directory(unsigned, verifier)
-    # The operator's signature over other bytes: one agency's certificate swapped.
-    event = codec.decode_event(sign_directory(made, _operator(pki)))
-    forged = event.payload.replace(b"-----BEGIN CERTIFICATE-----", b"-----BEGIN CERTIFICATE----!")
+        open_directory([*parts, (named, unsigned)], verifier)
+    # The operator's signature over another manifest: a part named that was not signed.
+    other = event.payload.replace(parts[0][0].split(b"/")[-1], b"0" * 64)
     with pytest.raises(DirectoryError, match="does not verify"):
-        open_directory(
-            codec.encode_event(event.__class__(event.payload_type, forged, event.signatures)),
-            verifier,
-        )
+        forged = codec.encode_event(event.__class__(event.payload_type, other, event.signatures))
+        open_directory([*parts, (named, forged)], verifier)
+    # A part altered (one agency's certificate swapped) is no longer the part it names.
+    altered = [
+        (k, v.replace(b"-----BEGIN CERTIFICATE-----", b"-----BEGIN CERTIFICATE----!"))
+        for k, v in parts
+    ]
+    with pytest.raises(DirectoryError, match="not found"):
+        open_directory([*altered, (named, manifest)], verifier)
     # A document is not a directory, however well signed.
     record = document_record(
         new_document(MINISTRY, [PROVINCE], "x"), [pki.key(MINISTRY, Role.SIGNER)]
     )
     with pytest.raises(DirectoryError, match="not a directory"):
-        open_directory(record, verifier)
+        open_directory([(b"vn/000000000009/x", record)], verifier)
 
 
 def test_versions_only_go_forward() -> None:
-    forward(None, _directory(1))
-    forward(_directory(1), _directory(2))
+    forward(None, "vn", 1)
+    forward(_directory(1), "vn", 2)
     for older in (1, 2):
         with pytest.raises(DirectoryError, match="not newer"):
-            forward(_directory(2), _directory(older))
-    other = make_directory(SEED, {}, 5, ISSUED, "elsewhere")
+            forward(_directory(2), "vn", older)
     with pytest.raises(DirectoryError, match="is not 'vn'"):
-        forward(_directory(2), other)
+        forward(_directory(2), "elsewhere", 5)
 
 
 def test_a_merger_reads_as_an_operator_expects() -> None:
@@ -158,6 +173,46 @@ def test_at_national_size_every_generated_agency_resolves_to_a_province() -> Non
         assert registry.resolve(agency.code, date(2026, 12, 3)).jurisdiction.id in provinces
 
 
+def _national(pki: Pki, renewed: str | None = None) -> Directory:
+    """A directory at national size with every agency's encryption certificate and one
+    signing chain (the same made-up PEM bytes for each: size, not validity, is the point)."""
+    registry = national(SEED, communes=3300, agencies=20000)
+    pem = (pki.dev.trust_dir / "issuing-ca.cert.pem").read_text("ascii")
+    codes = [a["code"] for a in registry["agencies"]]
+    encryption = {code: pem + (code if code == renewed else "") for code in codes}
+    return make_directory(
+        registry, encryption, 2 if renewed else 1, ISSUED, signing={code: [pem] for code in codes}
+    )
+
+
+def test_at_national_size_a_version_travels_in_parts_and_a_renewal_is_one_new_part(
+    pki: Pki,
+) -> None:
+    made = _national(pki)
+    records = sign_directory(made, _operator(pki))
+    assert len(made.to_json()) > 7 * MAX_RECORD_BYTES  # far over one record
+    assert all(len(value) <= MAX_RECORD_BYTES for _, value in records)
+    assert open_directory(records, Verifier(pki.trust)) == made
+    # The offline file holds the same records.
+    assert read_file(to_file(records)) == records
+    # A renewed certificate: one part differs, the others are written once for both.
+    renewed_code = made.registry["agencies"][1234]["code"]
+    _, before = split(made)
+    _, after = split(_national(pki, renewed_code))
+    assert len(after.keys() - before.keys()) == 1
+
+
+def test_a_version_whose_parts_come_later_waits_for_them(pki: Pki) -> None:
+    reader = DirectoryReader(Verifier(pki.trust))
+    assert reader.feed(sign_directory(_directory(1), _operator(pki))).version == 1  # type: ignore[union-attr]
+    records = sign_directory(_directory(2, _merged(date(2027, 1, 1))), _operator(pki))
+    parts = [r for r in records if is_part(r[0])]
+    manifest = [r for r in records if not is_part(r[0])]
+    assert reader.feed(manifest) is None and reader.current.version == 1  # type: ignore[union-attr]
+    assert "not found" in reader.refused[-1]
+    assert reader.feed(parts).version == 2  # type: ignore[union-attr]
+
+
 async def test_on_the_topic_the_newest_genuine_version_wins_and_forgeries_change_nothing(
     pki: Pki, broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -167,7 +222,7 @@ async def test_on_the_topic_the_newest_genuine_version_wins_and_forgeries_change
     assert await load_directory(settings, verifier) is None  # nothing yet
     # Offline: no valid directory on the topic, the signed file.
     offline = tmp_path / "directory.signed"
-    offline.write_bytes(sign_directory(_directory(1), _operator(pki)))
+    offline.write_bytes(to_file(sign_directory(_directory(1), _operator(pki))))
     assert (await load_directory(settings, verifier, offline)).version == 1  # type: ignore[union-attr]
 
     operator, gateway = _operator(pki), pki.key("docbus.gateway", Role.SERVICE)
@@ -178,20 +233,27 @@ async def test_on_the_topic_the_newest_genuine_version_wins_and_forgeries_change
             (_directory(1), operator),
             (_directory(2), operator),
             (_directory(9), gateway),
+            (_directory(1), operator),  # a genuine older version again after the newer one
         ):
-            await producer.send_and_wait(
-                settings.topics.directory, sign_directory(made, key), key=made.key
-            )
-        # A genuine older version written again after the newer one.
-        await producer.send_and_wait(
-            settings.topics.directory, sign_directory(_directory(1), operator)
-        )
+            await _put(producer, settings, sign_directory(made, key))
     finally:
         await producer.stop()
     found = await load_directory(settings, verifier, offline)
     assert found is not None and found.version == 2  # not the forged 9, not the replayed 1
     # A reader with version 2 in force finds nothing newer: the forgery changes nothing.
-    assert newest(await directory_records(settings), verifier, found) is None
+    reader = DirectoryReader(verifier)
+    assert reader.feed(await directory_records(settings)) == found
+    assert reader.feed(await directory_records(settings)) is None
+    assert any("no pinned directory" in r for r in reader.refused)
+    assert reader.feed(sign_directory(_directory(1), operator)) is None  # a replay, later
+    assert "not newer than version 2" in reader.refused[-1]
+
+
+async def _put(
+    producer: AIOKafkaProducer, settings: KafkaSettings, records: list[tuple[bytes, bytes]]
+) -> None:
+    for key, value in records:
+        await producer.send_and_wait(settings.topics.directory, value, key=key)
 
 
 def test_the_operator_publishes_and_everyone_reads_with_the_command(
@@ -271,9 +333,7 @@ async def test_a_running_gateway_routes_by_a_newer_directory_without_a_restart(
         producer = settings.producer()
         await producer.start()
         try:
-            await producer.send_and_wait(
-                settings.topics.directory, sign_directory(_directory(1), operator)
-            )
+            await _put(producer, settings, sign_directory(_directory(1), operator))
             log = tmp_path / "gateway.log"
             gateway = _gateway(pki, broker, log)
             try:
@@ -283,9 +343,7 @@ async def test_a_running_gateway_routes_by_a_newer_directory_without_a_restart(
                 # A merger and a new commune from Vietnam's midnight, published while it runs.
                 midnight = _midnight()
                 merged = _directory(2, _merged(midnight.date()))
-                await producer.send_and_wait(
-                    settings.topics.directory, sign_directory(merged, operator), key=merged.key
-                )
+                await _put(producer, settings, sign_directory(merged, operator))
                 await _logged(log, '"version": 2', 40)
                 minute = timedelta(minutes=1)
                 before = _dated(new_document(MINISTRY, [PROVINCE], "Ngày cũ"), midnight - minute)
@@ -302,8 +360,8 @@ async def test_a_running_gateway_routes_by_a_newer_directory_without_a_restart(
                 forged = json.loads(json.dumps(_merged(midnight.date())))
                 [unit] = [u for u in forged["units"] if u["id"] == "nghe-an"]
                 unit["successor"] = "thanh-hoa"
-                record = sign_directory(_directory(3, forged), pki.key(MINISTRY, Role.AGENCY))
-                await producer.send_and_wait(settings.topics.directory, record)
+                records = sign_directory(_directory(3, forged), pki.key(MINISTRY, Role.AGENCY))
+                await _put(producer, settings, records)
                 await _logged(log, "directory refused", 40)
                 last = _dated(new_document(MINISTRY, [PROVINCE], "Sau bản giả"), midnight + minute)
                 await stack.publisher.publish(last)
@@ -350,10 +408,8 @@ async def test_a_running_inbox_follows_its_new_jurisdiction_and_misses_nothing_o
 ) -> None:
     operator, settings = _operator(pki), broker.settings()
     async with running_stack(broker.bootstrap, pki, registry, tmp_path, services=False) as stack:
-        await send_once(
-            settings,
-            Output(settings.topics.directory, None, sign_directory(_directory(1), operator)),
-        )
+        for key, value in sign_directory(_directory(1), operator):
+            await send_once(settings, Output(settings.topics.directory, key, value))
         folder = tmp_path / "inbox"
         agency_key = pki.dev.issue(PROVINCE, CertRole.AGENCY, KeyAlgorithm.ED25519, replace=True)
         logs = {name: tmp_path / f"{name}.log" for name in ("gateway", "inbox")}
@@ -379,10 +435,8 @@ async def test_a_running_inbox_follows_its_new_jurisdiction_and_misses_nothing_o
             )
             midnight, minute = _midnight(), timedelta(minutes=1)
             merged = _directory(2, _merged(midnight.date()))
-            await send_once(
-                settings,
-                Output(settings.topics.directory, merged.key, sign_directory(merged, operator)),
-            )
+            for key, value in sign_directory(merged, operator):
+                await send_once(settings, Output(settings.topics.directory, key, value))
             for log in logs.values():
                 await _logged(log, '"version": 2', 40)
             before = _dated(new_document(MINISTRY, [PROVINCE], "Ngày cũ"), midnight - minute)
@@ -409,25 +463,45 @@ async def _logged(log: Path, text: str, seconds: float) -> None:
     raise AssertionError(f"{text} not logged within {seconds}s")
 
 
-def test_deploy_acls_let_each_agency_read_the_delivery_topic_the_directory_gives_it() -> None:
-    # deploy/acls.txt is written by hand and checked against the directory: an agency's
-    # principal (known by its inbox group, docbus.inbox.CODE) reads exactly its
-    # jurisdiction's delivery topic as the shipped directory resolves it today.
-    registry = _directory(1).parsed
-    today = date.today()
-    rules = acls()
-    for principal in {p for p, *_ in rules}:
-        groups = [n for p, op, kind, n, _ in rules if p == principal and kind == "group"]
-        codes = [g.removeprefix("docbus.inbox.") for g in groups if g.startswith("docbus.inbox.")]
-        if not codes:
-            continue  # a service, not an agency
-        jurisdictions = {registry.resolve(code, today).jurisdiction.id for code in codes}
-        reads = {
-            n.removeprefix("docbus.deliver.")
-            for p, op, kind, n, _ in rules
-            if p == principal and op == "Read" and n.startswith("docbus.deliver.")
-        }
-        assert reads == jurisdictions, principal
+def test_deploy_acls_let_each_agency_read_the_delivery_topics_the_directory_gives_it() -> None:
+    # deploy/acls.txt is checked against the directory: an agency's principal (known by its
+    # inbox group, docbus.inbox.CODE) reads exactly its jurisdictions' delivery topics.
+    rules = parse_acls(ACLS.read_text("utf-8"))
+    topics, today = Topics(), date(2026, 12, 3)
+    assert delivery_grants(rules, _directory(1).parsed, today, topics) == ([], [])
+    # A merger named ahead: Nghệ An's inbox must read Hà Tĩnh's topic too, before the day.
+    ahead = _directory(2, _merged(date(2027, 1, 1))).parsed
+    missing, surplus = delivery_grants(rules, ahead, today, topics)
+    assert missing == [Rule("inbox-nghe-an", "Read", "topic", "docbus.deliver.ha-tinh", "literal")]
+    assert surplus == []
+    # Once it is done, the old topic is no longer needed.
+    done = _directory(2, _merged(date(2026, 7, 1))).parsed
+    missing, surplus = delivery_grants(rules, done, today, topics)
+    assert [r.name for r in missing] == ["docbus.deliver.ha-tinh"]
+    assert [r.name for r in surplus] == ["docbus.deliver.nghe-an"]
+
+
+def test_the_operator_checks_the_acls_against_a_directory_with_the_command(
+    pki: Pki, tmp_path: Path
+) -> None:
+    signed = tmp_path / "d2.signed"
+    signed.write_bytes(
+        to_file(sign_directory(_directory(2, _merged(date(2027, 1, 1))), _operator(pki)))
+    )
+    checked = subprocess.run(
+        [
+            *(sys.executable, "-m", "bus", "directory", "acls", "--file", str(signed)),
+            *("--acls", str(ACLS), "--on", "2026-12-03", "--trust", str(pki.dev.trust_dir)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 1, checked.stderr
+    assert checked.stdout.splitlines()[0].split() == [
+        "+", "inbox-nghe-an", "Read", "topic", "docbus.deliver.ha-tinh", "literal"
+    ]  # fmt: skip
+    assert "1 rules to add, 0 to remove" in checked.stdout
 
 
 def test_an_inbox_reads_every_jurisdiction_its_agency_has_from_today_on() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,10 +21,21 @@ from bus.cli.options import (
     settings,
     trust_option,
 )
+from bus.directory.certificates import certificates_in
 from bus.directory.generate import NAME, make_directory, national
 from bus.directory.model import Directory, DirectoryError, diff, parse_directory
-from bus.directory.signed import open_directory, sign_directory
-from bus.kafka.directory import directory_records, newest, publish_directory
+from bus.directory.parts import assemble, is_part, parse_manifest
+from bus.directory.signed import (
+    DirectoryReader,
+    open_directory,
+    read_file,
+    sign_directory,
+    to_file,
+)
+from bus.kafka.acls import delivery_grants, parse_acls
+from bus.kafka.directory import directory_records, open_file, publish_directory
+from bus.kafka.topics import Topics
+from bus.registry import VIETNAM
 from bus.trust.signing import SigningKey
 from bus.trust.truststore import TrustStore
 from bus.trust.verifier import Verifier
@@ -30,6 +43,7 @@ from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError
 from bus.wire.model import Role
 
+DEPLOY_ACLS = Path("deploy") / "acls.txt"
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
@@ -45,7 +59,7 @@ def directory() -> None:
     "--certificates",
     folder=True,
     exists=True,
-    help="Address book: AGENCY/encryption.cert.pem for each agency that has one.",
+    help="Certificates: AGENCY/encryption.cert.pem, AGENCY/{signer,agency}.cert.pem.",
 )
 @click.option("--communes", type=click.IntRange(min=0), help="Grow it to this many communes.")
 @click.option("--agencies", type=click.IntRange(min=0), help="Grow it to this many agencies.")
@@ -66,7 +80,8 @@ def directory_generate(
     data = json.loads(_registry_text(chosen))
     if communes is not None or agencies is not None:
         data = national(data, communes or 0, agencies or 0)
-    made = make_directory(data, _encryption(certificates), version, datetime.now(UTC), name)
+    encryption, signing = certificates_in(certificates) if certificates else ({}, {})
+    made = make_directory(data, encryption, version, datetime.now(UTC), name, signing)
     made.parsed  # noqa: B018  (refuse now a registry that does not hold together)
     output.write_bytes(made.to_json())
     click.echo(str(made))
@@ -78,15 +93,6 @@ def _registry_text(path: Path | None) -> str:
     from importlib.resources import files
 
     return (files("bus") / "data" / "registry.json").read_text("utf-8")
-
-
-def _encryption(folder: Path | None) -> dict[str, str]:
-    if folder is None:
-        return {}
-    found = {}
-    for path in sorted(folder.glob("*/encryption.cert.pem")):
-        found[path.parent.name] = path.read_text("ascii")
-    return found
 
 
 @directory.command("publish")
@@ -105,20 +111,21 @@ def directory_publish(
     if data.startswith(b"{"):
         if key is None:
             raise click.UsageError("an unsigned directory needs --key to be signed")
-        record = sign_directory(parse_directory(data), key)
+        records = sign_directory(parse_directory(data), key)
     else:
-        record = data
-    made = open_directory(record, verifier)  # what every reader will do, before anyone does
+        records = read_file(data)
+    made = open_directory(records, verifier)  # what every reader will do, before anyone does
     if output is not None:
-        output.write_bytes(record)
+        output.write_bytes(to_file(records))
         click.echo(f"{made}: written to {output}")
         return
     client = kafka(bootstrap)
-    in_force = newest(asyncio.run(directory_records(client)), verifier)
+    on_topic = asyncio.run(directory_records(client))
+    in_force = DirectoryReader(verifier).feed(on_topic)
     if in_force is not None and in_force.version >= made.version:
         raise DirectoryError(f"version {made.version} is not newer than {in_force.version}")
-    asyncio.run(publish_directory(client, record, made))
-    click.echo(f"{made}: published on {client.topics.directory}")
+    written = asyncio.run(publish_directory(client, records, {k for k, _ in on_topic if k}))
+    click.echo(f"{made}: published on {client.topics.directory} ({written} records)")
 
 
 @directory.command("show")
@@ -130,9 +137,9 @@ def directory_show(file: Path | None, as_json: bool, trust: Path, bootstrap: str
     """The directory in force: the newest valid one on docbus.directory (or in --file)."""
     verifier = Verifier(TrustStore.load(trust))
     if file is not None:
-        found: Directory | None = open_directory(file.read_bytes(), verifier)
+        found: Directory | None = open_file(file, verifier)
     else:
-        found = newest(asyncio.run(directory_records(kafka(bootstrap))), verifier)
+        found = DirectoryReader(verifier).feed(asyncio.run(directory_records(kafka(bootstrap))))
     if found is None:
         raise DirectoryError("no valid directory on the topic")
     click.echo(found.to_json().decode() if as_json else str(found))
@@ -143,7 +150,42 @@ def directory_show(file: Path | None, as_json: bool, trust: Path, bootstrap: str
 @trust_option
 def directory_verify(file: Path, trust: Path) -> None:
     """Check a signed directory file as every reader does (exit 1 and why if it fails)."""
-    click.echo(f"{open_directory(file.read_bytes(), Verifier(TrustStore.load(trust)))}: valid")
+    click.echo(f"{open_file(file, Verifier(TrustStore.load(trust)))}: valid")
+
+
+@directory.command("acls")
+@path_option("--file", exists=True, help="A signed directory file (default: the topic).")
+@path_option("--acls", "acl_file", exists=True, help="The ACL file (default: deploy/acls.txt).")
+@click.option("--on", type=click.DateTime(["%Y-%m-%d"]), help="From this day (default: today).")
+@trust_option
+@bootstrap_option
+def directory_acls(
+    file: Path | None,
+    acl_file: Path | None,
+    on: datetime | None,
+    trust: Path,
+    bootstrap: str | None,
+) -> None:
+    """Check the ACLs against the directory in force: each agency's principal (the one that
+    may join docbus.inbox.CODE) reads the delivery topic of every jurisdiction the directory
+    gives it from today on. Prints the rules to add (+) and to remove (-); exit 1 if any."""
+    verifier = Verifier(TrustStore.load(trust))
+    if file is not None:
+        found: Directory | None = open_file(file, verifier)
+    else:
+        found = DirectoryReader(verifier).feed(asyncio.run(directory_records(kafka(bootstrap))))
+    if found is None:
+        raise DirectoryError("no valid directory on the topic")
+    rules = parse_acls((acl_file or DEPLOY_ACLS).read_text("utf-8"))
+    day = on.date() if on else datetime.now(VIETNAM).date()
+    missing, surplus = delivery_grants(rules, found.parsed, day, Topics(settings().topic_prefix))
+    for rule in missing:
+        click.echo(f"+ {rule}")
+    for rule in surplus:
+        click.echo(f"- {rule}")
+    click.echo(f"{found}: {len(missing)} rules to add, {len(surplus)} to remove")
+    if missing or surplus:
+        sys.exit(1)
 
 
 @directory.command("diff")
@@ -160,7 +202,13 @@ def _content(path: Path) -> Directory:
     data = path.read_bytes()
     if data.startswith(b"{"):
         return parse_directory(data)
+    records = read_file(data)
+    parts = {hashlib.sha256(v).hexdigest(): v for k, v in records if is_part(k)}
+    manifests = [v for k, v in records if not is_part(k)]
+    if not manifests:
+        raise DirectoryError(f"{path}: no manifest in it")
     try:
-        return parse_directory(default_codec().decode_event(data).payload)
+        manifest = parse_manifest(default_codec().decode_event(manifests[-1]).payload)
     except DocbusError as exc:
         raise DirectoryError(f"{path}: not a directory ({exc.message})") from exc
+    return assemble(manifest, parts)

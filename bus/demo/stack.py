@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 
+from bus.directory.certificates import certificates_in
 from bus.directory.generate import make_directory
 from bus.directory.signed import sign_directory
 from bus.kafka.broker import EmbeddedBroker
@@ -140,18 +141,16 @@ class Stack:
         registry and the encryption certificates of the agencies that have one, which the
         nodes seal to."""
         agencies = self.pki / "agencies"
-        certificates = {
-            agency: (agencies / agency / "encryption.cert.pem").read_text("ascii")
-            for agency in NODES
-            if (agencies / agency / "encryption.cert.pem").is_file()
-        }
+        encryption, signing = certificates_in(agencies)
+        sealed_to = {agency: encryption[agency] for agency in NODES if agency in encryption}
         shipped = json.loads((files("bus") / "data" / "registry.json").read_text("utf-8"))
-        made = make_directory(shipped, certificates, 1, datetime.now(UTC))
+        made = make_directory(shipped, sealed_to, 1, datetime.now(UTC), signing=signing)
         base = agencies / DIRECTORY
         operator = SigningKey.load(
             Role.SERVICE, base / "service.key.pem", base / "service.cert.pem"
         )
-        self.send(self.settings.topics.directory, sign_directory(made, operator), made.key)
+        for key, record in sign_directory(made, operator):
+            self.send(self.settings.topics.directory, record, key)
 
     def start_services(self) -> None:
         for name in self.commands():

@@ -4,11 +4,11 @@ and, for benchmarks, grown to national size. Pure: data in, a :class:`Directory`
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from bus.directory.model import Directory
+from bus.directory.model import Directory, sorted_registry
 
 NAME = "vn"
 
@@ -19,11 +19,13 @@ def make_directory(
     version: int,
     issued: datetime,
     name: str = NAME,
+    signing: Mapping[str, Sequence[str]] | None = None,
 ) -> Directory:
-    """A directory of ``registry`` (its JSON form, ``about`` dropped) and the PEM
-    ``encryption`` chains of its agencies."""
-    content = {"units": registry["units"], "agencies": registry["agencies"]}
-    return Directory(name, version, issued, copy.deepcopy(content), dict(encryption))
+    """A directory of ``registry`` (its JSON form, ``about`` dropped), the PEM
+    ``encryption`` chains of its agencies and the chains each signs with."""
+    content = sorted_registry(copy.deepcopy(registry["units"]), copy.deepcopy(registry["agencies"]))
+    chains = {code: sorted(pems) for code, pems in (signing or {}).items()}
+    return Directory(name, version, issued, content, dict(encryption), chains)
 
 
 def national(seed: dict[str, Any], communes: int, agencies: int) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The national directory's content (DESIGN §13): one versioned snapshot of the registry and
-of each agency's current encryption certificates. Pure: bytes in, bytes out.
+of each agency's current certificates (ENCRYPTION, and the SIGNER/AGENCY chains it signs
+with). Pure: bytes in, bytes out.
 
 Its wire form is canonical JSON (sorted keys, no spaces, UTF-8), so that the bytes signed
 are the bytes any reader rebuilds and two directories compare by their digest.
@@ -36,6 +37,7 @@ class Directory:
     :param issued: when the operator made it (UTC).
     :param registry: the registry's JSON form (units and agencies, as ``registry.json``).
     :param encryption: agency code → its ENCRYPTION certificate chain, PEM, leaf first.
+    :param signing: agency code → the chains it signs with (SIGNER, AGENCY), PEM, leaf first.
     """
 
     name: str
@@ -43,6 +45,7 @@ class Directory:
     issued: datetime
     registry: dict[str, Any]
     encryption: dict[str, str] = field(default_factory=dict)
+    signing: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         data = {
@@ -52,18 +55,13 @@ class Directory:
             "issued": self.issued.isoformat(),
             "registry": self.registry,
             "encryption": self.encryption,
+            "signing": self.signing,
         }
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return canonical(data)
 
     @cached_property
     def digest(self) -> str:
         return hashlib.sha256(self.to_json()).hexdigest()
-
-    @property
-    def key(self) -> bytes:
-        """Its record key: name, version and digest, so that a record someone else wrote
-        under the same name and version can never compact the genuine one away."""
-        return f"{self.name}/{self.version:012d}/{self.digest}".encode()
 
     @cached_property
     def parsed(self) -> Registry:
@@ -78,18 +76,46 @@ class Directory:
         )
 
 
+def canonical(data: object) -> bytes:
+    """The one JSON spelling of ``data``: sorted keys, no spaces, UTF-8."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sorted_registry(units: list[Any], agencies: list[Any]) -> dict[str, Any]:
+    """A registry's JSON form in the directory's one order: units by id, agencies by code."""
+    return {
+        "units": sorted(units, key=lambda u: u["id"]),
+        "agencies": sorted(agencies, key=lambda a: a["code"]),
+    }
+
+
 def parse_directory(data: bytes) -> Directory:
     """A directory from its JSON form; DirectoryError names what is wrong."""
     try:
         raw = json.loads(data)
+    except ValueError as exc:
+        raise DirectoryError(f"not a directory: {exc}") from exc
+    directory = from_dict(raw)
+    if directory.to_json() != data:
+        raise DirectoryError("not in canonical form (sorted keys, no spaces, UTF-8)")
+    return directory
+
+
+def from_dict(raw: Any) -> Directory:
+    """A directory from its parsed JSON form, every field checked; DirectoryError names
+    what is wrong."""
+    try:
         if raw.get("format") != FORMAT:
             raise DirectoryError(f"unknown directory format {raw.get('format')!r}")
         directory = Directory(
-            name=_text(raw["name"], "name"),
-            version=_version(raw["version"]),
+            name=text_of(raw["name"], "name"),
+            version=version_of(raw["version"]),
             issued=datetime.fromisoformat(raw["issued"]),
             registry=raw["registry"],
-            encryption={_text(k, "agency"): _text(v, k) for k, v in raw["encryption"].items()},
+            encryption={text_of(k, "agency"): text_of(v, k) for k, v in raw["encryption"].items()},
+            signing={
+                text_of(k, "agency"): [text_of(c, k) for c in v] for k, v in raw["signing"].items()
+            },
         )
         if directory.issued.tzinfo is None:
             raise DirectoryError("issued has no time zone")
@@ -98,18 +124,16 @@ def parse_directory(data: bytes) -> Directory:
         if isinstance(exc, DirectoryError):
             raise
         raise DirectoryError(f"not a directory: {exc}") from exc
-    if directory.to_json() != data:
-        raise DirectoryError("not in canonical form (sorted keys, no spaces, UTF-8)")
     return directory
 
 
-def _text(value: object, what: str) -> str:
+def text_of(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise DirectoryError(f"{what}: expected text, found {value!r}")
     return value
 
 
-def _version(value: object) -> int:
+def version_of(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 10**12:
         raise DirectoryError(f"version: expected a positive integer, found {value!r}")
     return value
@@ -137,4 +161,11 @@ def diff(old: Directory, new: Directory) -> list[str]:
             if code not in new.encryption:
                 what = "removed"
             lines.append(f"~ encryption certificate of {code} {what}")
+    for code in sorted(old.signing.keys() | new.signing.keys()):
+        had, has = set(old.signing.get(code, [])), set(new.signing.get(code, []))
+        if had != has:
+            lines.append(
+                f"~ signing certificates of {code}: {len(has - had)} added, "
+                f"{len(had - has)} removed"
+            )
     return lines

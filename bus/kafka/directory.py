@@ -1,6 +1,7 @@
 """The directory on its topic (DESIGN §13): publishing a signed version, and reading the
-newest valid one. Every version read is checked (signed by the pinned operator, newer than
-the one in force); one that is not is logged with its reason and changes nothing."""
+newest valid one. Every version read is checked by a :class:`DirectoryReader` (signed by
+the pinned operator, complete, newer than the one in force); one that is not is logged
+with its reason and changes nothing."""
 
 from __future__ import annotations
 
@@ -12,20 +13,26 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from bus.directory.model import Directory, DirectoryError
-from bus.directory.signed import forward, open_directory
+from bus.directory.model import Directory
+from bus.directory.signed import DirectoryReader, Record, open_directory, read_file
 from bus.kafka.clients import KafkaSettings, partitions_of
 from bus.trust.verifier import Verifier
 
 log = structlog.get_logger("directory")
 
 
-async def publish_directory(settings: KafkaSettings, record: bytes, directory: Directory) -> None:
-    """Write ``record`` (``directory``, signed) to the directory topic under its key."""
+async def publish_directory(
+    settings: KafkaSettings, records: list[tuple[bytes, bytes]], present: set[bytes]
+) -> int:
+    """Write a signed directory's ``records`` (parts, then the manifest) to the directory
+    topic, but the parts already there (keys in ``present``); returns how many written."""
     producer = settings.producer()
     await producer.start()
     try:
-        await producer.send_and_wait(settings.topics.directory, record, key=directory.key)
+        missing = [(key, value) for key, value in records if key not in present]
+        for key, value in missing:
+            await producer.send_and_wait(settings.topics.directory, value, key=key)
+        return len(missing)
     finally:
         await producer.stop()
 
@@ -47,17 +54,17 @@ async def _assigned(settings: KafkaSettings) -> tuple[AIOKafkaConsumer, list[Top
     return consumer, parts
 
 
-async def _to_end(consumer: AIOKafkaConsumer, parts: list[TopicPartition]) -> list[bytes]:
+async def _to_end(consumer: AIOKafkaConsumer, parts: list[TopicPartition]) -> list[Record]:
     """The records from the consumer's position to each partition's end as of now."""
     ends = await consumer.end_offsets(parts) if parts else {}
-    records: list[bytes] = []
+    records: list[Record] = []
     while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
         batch = await consumer.getmany(*parts, timeout_ms=500)
-        records += [r.value for rs in batch.values() for r in rs if r.value is not None]
+        records += [(r.key, r.value) for rs in batch.values() for r in rs]
     return records
 
 
-async def directory_records(settings: KafkaSettings) -> list[bytes]:
+async def directory_records(settings: KafkaSettings) -> list[Record]:
     """Every record on the directory topic, from its start to its end as of now."""
     consumer, parts = await _assigned(settings)
     try:
@@ -66,44 +73,21 @@ async def directory_records(settings: KafkaSettings) -> list[bytes]:
         await consumer.stop()
 
 
-def newest(
-    records: list[bytes], verifier: Verifier, current: Directory | None = None
-) -> Directory | None:
-    """The newest valid directory among ``records`` if it may replace ``current``, else None.
-
-    A record that does not verify is logged and skipped; so is one that would take the
-    directory back (older than, or another than, the one in force). Older genuine versions
-    are the topic's history, not refusals, when nothing is in force yet."""
-    valid: list[Directory] = []
-    for record in records:
-        try:
-            valid.append(open_directory(record, verifier))
-        except DirectoryError as exc:
-            log.warning("directory refused", reason=str(exc))
-    found: Directory | None = None
-    for candidate in sorted(valid, key=lambda d: d.version):
-        if current is not None and candidate.digest == current.digest:
-            continue  # the one in force, read again
-        try:
-            forward(current, candidate)
-        except DirectoryError as exc:
-            log.warning("directory refused", reason=str(exc), version=candidate.version)
-            continue
-        found = candidate
-    return found
-
-
 async def load_directory(
     settings: KafkaSettings, verifier: Verifier, fallback: Path | None = None
 ) -> Directory | None:
     """The newest valid directory on the topic; else the one in the signed file
     ``fallback`` (for offline use); else None."""
-    found = newest(await directory_records(settings), verifier)
+    found = DirectoryReader(verifier).feed(await directory_records(settings))
     if found is None and fallback is not None:
         log.info("no valid directory on the topic: using the file", file=str(fallback))
-        record = await asyncio.to_thread(fallback.read_bytes)
-        found = open_directory(record, verifier)
+        found = await asyncio.to_thread(open_file, fallback, verifier)
     return found
+
+
+def open_file(path: Path, verifier: Verifier) -> Directory:
+    """The directory in a signed file; DirectoryError says why there is none."""
+    return open_directory(read_file(path.read_bytes()), verifier)
 
 
 class DirectoryFollower:
@@ -124,7 +108,7 @@ class DirectoryFollower:
         self.apply = apply
         self.fallback = fallback
         self.period = period
-        self.current: Directory | None = None
+        self.directory = DirectoryReader(verifier)
         self._reader: tuple[AIOKafkaConsumer, list[TopicPartition]] | None = None
 
     async def start(self) -> None:
@@ -134,18 +118,22 @@ class DirectoryFollower:
         found = None
         try:
             self._reader = await _assigned(self.settings)
-            found = newest(await _to_end(*self._reader), self.verifier)
+            found = self.directory.feed(await _to_end(*self._reader))
         except (KafkaError, OSError) as exc:
             log.warning("directory topic not read: following it once it answers", error=str(exc))
             await self._close()
         if found is None and self.fallback is not None:
-            found = open_directory(await asyncio.to_thread(self.fallback.read_bytes), self.verifier)
+            records = read_file(await asyncio.to_thread(self.fallback.read_bytes))
+            found = self.directory.feed(records)
         if found is not None:
             self._use(found)
 
+    @property
+    def current(self) -> Directory | None:
+        return self.directory.current
+
     def _use(self, found: Directory) -> None:
         self.apply(found)
-        self.current = found
         log.info("directory applied", name=found.name, version=found.version)
 
     async def run(self) -> None:
@@ -171,8 +159,7 @@ class DirectoryFollower:
             await self._close()  # the topic may exist by now
             return
         batch = await consumer.getmany(*parts, timeout_ms=int(self.period * 1000))
-        records = [r.value for rs in batch.values() for r in rs if r.value is not None]
-        found = newest(records, self.verifier, self.current) if records else None
+        found = self.directory.feed((r.key, r.value) for rs in batch.values() for r in rs)
         if found is not None:
             self._use(found)
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from bus.cli.options import DocbusGroup, path_option
 from bus.wire.errors import Unavailable
-from consumers.agency.app import FEEDBACK_CODES
+from consumers.agency.models import FEEDBACK_CODES
 
 _node_option = click.option(
     "--node", default="http://127.0.0.1:8470", show_default=True, help="The agency node's URL."

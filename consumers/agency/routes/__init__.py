@@ -1,0 +1,1 @@
+"""The agency node's routers, one per resource (DESIGN §11)."""
