@@ -35,6 +35,11 @@ from bus.wire.errors import DocbusError
 
 log = structlog.get_logger("directory")
 
+#: What a reader keeps of parts no manifest has named yet: more than a whole national
+#: version (about 110 MB), so that one arriving before its manifest is never lost, and a
+#: bound on what anyone able to write the topic can make every reader hold.
+LOOSE_BYTES = 256 * 1024 * 1024
+
 #: A record as read: its key and value (either may be missing on a topic).
 Record = tuple[bytes | None, bytes | None]
 
@@ -102,10 +107,21 @@ class DirectoryReader:
             except DirectoryError as exc:
                 self._refuse(str(exc))
         adopted = self._adopt(manifests)
-        referenced = {d for m in manifests for d in m.parts}
-        keep = set(self._waiting.parts if self._waiting else ()) | set(self._kept)
-        self._parts = {d: v for d, v in self._parts.items() if d in keep or d not in referenced}
+        self._prune({d for m in manifests for d in m.parts})
         return adopted
+
+    def _prune(self, referenced: set[str]) -> None:
+        """Keep the parts of the version in force and of the one waiting; drop those only
+        older versions name; of the parts no manifest named yet (the next version's, or
+        junk), keep the latest up to LOOSE_BYTES."""
+        needed = set(self._waiting.parts if self._waiting else ()) | set(self._kept)
+        loose = [d for d in self._parts if d not in needed and d not in referenced]
+        budget = LOOSE_BYTES
+        for digest in reversed(loose):
+            budget -= len(self._parts[digest])
+            if budget < 0:
+                referenced.add(digest)
+        self._parts = {d: v for d, v in self._parts.items() if d in needed or d not in referenced}
 
     def _adopt(self, manifests: list[Manifest]) -> Directory | None:
         self._waiting = None
