@@ -186,7 +186,8 @@ class Archiver:
             log=proof,
             event_digest=event_digest(entry.event),
         )
-        return [Reject(record, reason, message), status_output(status, self.key, self.topics)]
+        output = status_output(status, self.key, self.topics, entry.sender)
+        return [Reject(record, reason, message), output]
 
     def _sign(self, size: int, root: bytes) -> tuple[Checkpoint, bytes]:
         checkpoint = Checkpoint(self.by, size, root)
@@ -215,4 +216,4 @@ class Archiver:
             log=proof,
             event_digest=event_digest(entry.event),
         )
-        return [status_output(status, self.key, self.topics)]
+        return [status_output(status, self.key, self.topics, entry.sender)]

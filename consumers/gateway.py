@@ -86,7 +86,7 @@ class Gateway:
             rerouted=rerouted,
             event_digest=event_digest(record.value or b""),
         )
-        receipt = status_output(status, self.key, self.topics)
+        receipt = status_output(status, self.key, self.topics, doc.sender)
         headers = cloudevent(doc, doc.sender, doc.issued_at)
         trace = header(record.headers, "traceparent")
         if trace is not None:
@@ -128,5 +128,5 @@ class Gateway:
                 message=message,
                 event_digest=event_digest(record.value or b""),
             )
-            results.append(status_output(status, self.key, self.topics))
+            results.append(status_output(status, self.key, self.topics, payload.sender))
         return results

@@ -21,6 +21,7 @@ from bus.store.lifecycle import State, states
 from bus.trust.sealing import EncryptionKey, open_sealed
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verified, Verifier
+from bus.wire.codec import default_codec
 from bus.wire.errors import DocbusError, Misconfigured, Reason
 from bus.wire.headers import RECEIPT, header
 from bus.wire.model import Action, Document, Status, StatusCode, event_digest, now_ms
@@ -175,8 +176,7 @@ class Inbox:
                 results.append(Reject(record, exc.reason, exc.message))
                 results.append(
                     self.status(
-                        doc.document_id,
-                        doc.revision,
+                        doc,
                         StatusCode.REJECTED,
                         exc.message,
                         digest,
@@ -191,9 +191,7 @@ class Inbox:
                 sealed=note,
                 **where(record),
             )
-            results.append(
-                self.status(doc.document_id, doc.revision, StatusCode.RECEIVED, note, digest)
-            )
+            results.append(self.status(doc, StatusCode.RECEIVED, note, digest))
         return results
 
     def _follows(self, doc: Document) -> bool:
@@ -285,25 +283,25 @@ class Inbox:
 
     def status(
         self,
-        document_id: str,
-        revision: int,
+        doc: Document,
         code: StatusCode,
         message: str | None = None,
         digest: bytes | None = None,
         reason: str | None = None,
     ) -> Output:
-        """A status about a received document (the record of ``digest``), signed by this agency."""
+        """A status about a received document (the record of ``digest``), signed by this
+        agency, for its sender."""
         status = Status(
-            document_id,
+            doc.document_id,
             code,
             self.agency,
             now_ms(),
-            revision,
+            doc.revision,
             reason=reason,
             message=message,
             event_digest=digest,
         )
-        return status_output(status, self.key, self.topics)
+        return status_output(status, self.key, self.topics, doc.sender)
 
 
 async def send_status(
@@ -330,7 +328,9 @@ async def send_status(
         message=message,
         event_digest=event_digest(record),
     )
-    await send_once(settings, status_output(status, key, settings.topics))
+    codec = default_codec()
+    sender = codec.decode_document(codec.decode_event(record).payload).sender
+    await send_once(settings, status_output(status, key, settings.topics, sender))
 
 
 def verification(verdict: Verified) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from bus.wire.model import (
     now_ms,
 )
 from producers.document import new_document
-from producers.edxml import import_edxml
+from producers.edxml import RESPONSE_FOR, import_edxml
 
 SEAL_SUITES = {
     KemAlgorithm.X25519.value: SealSuite.X25519_SHA256_AES256GCM,
@@ -385,7 +385,12 @@ def _import_one(message: Path, bridge: _Bridge, output: Path | None, answers: Pa
             outbox.close()
         click.echo(f"{payload.document_id} {entry.state.value} (sent {entry.attempts}x)")
     else:
-        asyncio.run(send_once(client, status_output(payload, seal, client.topics)))
+        audience = payload.extra.get(RESPONSE_FOR)
+        if not audience:
+            raise DocbusError(
+                Reason.MALFORMED, f"the status names no document sender ({RESPONSE_FOR})"
+            )
+        asyncio.run(send_once(client, status_output(payload, seal, client.topics, audience)))
         click.echo(f"{payload.document_id} {payload.code.value} sent")
 
 

@@ -88,6 +88,10 @@ def _signature(message: _Message) -> dict[str, str]:
     return found
 
 
+#: Where an edXML status names the document's sender: the agency its status is for.
+RESPONSE_FOR = f"{HEADER}/ResponseFor/OrganId"
+
+
 def import_edxml(data: bytes) -> Document | Status:
     """The Document or Status an edXML message carries. Raises EdxmlError (malformed)."""
     root, _ = parse(data)

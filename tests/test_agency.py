@@ -664,10 +664,9 @@ async def test_a_withdrawal_is_asked_by_the_sender_alone_and_answered_by_the_rec
     for status in forged:
         await send_once(
             stack.settings,
+            # Keyed for the recipient, as a genuine request is: its node reads it.
             Output(
-                stack.settings.topics.status,
-                document_id.encode(),
-                status_record(status, [intruder]),
+                stack.settings.topics.status, NGHE_AN.encode(), status_record(status, [intruder])
             ),
         )
     # Nghệ An "answers" a request that was never made, with its own genuine key.
@@ -679,7 +678,7 @@ async def test_a_withdrawal_is_asked_by_the_sender_alone_and_answered_by_the_rec
         event_digest=event_digest(sent.record),
     )
     value = status_record(unasked, [stack.pki.key(NGHE_AN, Role.AGENCY)])
-    key = document_id.encode()  # the partition of this document's statuses: read in order
+    key = MINISTRY.encode()  # keyed for the sender: its node reads it, in order
     await send_once(stack.settings, Output(stack.settings.topics.status, key, value))
     await asyncio.sleep(3)  # the ministry's node reads it (within a fetch wait) before asking
     asked = await ministry.client.post(

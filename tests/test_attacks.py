@@ -165,7 +165,7 @@ async def test_forged_final_statuses_from_an_agency_or_an_unpinned_service_are_i
                 stack.settings,
                 stack.settings.topics.status,
                 status_record(forged, [forger]),
-                doc.document_id.encode(),
+                doc.sender.encode(),  # keyed for the sender, as the genuine ones: it is read
             )
         await asyncio.sleep(3)
         entry = stack.publisher.outbox.get(doc.document_id)

@@ -106,7 +106,10 @@ def _forgedstatuses(stack: Stack) -> Scenario:
             log=proof if code is StatusCode.ARCHIVED else None,
             event_digest=event_digest(record),
         )
-        stack.send(stack.settings.topics.status, status_record(forged, [forger]))
+        # Keyed for the sender, as its genuine statuses are: its node does read it.
+        stack.send(
+            stack.settings.topics.status, status_record(forged, [forger]), doc.sender.encode()
+        )
     out, _ = waiting.communicate(timeout=60)
     state = str(json.loads(out)["state"]) if out.strip() else "?"
     stack.start("gateway")

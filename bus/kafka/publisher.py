@@ -140,6 +140,7 @@ class Publisher:
     :param deadline: raise an alarm (log error) for records unanswered this long.
     :param blobs: where attachments over the threshold go (else they travel inline).
     :param inbound: takes the statuses about documents received here (the agency node's).
+    :param audiences: the agency codes whose statuses to read (default: the keys' agency).
     """
 
     def __init__(
@@ -153,6 +154,7 @@ class Publisher:
         blobs: BlobStore | None = None,
         blob_threshold: int = BLOB_THRESHOLD,
         inbound: Inbound | None = None,
+        audiences: Sequence[str] | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
@@ -162,13 +164,16 @@ class Publisher:
         self.blobs = blobs
         self.blob_threshold = blob_threshold
         self.listener = StatusListener(outbox, verifier, inbound)
+        agency = next(filter(None, (k.agency for k in keys)), None)
         self.runtime = ConsumerRuntime(
             settings,
             self.listener,
             # Named per agency, so its ACL grants it its own groups and no other's.
-            f"docbus.outbox.{next(filter(None, (k.agency for k in keys)), 'any')}.{outbox.id}",
+            f"docbus.outbox.{agency or 'any'}.{outbox.id}",
             topics=[settings.topics.status],
             keep=blobs,
+            # Statuses are keyed by whom they are for: an agency reads its share only.
+            audiences=audiences or ([agency] if agency else None),
         )
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -38,11 +38,13 @@ def status_record(status: Status, keys: Sequence[SigningKey], codec: Codec | Non
     return c.encode_event(sign_event(STATUS_TYPE, c.encode_status(status), keys))
 
 
-def status_output(status: Status, key: SigningKey, topics: Topics) -> Output:
-    """A signed status, ready for the runtime to publish on the status topic."""
+def status_output(status: Status, key: SigningKey, topics: Topics, audience: str) -> Output:
+    """A signed status, ready for the runtime to publish on the status topic, keyed by
+    ``audience``: the agency it is for (the document's sender; a recipient, for what the
+    sender asks of it). Its node reads only the partition that key lands on (DESIGN §8)."""
     return Output(
         topic=topics.status,
-        key=status.document_id.encode(),
+        key=audience.encode(),
         value=status_record(status, [key]),
         headers=cloudevent(status, status.by, status.at),
     )
@@ -50,11 +52,17 @@ def status_output(status: Status, key: SigningKey, topics: Topics) -> Output:
 
 async def send_once(settings: KafkaSettings, output: Output) -> None:
     """Send one record with acks=all from a short-lived producer (a command's one message)."""
+    await send_outputs(settings, [output])
+
+
+async def send_outputs(settings: KafkaSettings, outputs: Sequence[Output]) -> None:
+    """Send records in order with acks=all from one short-lived producer."""
     producer = settings.producer()
     await producer.start()
     try:
-        await producer.send_and_wait(
-            output.topic, output.value, key=output.key, headers=output.headers
-        )
+        for output in outputs:
+            await producer.send_and_wait(
+                output.topic, output.value, key=output.key, headers=output.headers
+            )
     finally:
         await producer.stop()

@@ -16,7 +16,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeAlias
@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from bus.kafka.clients import Client, KafkaSettings, connected
+from bus.kafka.clients import Client, KafkaSettings, connected, partitions_of
 from bus.kafka.errors import TooLarge, classified
 from bus.kafka.metrics import (
     BROKER_UP,
@@ -38,6 +38,7 @@ from bus.kafka.metrics import (
     count_outputs,
     ops_server,
 )
+from bus.kafka.topics import partition_of
 from bus.settings import DEFAULT_BLOBS
 from bus.store.blobs import BlobStore
 from bus.wire.errors import BusError, DocbusError, Reason, classify
@@ -47,6 +48,8 @@ from bus.wire.limits import MAX_MESSAGE_BYTES
 log = structlog.get_logger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+#: How often a runtime that reads only others' records still commits how far it read.
+COMMIT_IDLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,9 @@ class ConsumerRuntime:
     :param keep: where a record too large to publish is kept (its bytes, by SHA-256).
     :param max_refusals: publish attempts the broker refuses for good (an ACL) before the
         runtime stops with that error.
+    :param audiences: read only the partitions where records keyed by these agency codes
+        land, and hand the handler only records so keyed: a node's share of a topic keyed by
+        whom each record is for (DESIGN §8). None reads every partition, every record.
     """
 
     def __init__(
@@ -140,6 +146,7 @@ class ConsumerRuntime:
         consumer_overrides: dict[str, Any] | None = None,
         keep: BlobStore | None = None,
         max_refusals: int = 10,
+        audiences: Iterable[str] | None = None,
     ) -> None:
         if not topics and pattern is None:
             raise ValueError("give topics or a pattern")
@@ -167,6 +174,9 @@ class ConsumerRuntime:
         #: Whether the broker refuses this runtime's outputs now (an ACL it lacks, a topic
         #: that is gone): the batch is retried, and meanwhile it is not ready.
         self.publish_failing = False
+        self.audiences = None if audiences is None else frozenset(a.encode() for a in audiences)
+        self._counts: dict[str, int] = {}
+        self._committed_at = 0.0
 
     def follow(self, topics: Sequence[str]) -> None:
         """Consume ``topics`` from now on (the directory moved this consumer's jurisdiction):
@@ -179,6 +189,32 @@ class ConsumerRuntime:
             self._consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
         log.info("following", stage=self.handler.stage, topics=self.topics)
 
+    def narrow(self, audiences: Iterable[str]) -> None:
+        """Read for ``audiences`` from now on (the directory named new predecessors)."""
+        self.audiences = frozenset(a.encode() for a in audiences)
+        if self._consumer is not None and self._counts:
+            self._consumer.assign(self._share())
+        log.info("reading for", stage=self.handler.stage, audiences=sorted(self.audiences))
+
+    def _share(self) -> list[TopicPartition]:
+        keys = self.audiences or frozenset()
+        return sorted(
+            {TopicPartition(t, partition_of(k, n)) for t, n in self._counts.items() for k in keys}
+        )
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> bool:
+        """Assign the partitions the audiences' keys land on, once every topic exists; False
+        if a stop is requested first."""
+        while not self._stopping.is_set():
+            found = await partitions_of(consumer, self.topics)
+            if len(found) == len(self.topics):
+                self._counts = {topic: len(parts) for topic, parts in found.items()}
+                consumer.assign(self._share())
+                return True
+            log.info("waiting for topics", stage=self.handler.stage, topics=self.topics)
+            await self._sleep(1.0)
+        return False
+
     def request_stop(self) -> None:
         """Finish the batch in hand, commit, and close."""
         self._stopping.set()
@@ -190,7 +226,9 @@ class ConsumerRuntime:
             if producer is None:
                 return  # stopped before the broker came up
             consumer = await self._connect(self._subscribed, stack)
-            if consumer is None:
+            if consumer is None or (
+                self.audiences is not None and not await self._assign(consumer)
+            ):
                 return
             self._consumer = consumer
             stack.push_async_callback(self._closing)
@@ -206,19 +244,28 @@ class ConsumerRuntime:
                     continue
                 for tp, part in batch.items():
                     RECORDS_IN.labels(stage, tp.topic).inc(len(part))
+                mine = records if self.audiences is None else self._for_us(records)
                 try:
-                    results = await self._handle(consumer, records)
-                    await self._publish(producer, results)
+                    await self._publish(
+                        producer, await self._handle(consumer, mine) if mine else []
+                    )
                 except Stopped:
                     break
                 for tp, part in batch.items():
                     self._pending[tp] = part[-1].offset + 1
-                self.processed += len(records)
-                await self.commit_pending()
+                self.processed += len(mine)
+                if mine or time.monotonic() - self._committed_at > COMMIT_IDLE_SECONDS:
+                    await self.commit_pending()
                 now = time.time()
                 latency = RECORD_AGE.labels(stage)
-                for r in records:
+                for r in mine:
                     latency.observe(max(0.0, now - r.timestamp / 1000))
+
+    def _for_us(self, records: list[Record]) -> list[Record]:
+        """The records keyed for our audiences. Skipping by the unsigned key is safe: a
+        genuine record for us is keyed so by its genuine writer, and a copy someone writes
+        under another key takes nothing away from it (DESIGN §8)."""
+        return [r for r in records if r.key in (self.audiences or ())]
 
     async def _watch(self, consumer: AIOKafkaConsumer, every: float = 5.0) -> None:
         """Every few seconds: does the broker answer (readiness), and how far behind the end
@@ -248,6 +295,8 @@ class ConsumerRuntime:
 
     def _subscribed(self) -> AIOKafkaConsumer:
         consumer = self.settings.consumer(self.group_id, **self._consumer_overrides)
+        if self.audiences is not None:
+            return consumer  # its share is assigned once the topics' partitions are known
         listener = _CommitOnRevoke(self)
         if self.pattern is not None:
             consumer.subscribe(pattern=self.pattern, listener=listener)
@@ -290,6 +339,7 @@ class ConsumerRuntime:
         except KafkaError as exc:
             log.warning("commit failed; the batch will be seen again", error=repr(exc))
             return
+        self._committed_at = time.monotonic()
         for tp, offset in pending.items():
             if self._pending.get(tp) == offset:
                 del self._pending[tp]

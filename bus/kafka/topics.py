@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.partitioner import murmur2
 
 from bus.registry import Registry
 from bus.wire.limits import MAX_MESSAGE_BYTES
@@ -130,6 +131,13 @@ async def check_topics(
         return differences
     finally:
         await admin.close()
+
+
+def partition_of(key: bytes, count: int) -> int:
+    """The partition a record keyed ``key`` goes to among ``count``: Kafka's default
+    partitioner for keyed records (murmur2, as the Java client and aiokafka's producer)."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % count
 
 
 def partitions_for(name: str, partitions: int) -> int:

@@ -25,7 +25,7 @@ from bus.kafka.clients import KafkaSettings
 from bus.kafka.directory import DirectoryFollower
 from bus.kafka.metrics import broker_fresh
 from bus.kafka.publisher import Publisher
-from bus.kafka.records import send_once, status_output
+from bus.kafka.records import send_once, send_outputs, status_output
 from bus.kafka.runtime import ConsumerRuntime, publishing, seen_by
 from bus.registry import Registry, RegistryError, vietnam_date
 from bus.store.blobs import BlobStore
@@ -126,6 +126,7 @@ class AgencyNode:
             blobs=blobs,
             blob_threshold=blob_threshold,
             inbound=self,
+            audiences=self.audiences,
         )
         self.received = ReceivedIndex(data_dir / "received.sqlite")
         self.inbox = Inbox(
@@ -189,6 +190,13 @@ class AgencyNode:
         self.events.use_registry(directory.parsed)
         self.inbox.use(directory.parsed)
         self.inbox_runtime.follow(self.inbox.delivery_topics)
+        self.publisher.runtime.narrow(self.audiences)
+
+    @property
+    def audiences(self) -> list[str]:
+        """Whose statuses this node reads: its agency's, and its predecessors' (what was
+        asked of them is asked of it)."""
+        return [self.agency, *sorted(self.registry.predecessors(self.agency))]
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         """A part that stops with an error (a login the broker refuses, an ACL it lacks)
@@ -272,8 +280,7 @@ class AgencyNode:
         if not isinstance(received, Document):
             raise DocbusError(Reason.MALFORMED, "the kept record is not a document")
         output = self.inbox.status(
-            received.document_id,
-            received.revision,
+            received,
             code,
             message,
             event_digest(record),
@@ -340,9 +347,12 @@ class AgencyNode:
             message=message,
             event_digest=event_digest(sent.record),
         )
-        await send_once(
-            self.settings, status_output(status, self.keys.agency, self.settings.topics)
-        )
+        # One record for each party the document went to, keyed for its node (DESIGN §8).
+        doc = self.inbox.verifier.codec.claims(sent.record)
+        parties = (*doc.recipients, *doc.cc) if isinstance(doc, Document) else sent.recipients
+        topics, seal = self.settings.topics, self.keys.agency
+        outputs = [status_output(status, seal, topics, party) for party in dict.fromkeys(parties)]
+        await send_outputs(self.settings, outputs)
         self.outbox.own(status)
 
 
