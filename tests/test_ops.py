@@ -171,7 +171,7 @@ async def test_topics_check_names_what_differs_and_ensure_creates_what_is_missin
 
     checked = await asyncio.to_thread(docbus, "check", "--partitions", "2")
     assert checked.returncode == 1 and "Traceback" not in checked.stderr
-    assert "differs: docbus.status: partitions is 1, expected 2" in checked.stdout
+    assert "differs: docbus.status: partitions is 1, expected 64" in checked.stdout
     assert "differs: docbus.status: retention.ms is 86400000, expected -1" in checked.stdout
     assert "differs: docbus.submitted: topic is missing, expected present" in checked.stdout
     ensured = await asyncio.to_thread(docbus, "ensure", "--partitions", "2")

@@ -289,7 +289,14 @@ async def test_operator_commands_on_a_running_bus(
             return done
 
         done = await docbus(
-            "topics", "ensure", "--bootstrap", broker.bootstrap, "--partitions", "1"
+            "topics",
+            "ensure",
+            "--bootstrap",
+            broker.bootstrap,
+            "--partitions",
+            "1",
+            "--status-partitions",
+            "1",
         )
         assert done.returncode == 0, done.stdout  # 5 + 35 jurisdictions, as §8 and §13 say
         assert "40 topics, 0 differences" in done.stdout and "created" not in done.stdout

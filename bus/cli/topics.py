@@ -20,6 +20,13 @@ def _layout(f: Any) -> Any:
             bootstrap_option,
             click.option("--partitions", default=3, show_default=True, type=click.IntRange(min=1)),
             click.option("--replication", default=1, show_default=True, type=click.IntRange(min=1)),
+            click.option(
+                "--status-partitions",
+                default=64,
+                show_default=True,
+                type=click.IntRange(min=1),
+                help="docbus.status's: each agency node reads one (never add any later).",
+            ),
             registry_option,
         )
     ):
@@ -35,14 +42,19 @@ def topics() -> None:
 @topics.command("ensure")
 @_layout
 def topics_ensure(
-    bootstrap: str | None, partitions: int, replication: int, registry: Registry
+    bootstrap: str | None,
+    partitions: int,
+    replication: int,
+    status_partitions: int,
+    registry: Registry,
 ) -> None:
     """Create the submitted, status and rejected topics and a delivery topic per jurisdiction
     with DESIGN §8's configs; say what each topic is, and what still differs (exit 1)."""
     settings = kafka(bootstrap)
     names = all_topics(settings.topics, registry)
-    created = set(asyncio.run(ensure_topics(settings, names, partitions, replication)))
-    differences = asyncio.run(check_topics(settings, names, partitions, replication))
+    layout = (partitions, replication, status_partitions)
+    created = set(asyncio.run(ensure_topics(settings, names, *layout)))
+    differences = asyncio.run(check_topics(settings, names, *layout))
     for name in names:
         click.echo(f"{name}: {'created' if name in created else 'exists'}")
     _report(len(names), differences)
@@ -51,12 +63,17 @@ def topics_ensure(
 @topics.command("check")
 @_layout
 def topics_check(
-    bootstrap: str | None, partitions: int, replication: int, registry: Registry
+    bootstrap: str | None,
+    partitions: int,
+    replication: int,
+    status_partitions: int,
+    registry: Registry,
 ) -> None:
     """Say how the broker's topics differ from DESIGN §8 (exit 1 if they do); change nothing."""
     settings = kafka(bootstrap)
     names = all_topics(settings.topics, registry)
-    _report(len(names), asyncio.run(check_topics(settings, names, partitions, replication)))
+    layout = (partitions, replication, status_partitions)
+    _report(len(names), asyncio.run(check_topics(settings, names, *layout)))
 
 
 def _report(count: int, differences: list[Difference]) -> None:

@@ -94,7 +94,11 @@ class Difference:
 
 
 async def check_topics(
-    settings: KafkaSettings, names: Iterable[str], partitions: int = 3, replication: int = 1
+    settings: KafkaSettings,
+    names: Iterable[str],
+    partitions: int = 3,
+    replication: int = 1,
+    status_partitions: int | None = None,
 ) -> list[Difference]:
     """Every way the broker's topics differ from DESIGN §8: missing topics, too few
     partitions or replicas, configs other than :func:`topic_configs`."""
@@ -113,7 +117,7 @@ async def check_topics(
         for topic in described:
             parts = topic["partitions"]
             name = topic["topic"]
-            count = partitions_for(name, partitions)
+            count = partitions_for(name, partitions, status_partitions)
             if len(parts) < count:
                 differences.append(Difference(name, "partitions", str(count), str(len(parts))))
             replicas = min((len(p["replicas"]) for p in parts), default=0)
@@ -140,13 +144,23 @@ def partition_of(key: bytes, count: int) -> int:
     return (hashed & 0x7FFFFFFF) % count
 
 
-def partitions_for(name: str, partitions: int) -> int:
-    """The directory's topic has one partition, so its parts come before their manifest."""
-    return 1 if name.endswith(".directory") else partitions
+def partitions_for(name: str, partitions: int, status_partitions: int | None = None) -> int:
+    """The directory's topic has one partition, so its parts come before their manifest;
+    the status topic has ``status_partitions`` (default ``partitions``): each node reads
+    one of them (DESIGN §8), so more partitions, less read by each."""
+    if name.endswith(".directory"):
+        return 1
+    if name.endswith(".status") and status_partitions is not None:
+        return status_partitions
+    return partitions
 
 
 async def ensure_topics(
-    settings: KafkaSettings, names: Iterable[str], partitions: int = 3, replication: int = 1
+    settings: KafkaSettings,
+    names: Iterable[str],
+    partitions: int = 3,
+    replication: int = 1,
+    status_partitions: int | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names created.
 
@@ -164,7 +178,7 @@ async def ensure_topics(
             [
                 NewTopic(
                     n,
-                    partitions_for(n, partitions),
+                    partitions_for(n, partitions, status_partitions),
                     replication,
                     topic_configs=topic_configs(n, replication),
                 )
