@@ -7,10 +7,15 @@ Measures, for documents posted to the ministry's node and addressed to Nghệ An
   seen every ARCHIVED and the recipient's node lists every document;
 - latency at a steady rate: post → ARCHIVED seen by the sender's node, and post →
   listed by the recipient's node, p50 and p99;
+- the CPU per document of every server process over the throughput run (from /proc): the
+  broker, the gateway, the archiver, the sender's and the recipient's nodes, and the nodes
+  no document is addressed to (Bắc Ninh's, in another jurisdiction; the Nghệ An
+  department's, in the recipient's), each beside the sender node's;
 - the sender node's RSS every 10,000 documents;
 - beside them, bare Kafka produce → consume of the same number of records in the same run.
 
     python -m benchmarks.bench_agency [--count 5000] [--rate 100] [--seconds 30] [--rss 50000]
+        [--status-partitions 64]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.bench_pipeline import cpu_seconds
 from bus.demo.stack import MINISTRY, NGHE_AN, Stack, running
 from bus.kafka.topics import ensure_topics
 
@@ -174,6 +180,15 @@ async def bare_kafka(stack: Stack, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def report_cpu(pids: dict[str, int], before: dict[str, float], count: int) -> None:
+    """Each process's CPU per document since ``before``, beside the sender node's."""
+    spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / count for name, pid in pids.items()}
+    sender = spent[f"node-{MINISTRY}"]
+    for name, ms in sorted(spent.items(), key=lambda item: -item[1]):
+        print(f"  {name:<28} {ms:6.2f} ms CPU/doc  {ms / sender:5.2f}× the sender node's")
+    print(f"  {'all server processes':<28} {sum(spent.values()):6.2f} ms CPU/doc", flush=True)
+
+
 async def measure(stack: Stack, args: argparse.Namespace) -> None:
     token = (stack.node_dir(MINISTRY) / "token").read_text().strip()
     limits = httpx.Limits(max_connections=CONCURRENCY)
@@ -184,8 +199,11 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
         limits=limits,
     ) as client:
         sender = stack.processes[f"node-{MINISTRY}"].pid
+        pids = {"broker": stack.broker.pid, **{n: p.pid for n, p in stack.processes.items()}}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         docs_per_s = await throughput(stack, client, args.count)
         print(f"throughput: {docs_per_s:.0f} documents/s over {args.count} documents", flush=True)
+        report_cpu(pids, before, args.count)
         bare = await bare_kafka(stack, args.count)
         print(f"bare Kafka produce+consume of as many 2 KiB records: {bare:.0f} records/s")
         archived, listed = await latency(stack, client, args.rate, args.seconds)
@@ -208,8 +226,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--rss", type=int, default=0, help="go on to this many documents")
+    parser.add_argument("--status-partitions", type=int, default=64)
     args = parser.parse_args()
-    with running(Path(tempfile.mkdtemp(prefix="docbus-agency-bench-")), nodes=True) as stack:
+    folder = Path(tempfile.mkdtemp(prefix="docbus-agency-bench-"))
+    with running(folder, nodes=True, status_partitions=args.status_partitions) as stack:
         asyncio.run(measure(stack, args))
 
 

@@ -279,14 +279,14 @@ def running(
     broker_binary: Path | None = None,
     nodes: bool = False,
     database: str | None = None,
+    status_partitions: int | None = None,
 ) -> Iterator[Stack]:
     """Broker up, topics made, PKI made, services started and consuming."""
     stack = Stack(folder, EmbeddedBroker(binary=broker_binary), nodes=nodes, database=database)
     folder.mkdir(parents=True, exist_ok=True)
     with stack.broker:
-        asyncio.run(
-            ensure_topics(stack.settings, all_topics(stack.settings.topics, load_registry()), 2)
-        )
+        names = all_topics(stack.settings.topics, load_registry())
+        asyncio.run(ensure_topics(stack.settings, names, 2, status_partitions=status_partitions))
         stack.make_pki()
         if nodes:
             stack.publish_directory()

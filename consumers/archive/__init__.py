@@ -1,0 +1,1 @@
+"""The archive API's routers, one per resource (DESIGN §12)."""
