@@ -18,6 +18,7 @@ from bus.kafka.errors import classified
 from bus.kafka.records import document_record
 from bus.kafka.runtime import ConsumerRuntime, Record, Reject, Result
 from bus.store.blobs import BlobStore
+from bus.store.group import GroupWriter
 from bus.store.outbox import Outbox, OutboxEntry, State
 from bus.trust.signing import SigningKey
 from bus.trust.verifier import Rejected, Verified, Verifier
@@ -73,6 +74,7 @@ class StatusListener:
 
     def _process(self, records: Sequence[Record]) -> list[OutboxEntry | Reject]:
         out: list[OutboxEntry | Reject] = []
+        verified: list[tuple[Status, bool]] = []
         for record in records:
             claimed = self.verifier.codec.claims(record.value or b"")
             inbound = (
@@ -93,19 +95,17 @@ class StatusListener:
             if inbound and self.inbound is not None:
                 self.inbound.take(verdict, record.value or b"")
                 continue
-            if isinstance(verdict.payload, Status):
-                if not self._proven(verdict):
-                    continue
+            if isinstance(verdict.payload, Status) and self._proven(verdict):
                 by_service = any(s.role is Role.SERVICE for s in verdict.signers)
-                entry = self.outbox.apply(verdict.payload, by_service)
-                if entry is not None:
-                    log.info(
-                        "status",
-                        document_id=entry.document_id,
-                        code=verdict.payload.code.value,
-                        by=verdict.payload.by,
-                    )
-                    out.append(entry)
+                verified.append((verdict.payload, by_service))
+        # The batch's statuses in one transaction: one fsync, not one per status.
+        applied = self.outbox.apply_many(verified) if verified else []
+        for (status, _), entry in zip(verified, applied, strict=True):
+            if entry is not None:
+                log.info(
+                    "status", document_id=entry.document_id, code=status.code.value, by=status.by
+                )
+                out.append(entry)
         return out
 
     def _proven(self, verdict: Verified) -> bool:
@@ -181,6 +181,9 @@ class Publisher:
         # its request timeout, and neither a request nor the re-send loop waits for that.
         self._sending: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
+        # Group commit: the records queued while one transaction runs share the next.
+        self._adding = GroupWriter(outbox.add_many)
+        self._marking = GroupWriter(outbox.mark_sent_many)
 
     async def start(self, listen: bool = True) -> None:
         """Connect; with ``listen``, also follow the statuses and re-send until answered.
@@ -239,22 +242,21 @@ class Publisher:
         bounds. Once this returns the document is durable and its send under way (``stop``
         waits for it): a failed send is logged and retried by the re-send loop, never raised.
         """
-        if self.blobs is not None:
-            document = await asyncio.to_thread(self.blobs.offload, document, self.blob_threshold)
-        record = await asyncio.to_thread(document_record, document, self.keys)
+        document, record = await asyncio.to_thread(self.signed, document)
         await self.publish_record(document, record)
         return record
 
+    def signed(self, document: Document) -> tuple[Document, bytes]:
+        """``document`` with its large attachments in the blob store, and its signed record
+        (blocking: run it in a worker thread, with whatever else the caller does there)."""
+        if self.blobs is not None:
+            document = self.blobs.offload(document, self.blob_threshold)
+        return document, document_record(document, self.keys)
+
     async def publish_record(self, document: Document, record: bytes) -> None:
         """Keep and send a record signed elsewhere (``document`` is what it carries)."""
-        await asyncio.to_thread(
-            self.outbox.add,
-            document.document_id,
-            document.revision,
-            document.sender,
-            document.recipients,
-            record,
-        )
+        entry = (document.document_id, document.revision, document.sender, document.recipients)
+        await self._adding.put((*entry, record))
         self._start_send(document.document_id, document.revision, record)
 
     def _start_send(self, document_id: str, revision: int, record: bytes) -> None:
@@ -283,7 +285,7 @@ class Publisher:
                 error=str(classified(exc) or exc),
             )
             return
-        await asyncio.to_thread(self.outbox.mark_sent, document_id, revision)
+        await self._marking.put((document_id, revision))
 
     async def wait(self, document_id: str, revision: int = 0) -> OutboxEntry:
         """Wait for the final status (ARCHIVED or REJECTED); bound it with asyncio.timeout."""

@@ -7,10 +7,12 @@ REJECTED status arrives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -116,29 +118,46 @@ class Outbox:
         record: bytes,
     ) -> None:
         """Keep a record before it is sent; adding the same revision again is a no-op."""
-        with self._lock:
-            self._db.execute(
+        self.add_many([(document_id, revision, sender, recipients, record)])
+
+    def add_many(self, entries: list[tuple[str, int, str, tuple[str, ...], bytes]]) -> None:
+        """Keep records before they are sent, in one transaction (one fsync for all)."""
+        now = datetime.now(UTC).isoformat()
+        rows = [
+            (document_id, revision, sender, json.dumps(list(to)), record, now, State.PENDING.value)
+            for document_id, revision, sender, to, record in entries
+        ]
+        with self._lock, self._transaction():
+            self._db.executemany(
                 "INSERT OR IGNORE INTO entries (document_id, revision, sender, recipients, record,"
                 " created_at, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    document_id,
-                    revision,
-                    sender,
-                    json.dumps(list(recipients)),
-                    record,
-                    datetime.now(UTC).isoformat(),
-                    State.PENDING.value,
-                ),
+                rows,
             )
 
     def mark_sent(self, document_id: str, revision: int) -> None:
         """Record that the broker acknowledged one more send of this entry."""
-        with self._lock:
-            self._db.execute(
+        self.mark_sent_many([(document_id, revision)])
+
+    def mark_sent_many(self, sent: list[tuple[str, int]]) -> None:
+        """Record one more acknowledged send of each entry, in one transaction."""
+        now = datetime.now(UTC).isoformat()
+        with self._lock, self._transaction():
+            self._db.executemany(
                 "UPDATE entries SET sent_at = ?, attempts = attempts + 1"
                 " WHERE document_id = ? AND revision = ?",
-                (datetime.now(UTC).isoformat(), document_id, revision),
+                [(now, document_id, revision) for document_id, revision in sent],
             )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction (lock held): committed if the block ends, rolled back if it raises."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def apply(self, status: Status, by_service: bool) -> OutboxEntry | None:
         """Record a verified status; returns the entry if it answers a record of this outbox.
@@ -150,44 +169,47 @@ class Outbox:
         the bus's services (``by_service``: a SERVICE signature the verifier pinned) end
         a document's fate.
         """
-        with self._lock:
-            row = self._db.execute(
-                "SELECT state, record, recipients FROM entries"
+        return self.apply_many([(status, by_service)])[0]
+
+    def apply_many(self, statuses: list[tuple[Status, bool]]) -> list[OutboxEntry | None]:
+        """:meth:`apply` for each, in order, in one transaction (one fsync for all)."""
+        with self._lock, self._transaction():
+            applied = [self._apply(status, by_service) for status, by_service in statuses]
+        return [
+            self.get(status.document_id, status.revision) if done else None
+            for (status, _), done in zip(statuses, applied, strict=True)
+        ]
+
+    def _apply(self, status: Status, by_service: bool) -> bool:
+        """One status applied (lock held, in a transaction); whether it answers a record."""
+        row = self._db.execute(
+            "SELECT state, record, recipients FROM entries WHERE document_id = ? AND revision = ?",
+            (status.document_id, status.revision),
+        ).fetchone()
+        if row is None or status.event_digest != event_digest(bytes(row["record"])):
+            return False
+        service = by_service and status.code in SERVICE_CODES
+        if not service and status.by not in self._addressed(
+            status.document_id, status.revision, json.loads(row["recipients"])
+        ):
+            return False
+        if status.code in ANSWERS and not self._asked(status.document_id, status.revision):
+            return False  # an answer to a withdrawal this outbox never asked for
+        if status.code is StatusCode.REJECTED and status.by in self._delivered_by(
+            status.document_id, status.revision
+        ):
+            # The gateway delivered these bytes already: a later REJECTED from it is about
+            # a replay of them (too old now), not about what was delivered.
+            return False
+        self._record(status)
+        final = FINAL.get(status.code) if service else None
+        if final is not None and row["state"] == State.PENDING.value:
+            self._db.execute(
+                "UPDATE entries SET state = ?, reason = ?, message = ?"
                 " WHERE document_id = ? AND revision = ?",
-                (status.document_id, status.revision),
-            ).fetchone()
-            if row is None or status.event_digest != event_digest(bytes(row["record"])):
-                return None
-            service = by_service and status.code in SERVICE_CODES
-            if not service and status.by not in self._addressed(
-                status.document_id, status.revision, json.loads(row["recipients"])
-            ):
-                return None
-            if status.code in ANSWERS and not self._asked(status.document_id, status.revision):
-                return None  # an answer to a withdrawal this outbox never asked for
-            if status.code is StatusCode.REJECTED and status.by in self._delivered_by(
-                status.document_id, status.revision
-            ):
-                # The gateway delivered these bytes already: a later REJECTED from it is
-                # about a replay of them (too old now), not about what was delivered.
-                return None
-            self._db.execute("BEGIN IMMEDIATE")
-            self._record(status)
-            final = FINAL.get(status.code) if service else None
-            if final is not None and row["state"] == State.PENDING.value:
-                self._db.execute(
-                    "UPDATE entries SET state = ?, reason = ?, message = ?"
-                    " WHERE document_id = ? AND revision = ?",
-                    (
-                        final.value,
-                        status.reason,
-                        status.message,
-                        status.document_id,
-                        status.revision,
-                    ),
-                )
-            self._db.execute("COMMIT")
-        return self.get(status.document_id, status.revision)
+                (final.value, status.reason, status.message, status.document_id, status.revision),
+            )
+        return True
 
     def _addressed(self, document_id: str, revision: int, recipients: list[str]) -> set[str]:
         """The recipients and the successors the gateway rerouted them to (lock held)."""

@@ -237,8 +237,9 @@ class AgencyNode:
 
     async def queue(self, draft: Document) -> Document:
         """Build, sign and queue a document; it is durable when this returns."""
-        doc = await asyncio.to_thread(self.document, draft)
-        await self.publisher.publish(doc)
+        # Built, sealed and signed in one worker thread; kept by the outbox's group commit.
+        doc, record = await asyncio.to_thread(lambda: self.publisher.signed(self.document(draft)))
+        await self.publisher.publish_record(doc, record)
         return doc
 
     async def queue_event(self, record: bytes) -> Document:
