@@ -224,6 +224,34 @@ async def _docbus(*args: str) -> str:
     return done.stdout
 
 
+async def test_a_batch_is_answered_document_by_document(
+    nodes: tuple[Stack, Node, Node],
+) -> None:
+    _, ministry, nghe_an = nodes
+    good = [{"recipients": [NGHE_AN], "subject": f"Văn bản hàng loạt {n}"} for n in range(3)]
+    unknown = {"recipients": ["000.00.00.Z99"], "subject": "Không ai nhận"}
+    malformed = {"recipients": [NGHE_AN]}  # no subject
+    posted = await ministry.client.post(
+        "/v1/documents:batch", json={"documents": [good[0], unknown, good[1], malformed, good[2]]}
+    )
+    assert posted.status_code == 200, posted.text
+    items = posted.json()["items"]
+    assert [i["status"] for i in items] == [202, 422, 202, 400, 202]
+    assert items[1]["problem"]["reason"] == "unknown_recipient"
+    assert (
+        items[3]["problem"]["reason"] == "malformed" and "subject" in items[3]["problem"]["detail"]
+    )
+    queued = [items[n]["document"]["document_id"] for n in (0, 2, 4)]
+
+    async def all_listed() -> bool:
+        listed = (await nghe_an.client.get("/v1/inbox")).json()["items"]
+        return set(queued) <= {i["document_id"] for i in listed}
+
+    await _until(all_listed)
+    too_many = await ministry.client.post("/v1/documents:batch", json={"documents": good * 34})
+    assert too_many.status_code == 400 and too_many.json()["reason"] == "malformed"
+
+
 async def test_bad_input_stops_at_the_edge_with_a_problem(
     nodes: tuple[Stack, Node, Node],
 ) -> None:

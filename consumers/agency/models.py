@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bus.wire.limits import MAX_ATTACHMENTS, MAX_NAME, MAX_PARTIES, MAX_REVISION, MAX_TEXT
 from bus.wire.model import Confidentiality, Priority
+from consumers.agency.problems import ProblemOut
 
 EVENT_TYPE = "application/vnd.docbus.event+avro"
 JSON = "application/json"
@@ -114,6 +115,32 @@ class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     code: str = Field(pattern="^(" + "|".join(FEEDBACK_CODES) + ")$")
     message: str | None = Field(None, max_length=MAX_TEXT)
+
+
+#: The most documents one ``POST /v1/documents:batch`` takes (and the body limit holds).
+MAX_BATCH = 100
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: Each is a DocumentIn, checked on its own: one bad document fails alone.
+    documents: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        json_schema_extra={"items": {"$ref": "#/components/schemas/DocumentIn"}},
+    )
+
+
+class BatchItem(BaseModel):
+    """One document's answer: 202 and what was queued, or a problem's status and details."""
+
+    status: int
+    document: Queued | None = None
+    problem: ProblemOut | None = None
+
+
+class BatchOut(BaseModel):
+    items: list[BatchItem]
 
 
 class AgencyOut(BaseModel):

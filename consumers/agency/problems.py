@@ -59,7 +59,8 @@ class Problem(Exception):
         return cls(STATUS_OF.get(exc.reason, 422), exc.message, exc.reason.value)
 
 
-def problem_response(status: int, detail: str, reason: str | None = None) -> JSONResponse:
+def problem_body(status: int, detail: str, reason: str | None = None) -> dict[str, Any]:
+    """RFC 9457 problem details as a JSON object."""
     body: dict[str, Any] = {
         "type": TYPE_PREFIX + (reason or str(status)),
         "title": _TITLES.get(status, "Error"),
@@ -68,6 +69,11 @@ def problem_response(status: int, detail: str, reason: str | None = None) -> JSO
     }
     if reason:
         body["reason"] = reason
+    return body
+
+
+def problem_response(status: int, detail: str, reason: str | None = None) -> JSONResponse:
+    body = problem_body(status, detail, reason)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 

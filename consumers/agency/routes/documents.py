@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from bus.wire.errors import DocbusError
 from bus.wire.limits import MAX_ATTACHMENTS, MAX_REVISION
 from bus.wire.model import (
     Attachment,
@@ -28,6 +30,9 @@ from consumers.agency.models import (
     EVENT_TYPE,
     JSON,
     MULTIPART,
+    BatchIn,
+    BatchItem,
+    BatchOut,
     DocumentIn,
     DocumentState,
     Queued,
@@ -35,7 +40,7 @@ from consumers.agency.models import (
     WithdrawIn,
 )
 from consumers.agency.node import AgencyNode
-from consumers.agency.problems import Problem
+from consumers.agency.problems import Problem, ProblemOut, problem_body
 
 router = APIRouter(dependencies=AUTH)
 
@@ -72,6 +77,37 @@ async def post_document(request: Request, node: Node) -> Queued:
         draft, files = await _multipart(request, node)
     else:
         draft, files = _json_draft(await request.body()), []
+    doc = await node.queue(_document(node, draft, files))
+    return Queued(document_id=doc.document_id, revision=doc.revision, state="PENDING")
+
+
+@router.post("/v1/documents:batch", response_model=BatchOut)
+async def post_documents(batch: BatchIn, node: Node) -> BatchOut:
+    """Up to 100 documents in one request (for systems that send in bulk), each checked,
+    signed and queued on its own, answered in order: 202 and what was queued, or the
+    problem that document alone has. Each queued one is durable when this answers."""
+    return BatchOut(items=await asyncio.gather(*(_queued(node, raw) for raw in batch.documents)))
+
+
+async def _queued(node: AgencyNode, raw: dict[str, Any]) -> BatchItem:
+    try:
+        doc = await node.queue(_document(node, _draft(lambda: DocumentIn.model_validate(raw)), []))
+    except DocbusError as exc:
+        problem = Problem.of(exc)
+    except Problem as exc:
+        problem = exc
+    else:
+        return BatchItem(
+            status=202,
+            document=Queued(document_id=doc.document_id, revision=doc.revision, state="PENDING"),
+        )
+    body = problem_body(problem.status, problem.detail, problem.reason)
+    return BatchItem(status=problem.status, problem=ProblemOut(**body))
+
+
+def _document(node: AgencyNode, draft: DocumentIn, files: list[Attachment]) -> Document:
+    """The document a draft asks for, from this node's agency, its inline attachments
+    decoded."""
     parts = []
     for a in draft.attachments:
         try:
@@ -79,25 +115,22 @@ async def post_document(request: Request, node: Node) -> Queued:
         except ValueError:  # binascii.Error, or text that is not ASCII
             raise Problem(400, f"attachment {a.name!r}: not base64", "malformed") from None
         parts.append(attachment(a.name, content, a.media_type))
-    doc = await node.queue(
-        Document(
-            document_id="",
-            sender=node.agency,
-            recipients=tuple(draft.recipients),
-            cc=tuple(draft.cc),
-            subject=draft.subject,
-            issued_at=now_ms(),
-            code_number=draft.code_number,
-            document_type=draft.document_type,
-            priority=draft.priority,
-            confidentiality=draft.confidentiality,
-            due_date=draft.due_date,
-            response_for=draft.response_for,
-            signer_name=draft.signer_name,
-            attachments=(*parts, *files),
-        )
+    return Document(
+        document_id="",
+        sender=node.agency,
+        recipients=tuple(draft.recipients),
+        cc=tuple(draft.cc),
+        subject=draft.subject,
+        issued_at=now_ms(),
+        code_number=draft.code_number,
+        document_type=draft.document_type,
+        priority=draft.priority,
+        confidentiality=draft.confidentiality,
+        due_date=draft.due_date,
+        response_for=draft.response_for,
+        signer_name=draft.signer_name,
+        attachments=(*parts, *files),
     )
-    return Queued(document_id=doc.document_id, revision=doc.revision, state="PENDING")
 
 
 @router.post(
@@ -169,8 +202,12 @@ def _media_type(request: Request) -> str:
 
 
 def _json_draft(body: bytes | str) -> DocumentIn:
+    return _draft(lambda: DocumentIn.model_validate_json(body))
+
+
+def _draft(validate: Callable[[], DocumentIn]) -> DocumentIn:
     try:
-        return DocumentIn.model_validate_json(body)
+        return validate()
     except ValidationError as exc:
         where = "; ".join(
             f"{'/'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
