@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bus.store.group import GroupWriter
-from bus.store.outbox import Outbox, State
+from bus.store.outbox import Outbox, OutboxEntry, State
+from bus.wire.errors import DocbusError, Reason
+from bus.wire.model import LogProof, Status, StatusCode, event_digest
 
 
 async def test_concurrent_records_share_transactions_and_each_is_durable_when_answered(
@@ -54,3 +57,26 @@ async def test_a_failed_write_fails_the_requests_it_held_and_the_next_ones_go_on
         await writer.put(13)
     await writer.put(2)
     assert written == [1, 2]
+
+
+def test_a_status_that_cannot_be_kept_is_refused_alone_and_the_batch_is_kept(
+    tmp_path: Path,
+) -> None:
+    # A recipient signs a genuine RECEIVED carrying a log whose checkpoint is no text: its
+    # own status is refused, never the genuine ones in the same batch.
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    record = b"the record sent"
+    outbox.add("doc", 0, "A", ("B",), record)
+    at = datetime.now(UTC)
+    poisoned = Status(
+        "doc", StatusCode.RECEIVED, "B", at, event_digest=event_digest(record),
+        log=LogProof(0, 1, b"\0" * 32, (), b"\xff not text"),
+    )  # fmt: skip
+    archived = Status("doc", StatusCode.ARCHIVED, "docbus.archiver", at,
+                      event_digest=event_digest(record))  # fmt: skip
+    done = outbox.apply_many([(poisoned, False), (archived, True)])
+    assert isinstance(done[0], DocbusError) and done[0].reason is Reason.MALFORMED
+    assert isinstance(done[1], OutboxEntry) and done[1].state is State.ARCHIVED
+    assert [s.code for s in outbox.statuses("doc")] == [StatusCode.ARCHIVED]
+    outbox.add("next", 0, "A", ("B",), b"another")  # no transaction was left open
+    assert outbox.get("next") is not None

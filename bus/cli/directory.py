@@ -33,7 +33,7 @@ from bus.directory.signed import (
     to_file,
 )
 from bus.kafka.acls import delivery_grants, parse_acls
-from bus.kafka.directory import directory_records, open_file, publish_directory
+from bus.kafka.directory import open_file, publish_directory, read_directory
 from bus.kafka.topics import Topics
 from bus.registry import VIETNAM
 from bus.trust.signing import SigningKey
@@ -120,11 +120,12 @@ def directory_publish(
         click.echo(f"{made}: written to {output}")
         return
     client = kafka(bootstrap)
-    on_topic = asyncio.run(directory_records(client))
-    in_force = DirectoryReader(verifier).feed(on_topic)
+    reader = DirectoryReader(verifier)
+    present = asyncio.run(read_directory(client, reader))
+    in_force = reader.settle()
     if in_force is not None and in_force.version >= made.version:
         raise DirectoryError(f"version {made.version} is not newer than {in_force.version}")
-    written = asyncio.run(publish_directory(client, records, {k for k, _ in on_topic if k}))
+    written = asyncio.run(publish_directory(client, records, present))
     click.echo(f"{made}: published on {client.topics.directory} ({written} records)")
 
 
@@ -136,13 +137,20 @@ def directory_publish(
 def directory_show(file: Path | None, as_json: bool, trust: Path, bootstrap: str | None) -> None:
     """The directory in force: the newest valid one on docbus.directory (or in --file)."""
     verifier = Verifier(TrustStore.load(trust))
+    found = _in_force(file, verifier, bootstrap)
+    click.echo(found.to_json().decode() if as_json else str(found))
+
+
+def _in_force(file: Path | None, verifier: Verifier, bootstrap: str | None) -> Directory:
+    """The directory in a signed file, or the one in force on the topic."""
     if file is not None:
-        found: Directory | None = open_file(file, verifier)
-    else:
-        found = DirectoryReader(verifier).feed(asyncio.run(directory_records(kafka(bootstrap))))
+        return open_file(file, verifier)
+    reader = DirectoryReader(verifier)
+    asyncio.run(read_directory(kafka(bootstrap), reader))
+    found = reader.settle()
     if found is None:
         raise DirectoryError("no valid directory on the topic")
-    click.echo(found.to_json().decode() if as_json else str(found))
+    return found
 
 
 @directory.command("verify")
@@ -169,13 +177,7 @@ def directory_acls(
     """Check the ACLs against the directory in force: each agency's principal (the one that
     may join docbus.inbox.CODE) reads the delivery topic of every jurisdiction the directory
     gives it from today on. Prints the rules to add (+) and to remove (-); exit 1 if any."""
-    verifier = Verifier(TrustStore.load(trust))
-    if file is not None:
-        found: Directory | None = open_file(file, verifier)
-    else:
-        found = DirectoryReader(verifier).feed(asyncio.run(directory_records(kafka(bootstrap))))
-    if found is None:
-        raise DirectoryError("no valid directory on the topic")
+    found = _in_force(file, Verifier(TrustStore.load(trust)), bootstrap)
     rules = parse_acls((acl_file or DEPLOY_ACLS).read_text("utf-8"))
     day = on.date() if on else datetime.now(VIETNAM).date()
     missing, surplus = delivery_grants(rules, found.parsed, day, Topics(settings().topic_prefix))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -39,6 +40,9 @@ log = structlog.get_logger("directory")
 #: version (about 110 MB), so that one arriving before its manifest is never lost, and a
 #: bound on what anyone able to write the topic can make every reader hold.
 LOOSE_BYTES = 256 * 1024 * 1024
+#: The newest signed versions a reader keeps while their parts are missing.
+CANDIDATES = 8
+REFUSALS = 100
 
 #: A record as read: its key and value (either may be missing on a topic).
 Record = tuple[bytes | None, bytes | None]
@@ -80,73 +84,108 @@ def forward(current: Directory | None, name: str, version: int) -> None:
 
 class DirectoryReader:
     """The directory in force for one reader, from the records it reads (in any order, in
-    any number of reads): parts are kept by the digest of what they hold, manifests are
-    checked as they come, and the newest complete version newer than the one in force is
-    adopted. A manifest whose parts have not all arrived waits for them."""
+    any number of reads): :meth:`take` keeps parts by the digest of what they hold and the
+    manifests that verify; :meth:`settle` adopts the newest complete version newer than the
+    one in force. A manifest whose parts have not all arrived waits for them."""
 
     def __init__(self, verifier: Verifier) -> None:
         self.verifier = verifier
         self.current: Directory | None = None
-        self.refused: list[str] = []
-        self._in_force: bytes | None = None
+        #: The latest refusals, for a command to say why (the log has them all).
+        self.refused: deque[str] = deque(maxlen=REFUSALS)
+        self._in_force: Manifest | None = None
         self._parts: dict[str, bytes] = {}
-        self._waiting: Manifest | None = None
-        self._kept: tuple[str, ...] = ()
+        self._candidates: list[Manifest] = []
+        self._waited: bytes | None = None
 
     def feed(self, records: Iterable[Record]) -> Directory | None:
         """Read ``records``; returns the version adopted from them, if any."""
-        manifests = [self._waiting] if self._waiting else []
+        self.take(records)
+        return self.settle()
+
+    def take(self, records: Iterable[Record]) -> None:
+        """Keep what ``records`` hold, adopting nothing yet (a reader going through the
+        topic's history takes each batch and settles at its end)."""
         for key, value in records:
             if value is None:
                 continue
             if is_part(key):
-                self._parts[hashlib.sha256(value).hexdigest()] = value
+                self._part(key or b"", value)
                 continue
             try:
-                manifests.append(open_manifest(value, self.verifier))
+                manifest = open_manifest(value, self.verifier)
             except DirectoryError as exc:
                 self._refuse(str(exc))
-        adopted = self._adopt(manifests)
-        self._prune({d for m in manifests for d in m.parts})
-        return adopted
+                continue
+            if self._in_force is None or manifest.key != self._in_force.key:
+                self._candidates.append(manifest)
+        newest = sorted({m.key: m for m in self._candidates}.values(), key=lambda m: -m.version)
+        self._candidates = newest[:CANDIDATES]
+        self._prune()
 
-    def _prune(self, referenced: set[str]) -> None:
-        """Keep the parts of the version in force and of the one waiting; drop those only
-        older versions name; of the parts no manifest named yet (the next version's, or
-        junk), keep the latest up to LOOSE_BYTES."""
-        needed = set(self._waiting.parts if self._waiting else ()) | set(self._kept)
-        loose = [d for d in self._parts if d not in needed and d not in referenced]
-        budget = LOOSE_BYTES
-        for digest in reversed(loose):
-            budget -= len(self._parts[digest])
-            if budget < 0:
-                referenced.add(digest)
-        self._parts = {d: v for d, v in self._parts.items() if d in needed or d not in referenced}
+    def _part(self, key: bytes, value: bytes) -> None:
+        digest = hashlib.sha256(value).hexdigest()
+        if key.rsplit(b"/", 1)[-1] != digest.encode():
+            self._refuse(f"a part under another's name ({key[-16:]!r})")
+            return
+        self._parts[digest] = value
 
-    def _adopt(self, manifests: list[Manifest]) -> Directory | None:
-        self._waiting = None
-        for manifest in sorted(manifests, key=lambda m: m.version, reverse=True):
-            if manifest.key == self._in_force:
-                return None  # the one in force, read again
+    def settle(self) -> Directory | None:
+        """Adopt the newest complete candidate that may replace the one in force."""
+        for manifest in list(self._candidates):
             try:
                 forward(self.current, manifest.name, manifest.version)
                 found = assemble(manifest, self._parts)
             except MissingPart as exc:
-                if self._waiting is None:
-                    self._waiting = manifest  # its parts may come in a later read
+                if self._waited != manifest.key:
+                    self._waited = manifest.key
                     self.refused.append(str(exc))
                     log.info("directory waits for its parts", version=manifest.version)
                 continue
             except DirectoryError as exc:
                 self._refuse(str(exc))
+                self._candidates.remove(manifest)
                 continue
-            self.current, self._in_force, self._kept = found, manifest.key, manifest.parts
+            self.current, self._in_force = found, manifest
+            self._candidates = [m for m in self._candidates if m.version > manifest.version]
+            self._prune()
             return found
         return None
+
+    @property
+    def waiting(self) -> Manifest | None:
+        """The newest version that waits for parts, if any."""
+        return self._candidates[0] if self._candidates else None
+
+    def _prune(self) -> None:
+        """Keep the parts of the version in force and of those that wait; of the others
+        (the next version's, or junk), the latest up to LOOSE_BYTES."""
+        named = [*self._candidates, *([self._in_force] if self._in_force else [])]
+        needed = {d for m in named for d in m.parts}
+        budget = LOOSE_BYTES
+        for digest in reversed([d for d in self._parts if d not in needed]):
+            budget -= len(self._parts[digest])
+            if budget < 0:
+                del self._parts[digest]
 
     def _refuse(self, reason: str) -> None:
         self.refused.append(reason)
         log.warning("directory refused", reason=reason)
+
+
+def genuine_keys(records: Iterable[Record]) -> set[bytes]:
+    """The keys of ``records`` a publisher need not write again: manifests, and parts whose
+    bytes are what their key names (a part someone wrote under another's name is not)."""
+    return {
+        key
+        for key, value in records
+        if key is not None
+        and value is not None
+        and (
+            not is_part(key)
+            or key.rsplit(b"/", 1)[-1] == hashlib.sha256(value).hexdigest().encode()
+        )
+    }
 
 
 def open_directory(records: Iterable[Record], verifier: Verifier) -> Directory:

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bus.directory.model import Directory
-from bus.directory.signed import DirectoryReader, Record, open_directory, read_file
+from bus.directory.signed import DirectoryReader, Record, genuine_keys, open_directory, read_file
 from bus.kafka.clients import KafkaSettings, partitions_of
 from bus.trust.verifier import Verifier
 
@@ -54,21 +54,28 @@ async def _assigned(settings: KafkaSettings) -> tuple[AIOKafkaConsumer, list[Top
     return consumer, parts
 
 
-async def _to_end(consumer: AIOKafkaConsumer, parts: list[TopicPartition]) -> list[Record]:
-    """The records from the consumer's position to each partition's end as of now."""
+async def _take_to_end(
+    consumer: AIOKafkaConsumer, parts: list[TopicPartition], reader: DirectoryReader
+) -> set[bytes]:
+    """Hand ``reader`` each batch from the consumer's position to each partition's end as
+    of now (never the whole topic at once); the genuine keys read."""
     ends = await consumer.end_offsets(parts) if parts else {}
-    records: list[Record] = []
+    keys: set[bytes] = set()
     while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
         batch = await consumer.getmany(*parts, timeout_ms=500)
-        records += [(r.key, r.value) for rs in batch.values() for r in rs]
-    return records
+        records: list[Record] = [(r.key, r.value) for rs in batch.values() for r in rs]
+        reader.take(records)
+        keys |= genuine_keys(records)
+    return keys
 
 
-async def directory_records(settings: KafkaSettings) -> list[Record]:
-    """Every record on the directory topic, from its start to its end as of now."""
+async def read_directory(settings: KafkaSettings, reader: DirectoryReader) -> set[bytes]:
+    """Hand ``reader`` the whole directory topic, from its start to its end as of now (then
+    ``reader.settle()`` says what is in force); returns the keys of the records there whose
+    bytes are what their keys name (what a publisher need not write again)."""
     consumer, parts = await _assigned(settings)
     try:
-        return await _to_end(consumer, parts)
+        return await _take_to_end(consumer, parts, reader)
     finally:
         await consumer.stop()
 
@@ -78,7 +85,9 @@ async def load_directory(
 ) -> Directory | None:
     """The newest valid directory on the topic; else the one in the signed file
     ``fallback`` (for offline use); else None."""
-    found = DirectoryReader(verifier).feed(await directory_records(settings))
+    reader = DirectoryReader(verifier)
+    await read_directory(settings, reader)
+    found = reader.settle()
     if found is None and fallback is not None:
         log.info("no valid directory on the topic: using the file", file=str(fallback))
         found = await asyncio.to_thread(open_file, fallback, verifier)
@@ -109,6 +118,7 @@ class DirectoryFollower:
         self.fallback = fallback
         self.period = period
         self.directory = DirectoryReader(verifier)
+        self._reread: bytes | None = None
         self._reader: tuple[AIOKafkaConsumer, list[TopicPartition]] | None = None
 
     async def start(self) -> None:
@@ -118,7 +128,8 @@ class DirectoryFollower:
         found = None
         try:
             self._reader = await _assigned(self.settings)
-            found = self.directory.feed(await _to_end(*self._reader))
+            await _take_to_end(*self._reader, self.directory)
+            found = self.directory.settle()
         except (KafkaError, OSError) as exc:
             log.warning("directory topic not read: following it once it answers", error=str(exc))
             await self._close()
@@ -159,7 +170,13 @@ class DirectoryFollower:
             await self._close()  # the topic may exist by now
             return
         batch = await consumer.getmany(*parts, timeout_ms=int(self.period * 1000))
-        found = self.directory.feed((r.key, r.value) for rs in batch.values() for r in rs)
+        found = self.directory.feed([(r.key, r.value) for rs in batch.values() for r in rs])
+        waiting = self.directory.waiting
+        if not batch and waiting is not None and waiting.key != self._reread:
+            # A version still lacks a part: read the topic again from its start, once (a
+            # part an earlier version had, dropped here since, is written only once).
+            self._reread = waiting.key
+            await self._close()
         if found is not None:
             self._use(found)
 

@@ -75,6 +75,7 @@ class StatusListener:
     def _process(self, records: Sequence[Record]) -> list[OutboxEntry | Reject]:
         out: list[OutboxEntry | Reject] = []
         verified: list[tuple[Status, bool]] = []
+        held: list[Record] = []
         for record in records:
             claimed = self.verifier.codec.claims(record.value or b"")
             inbound = (
@@ -98,10 +99,13 @@ class StatusListener:
             if isinstance(verdict.payload, Status) and self._proven(verdict):
                 by_service = any(s.role is Role.SERVICE for s in verdict.signers)
                 verified.append((verdict.payload, by_service))
+                held.append(record)
         # The batch's statuses in one transaction: one fsync, not one per status.
         applied = self.outbox.apply_many(verified) if verified else []
-        for (status, _), entry in zip(verified, applied, strict=True):
-            if entry is not None:
+        for record, (status, _), entry in zip(held, verified, applied, strict=True):
+            if isinstance(entry, DocbusError):
+                out.append(Reject(record, entry.reason, entry.message))
+            elif entry is not None:
                 log.info(
                     "status", document_id=entry.document_id, code=status.code.value, by=status.by
                 )

@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bus.store.sqlite import open_database
+from bus.wire.errors import BusError, DocbusError, Reason
 from bus.wire.model import LogProof, Status, StatusCode, event_digest
 
 SCHEMA = """
@@ -154,10 +155,11 @@ class Outbox:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # a failed COMMIT (a full disk) leaves one open
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def apply(self, status: Status, by_service: bool) -> OutboxEntry | None:
         """Record a verified status; returns the entry if it answers a record of this outbox.
@@ -169,16 +171,36 @@ class Outbox:
         the bus's services (``by_service``: a SERVICE signature the verifier pinned) end
         a document's fate.
         """
-        return self.apply_many([(status, by_service)])[0]
+        done = self.apply_many([(status, by_service)])[0]
+        if isinstance(done, DocbusError):
+            raise done
+        return done
 
-    def apply_many(self, statuses: list[tuple[Status, bool]]) -> list[OutboxEntry | None]:
-        """:meth:`apply` for each, in order, in one transaction (one fsync for all)."""
+    def apply_many(
+        self, statuses: list[tuple[Status, bool]]
+    ) -> list[OutboxEntry | DocbusError | None]:
+        """:meth:`apply` for each, in order, in one transaction (one fsync for all). A
+        status that cannot be kept (its content, not the database) is undone alone and
+        answered with the error: it never takes the others back with it."""
         with self._lock, self._transaction():
-            applied = [self._apply(status, by_service) for status, by_service in statuses]
+            applied = [self._one(status, by_service) for status, by_service in statuses]
         return [
-            self.get(status.document_id, status.revision) if done else None
+            self.get(status.document_id, status.revision) if done is True else done or None
             for (status, _), done in zip(statuses, applied, strict=True)
         ]
+
+    def _one(self, status: Status, by_service: bool) -> bool | DocbusError:
+        self._db.execute("SAVEPOINT status")
+        try:
+            done = self._apply(status, by_service)
+        except BusError:
+            raise  # the database's fault (locked, full): the whole batch is retried
+        except Exception as exc:
+            self._db.execute("ROLLBACK TO status")
+            self._db.execute("RELEASE status")
+            return DocbusError(Reason.MALFORMED, f"status not kept: {exc}")
+        self._db.execute("RELEASE status")
+        return done
 
     def _apply(self, status: Status, by_service: bool) -> bool:
         """One status applied (lock held, in a transaction); whether it answers a record."""

@@ -8,11 +8,12 @@ import base64
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from bus.wire.errors import DocbusError
+from bus.wire.errors import DocbusError, Unavailable
 from bus.wire.limits import MAX_ATTACHMENTS, MAX_REVISION
 from bus.wire.model import (
     Attachment,
@@ -43,6 +44,7 @@ from consumers.agency.node import AgencyNode
 from consumers.agency.problems import Problem, ProblemOut, problem_body
 
 router = APIRouter(dependencies=AUTH)
+log = structlog.get_logger("agency")
 
 
 @router.post(
@@ -96,6 +98,11 @@ async def _queued(node: AgencyNode, raw: dict[str, Any]) -> BatchItem:
         problem = Problem.of(exc)
     except Problem as exc:
         problem = exc
+    except Unavailable as exc:  # this one is not queued; the others are answered as they are
+        problem = Problem(503, str(exc))
+    except Exception as exc:
+        log.error("batch document failed", error=repr(exc))
+        problem = Problem(500, "the node could not queue this document")
     else:
         return BatchItem(
             status=202,
