@@ -97,9 +97,11 @@ def services(
 ) -> Iterator[Services]:
     folder = tmp_path_factory.mktemp("on-kafka")
     # The topics as an operator makes them: docbus's own command, as the cluster's admin.
+    # docbus.status has 3 partitions here (tests/test_kafka_cluster.py made it first): each
+    # node still reads only the one its code lands on.
     ensure = _docbus(
         kafka_cluster, "admin", folder, "topics", "ensure", "--partitions", "3",
-        "--replication", "3", wait=True,
+        "--status-partitions", "3", "--replication", "3", wait=True,
     )  # fmt: skip
     assert ensure.returncode == 0, (folder / "admin.log").read_text()
     trust = ["--trust", str(pki.dev.trust_dir)]
